@@ -1,0 +1,52 @@
+# EVCharging developer commands.
+#
+#   make demo                 the whole system on this machine, unattended (Ctrl+C stops it)
+#   make test                 install into .venv when needed, then run the test suite
+#   make test PYTEST_ARGS='-k kafka -x'
+#   make bench                run the benchmarks (protocol, CP link, telemetry); they print figures
+#   make clean                remove .venv and caches
+#
+# PYTHON chooses the interpreter that creates .venv (default python3, >= 3.10).
+
+PYTHON ?= python3
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+PIP := $(VENV_PY) -m pip -q --disable-pip-version-check
+# Touched after a successful install; anything newer than it triggers a reinstall.
+STAMP := $(VENV)/.evcharging-installed
+REQUIREMENTS := requirements.txt requirements-dev.txt pyproject.toml
+
+.DEFAULT_GOAL := test
+.PHONY: venv install test demo bench docker-check clean
+
+venv install: $(STAMP)
+
+$(VENV_PY):
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+
+$(STAMP): $(REQUIREMENTS) | $(VENV_PY)
+	$(PIP) install -r requirements-dev.txt
+	$(PIP) install --no-deps -e .
+	touch $@
+
+test: $(STAMP)
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV_PY) scripts/demo.py $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(VENV_PY) benchmarks/bench_protocol.py
+	$(VENV_PY) -m benchmarks.bench_cp_link
+	$(VENV_PY) -m benchmarks.bench_telemetry
+
+docker-check:
+	docker compose --profile interactive -f docker-compose.yml config -q
+	for f in deploy/pc*.yml; do docker compose --profile interactive --env-file deploy/.env.example -f $$f config -q || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info .ev-test
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

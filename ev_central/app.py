@@ -1,0 +1,138 @@
+"""Central, assembled: store, CP network, supply book, writers, Monitor server, Kafka.
+
+Start-up order: open the database (fail fast if unreachable), load the CPs (all
+DESCONECTADO) and the open sessions, start the writers, accept Monitors, start
+Kafka, publish every CP's state and any ticket that never left. Shutdown runs in
+reverse: stop accepting and close sessions, stop Kafka (flushing the producer),
+write what is pending, close the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Callable
+
+from ev_common.bus import Publisher, Topics
+from ev_common.link import LinkConfig
+from ev_common.records import CPStatus, Record
+
+from .bus_adapter import CentralBus, KafkaNotifier
+from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
+from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER, SupplyBook
+from .persistence import cp_state_writer, session_writer
+from .server import MonitorServer
+from .store import Store
+from .supply_service import DEFAULT_REQUEST_TTL, DriverDirectory, SupplyService
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 0.25
+
+
+class _NoBus:
+    """Central without Kafka (tests of the socket side): notifications are only logged."""
+
+    def to_driver(self, driver_id: str, record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
+        log.debug("no Kafka: %s for %s not sent", record.TYPE, driver_id)
+
+    def cp_status(self, record: CPStatus) -> None:
+        pass
+
+
+class Central:
+    def __init__(self, store: Store, host: str, port: int, *, kafka: str | None = None,
+                 topics: Topics = Topics(), silence_timeout: float = DEFAULT_SILENCE_TIMEOUT,
+                 link_config: LinkConfig = LinkConfig(), request_ttl: float = DEFAULT_REQUEST_TTL,
+                 end_grace: float = DEFAULT_END_GRACE, stale_after: float = DEFAULT_STALE_AFTER,
+                 topic_partitions: int = 1, topic_replication: int = 1) -> None:
+        self.store = store
+        self.network = ChargingNetwork(silence_timeout=silence_timeout)
+        self.book = SupplyBook(end_grace=end_grace, stale_after=stale_after)
+        self.writer = cp_state_writer(store)
+        self.session_writer = session_writer(store)
+        self.monitors = MonitorServer(self.network, self._on_change, host, port, config=link_config)
+        if kafka:
+            publisher = Publisher(kafka, "ev-central")
+            self.bus: CentralBus | None = CentralBus(kafka, topics, publisher, partitions=topic_partitions,
+                                                     replication=topic_replication)
+            notifier = KafkaNotifier(publisher, topics)
+        else:
+            self.bus, notifier = None, _NoBus()
+        self.supplies = SupplyService(self.network, self.book, self.monitors, DriverDirectory(store), notifier,
+                                      self.session_writer, store, self._on_change, request_ttl=request_ttl)
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.monitors.address
+
+    def start(self) -> "Central":
+        self.store.mark_all_disconnected(datetime.now(timezone.utc))
+        rows = self.store.load_charging_points()
+        self.network.load(rows)
+        for row in rows:
+            log.info("CP %s (%s, %s EUR/kWh%s): DESCONECTADO until its Monitor connects",
+                     row.cp_id, row.location, row.price_eur_kwh, ", stopped" if row.stopped else "")
+        log.info("loaded %d CP(s) from %s", len(rows), self.store.description)
+        open_sessions = self.store.load_open_sessions()
+        self.book.load(open_sessions)
+        if open_sessions:
+            log.info("%d supply session(s) still open: waiting for their end", len(open_sessions))
+        self.writer.start()
+        self.session_writer.start()
+        self.monitors.start()
+        host, port = self.address
+        log.info("Central listening for Monitors on %s:%d", host, port)
+        if self.bus is not None:
+            self.bus.start(self.supplies)
+        self.supplies.publish_all_status()
+        resent = self.supplies.resend_unsent_tickets()
+        if resent:
+            log.info("sent %d ticket(s) stored before a restart but never delivered", resent)
+        self._sweeper = threading.Thread(target=self._sweep, name="supply-sweeper", daemon=True)
+        self._sweeper.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.monitors.stop()
+        if self._sweeper is not None:
+            self._sweeper.join(2)
+        if self.bus is not None:
+            self.bus.stop()
+        self.session_writer.stop()
+        self.writer.stop()
+        self.store.close()
+
+    # -- operator commands -----------------------------------------------------------------------
+
+    def stop_cp(self, cp_id: str) -> StateChange:
+        """Stop one CP (raises KeyError for an unknown id)."""
+        return self.supplies.stop(cp_id)
+
+    def resume_cp(self, cp_id: str) -> StateChange:
+        return self.supplies.resume(cp_id)
+
+    def cp_ids(self) -> list[str]:
+        return [row.cp_id for row in self.network.snapshot()]
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(SWEEP_INTERVAL):
+            try:
+                self.supplies.sweep()
+            except Exception:
+                log.exception("closing due sessions failed; will retry")
+
+    def _on_change(self, change: StateChange) -> None:
+        if change.row is not None:
+            self.writer.put(change.row)
+        if change.old is None:
+            log.info("%s: new CP signed up -> %s", change.cp_id, change.new)
+        elif change.state_changed:
+            log.info("%s: %s -> %s (%s)", change.cp_id, change.old, change.new, change.cause)
+        self.supplies.on_cp_change(change)

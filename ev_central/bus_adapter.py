@@ -1,0 +1,137 @@
+"""Central's Kafka side: requests and telemetry in, notifications and CP status out.
+
+Two consumers (their own groups, committed offsets) feed the supply service.
+Requests are decided by a small pool of workers, because asking a CP takes a
+round trip to its Monitor and Engine; at most ``max_in_flight`` wait at once,
+beyond that the requests consumer waits (backpressure, nothing dropped).
+Telemetry is applied in order on the consumer's own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from ev_common.bus import Publisher, RecordConsumer, Topics, ensure_topics
+from ev_common.records import CPStatus, Record, SupplyEnd, SupplyRequest, Telemetry
+from ev_common.retry import Backoff
+
+from .supply_service import SupplyService
+
+log = logging.getLogger(__name__)
+
+TOPIC_CHECK_INTERVAL = 30.0
+REQUESTS_GROUP = "ev-central-requests"
+TELEMETRY_GROUP = "ev-central-telemetry"
+
+
+class KafkaNotifier:
+    def __init__(self, publisher: Publisher, topics: Topics) -> None:
+        self.publisher = publisher
+        self.topics = topics
+
+    def to_driver(self, driver_id: str, record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
+        self.publisher.publish(self.topics.driver_notifications, driver_id, record, on_delivery)
+
+    def cp_status(self, record: CPStatus) -> None:
+        self.publisher.publish(self.topics.cp_status, record.cp_id, record)
+
+
+class CentralBus:
+    def __init__(self, bootstrap: str, topics: Topics, publisher: Publisher, *, partitions: int = 1,
+                 replication: int = 1, workers: int = 8, max_in_flight: int = 64) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.publisher = publisher
+        self.partitions = partitions
+        self.replication = replication
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="authorise")
+        self._in_flight = threading.BoundedSemaphore(max_in_flight)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.service: SupplyService | None = None
+
+    def start(self, service: SupplyService) -> "CentralBus":
+        self.service = service
+        try:  # topics first, so that the consumers find them at once
+            ensure_topics(self.bootstrap, self.topics.all(), self.partitions, self.replication, timeout=5)
+            ready = True
+        except Exception as exc:  # the broker is down: keep trying in the background
+            log.error("cannot create the Kafka topics yet (%s); retrying", exc)
+            ready = False
+        self._spawn("kafka-topics", self._keep_topics, ready)
+        # group ids carry the topic prefix: two systems sharing a broker never share a group
+        requests = RecordConsumer(self.bootstrap, self.topics.prefix + REQUESTS_GROUP, [self.topics.driver_requests],
+                                  self._on_request, client_id="ev-central")
+        telemetry = RecordConsumer(self.bootstrap, self.topics.prefix + TELEMETRY_GROUP, [self.topics.cp_telemetry],
+                                   self._on_telemetry, client_id="ev-central")
+        self._spawn("kafka-requests", requests.run, self._stop)
+        self._spawn("kafka-telemetry", telemetry.run, self._stop)
+        self._spawn("kafka-delivery", self._deliver)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:  # topic creation may sit in a broker call: not worth waiting for
+            thread.join(0.5 if thread.name == "kafka-topics" else 10)
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        self.publisher.flush(3)  # bounded: during a broker outage shutdown must not hang
+
+    # -- threads ------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _keep_topics(self, ok: bool) -> None:
+        """Make sure the topics exist: retried with backoff while the broker is down, then
+        checked every ``TOPIC_CHECK_INTERVAL`` s (a broker that lost its data gets them back)."""
+        backoff = Backoff(initial=0.5, cap=10)
+        while not self._stop.wait(TOPIC_CHECK_INTERVAL if ok else backoff.next()):
+            try:
+                ensure_topics(self.bootstrap, self.topics.all(), self.partitions, self.replication, timeout=5)
+            except Exception as exc:  # KafkaException, or the broker not answering in time
+                if ok:
+                    log.error("cannot check the Kafka topics (%s); retrying", exc)
+                ok = False
+                continue
+            if not ok:
+                log.info("Kafka topics ready")
+            ok = True
+            backoff.reset()
+
+    def _deliver(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.publisher.poll(0.1)  # runs delivery callbacks (tickets marked sent)
+            except Exception:  # this thread must outlive any error of the client
+                log.exception("Kafka delivery poll failed; going on")
+                self._stop.wait(0.5)
+
+    # -- handlers (consumer threads) ----------------------------------------------------------------
+
+    def _on_request(self, key: str | None, record: Record) -> None:
+        if not isinstance(record, SupplyRequest):
+            log.warning("ignored %s on %s", record.TYPE, self.topics.driver_requests)
+            return
+        while not self._in_flight.acquire(timeout=0.5):
+            if self._stop.is_set():
+                return
+        future = self._pool.submit(self.service.on_request, record)
+        future.add_done_callback(self._request_done)
+
+    def _request_done(self, future) -> None:
+        self._in_flight.release()
+        if future.exception() is not None:
+            log.error("deciding a request failed", exc_info=future.exception())
+
+    def _on_telemetry(self, key: str | None, record: Record) -> None:
+        if isinstance(record, Telemetry):
+            self.service.on_telemetry(record)
+        elif isinstance(record, SupplyEnd):
+            self.service.on_supply_end(record)
+        else:
+            log.warning("ignored %s on %s", record.TYPE, self.topics.cp_telemetry)

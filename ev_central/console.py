@@ -1,0 +1,63 @@
+"""The operator's commands, typed on Central's standard input (until the panel arrives).
+
+    stop CP001 | stop all        out of service: ends any supply, the CP shows PARADO
+    resume CP001 | resume all    back in service (ACTIVADO)
+    list                         every CP with its state
+    help
+
+Answers go to Central's log, where the operator already watches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TextIO
+
+from .app import Central
+from .core.states import IllegalTransition
+
+log = logging.getLogger("ev_central.operator")
+
+HELP = "commands: stop <CP|all>, resume <CP|all>, list, help"
+
+
+def execute(central: Central, line: str) -> str:
+    """Run one command line; returns the answer for the operator."""
+    words = line.split()
+    if not words:
+        return ""
+    verb, args = words[0].lower(), words[1:]
+    if verb == "help":
+        return HELP
+    if verb == "list":
+        rows = central.network.snapshot()
+        if not rows:
+            return "no CPs yet"
+        return "; ".join(f"{r.cp_id} {r.state}{' (stopped)' if r.stopped else ''}" for r in rows)
+    if verb in ("stop", "resume") and len(args) == 1:
+        action = central.stop_cp if verb == "stop" else central.resume_cp
+        targets = central.cp_ids() if args[0].lower() == "all" else [args[0]]
+        done = []
+        for cp_id in targets:
+            try:
+                change = action(cp_id)
+            except KeyError:
+                return f"unknown CP {cp_id}"
+            except IllegalTransition as exc:
+                return f"{cp_id}: {exc}"
+            done.append(f"{cp_id} {change.new}")
+        return f"{verb}: " + (", ".join(done) if done else "no CPs")
+    return f"unknown command {line.strip()!r}; {HELP}"
+
+
+def run_console(central: Central, stop: threading.Event, stream: TextIO) -> None:
+    """Read commands until ``stop`` or end of input."""
+    log.info("operator %s", HELP)
+    while not stop.is_set():
+        line = stream.readline()
+        if not line:
+            return
+        answer = execute(central, line)
+        if answer:
+            log.info("%s", answer)

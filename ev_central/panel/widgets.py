@@ -1,0 +1,258 @@
+"""The panel's widgets: status line, CP tiles in a wrapping grid, ongoing requests, messages.
+
+Each widget has a ``sync(...)`` method taking what ``CentralView`` returns; it changes
+only what differs from what it already shows, so refreshing every second is cheap
+even with hundreds of CPs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Iterable, Sequence
+
+from rich.color import Color as RichColor
+from rich.text import Text
+from textual.color import Color, ColorParseError
+from textual.events import Resize
+from textual.widget import Widget
+from textual.widgets import DataTable, RichLog, Static
+
+from ev_common.words import (
+    AVERIADO,
+    CP_STATES,
+    OUT_OF_ORDER,
+    PARADO,
+    STATE_COLOURS,
+    STOPPED_BY_CENTRAL,
+    SUMINISTRANDO,
+)
+
+from ..view import MAX_MESSAGES, CPTile, OngoingRequest, PanelMessage
+
+TILE_WIDTH = 24  # narrowest tile, in cells; the grid fits as many columns as the width allows
+TILE_HEIGHT = 7
+MESSAGE_STYLES = {"error": "bold red", "warning": "dark_orange", "info": ""}
+
+
+def state_colour(state: str) -> Color:
+    """The tile background of ``state``, from ``STATE_COLOURS`` (a Textual or a Rich colour)."""
+    name = STATE_COLOURS.get(state, "#808080")
+    try:
+        return Color.parse(name)
+    except ColorParseError:  # Rich names such as dark_orange and grey50
+        return Color.from_rich_color(RichColor.parse(name))
+
+
+def state_class(state: str) -> str:
+    """The CSS class a tile carries in ``state``: ``-activado``, ``-parado``..."""
+    return "-" + state.lower()
+
+
+def price_text(price: Decimal) -> str:
+    """At least two decimals, never rounding a price away."""
+    places = max(2, -min(0, int(price.normalize().as_tuple().exponent)))
+    return f"{price:.{places}f} EUR/kWh"
+
+
+def local_time(at: datetime) -> datetime:
+    return at.astimezone()
+
+
+def tile_lines(tile: CPTile) -> list[str]:
+    """What a tile says, line by line (only the driver's id: no personal data)."""
+    lines = [tile.cp_id, tile.location, price_text(tile.price_eur_kwh), tile.state]
+    if tile.state == PARADO:
+        lines.append(OUT_OF_ORDER)
+    elif tile.state == SUMINISTRANDO:
+        if tile.driver_id:
+            lines.append(f"Driver {tile.driver_id}")
+        if tile.kwh is not None:
+            lines.append(f"{tile.kwh:.3f} kWh")
+        if tile.amount_eur is not None:
+            lines.append(f"{tile.amount_eur:.2f} EUR")
+    elif tile.state == AVERIADO and tile.fault:
+        lines.append(tile.fault)
+    if tile.stopped and tile.state != PARADO:
+        lines.append(f"({STOPPED_BY_CENTRAL})")
+    return lines
+
+
+def _tile_content(tile: CPTile) -> Text:
+    lines = tile_lines(tile)
+    text = Text()
+    for number, line in enumerate(lines):
+        style = "bold" if number in (0, 3) or line == OUT_OF_ORDER else ""
+        text.append(line, style=style)
+        if number < len(lines) - 1:
+            text.append("\n")
+    return text
+
+
+class CPTileWidget(Static, can_focus=True):
+    """One CP: its id, location, price and state, on the state's colour."""
+
+    DEFAULT_CSS = f"""
+    CPTileWidget {{
+        height: {TILE_HEIGHT};
+        padding: 0 1;
+        background: $panel;
+        color: auto 90%;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }}
+    CPTileWidget:focus {{
+        background-tint: $foreground 25%;
+        text-style: underline;
+    }}
+    """ + "\n".join(
+        f"CPTileWidget.{state_class(state)} {{ background: {state_colour(state).hex}; }}" for state in CP_STATES
+    )
+
+    def __init__(self, tile: CPTile) -> None:
+        super().__init__(_tile_content(tile), classes=state_class(tile.state))
+        self.tile = tile
+
+    @property
+    def text(self) -> str:
+        return "\n".join(tile_lines(self.tile))
+
+    def show(self, tile: CPTile) -> None:
+        if tile == self.tile:
+            return
+        if tile.state != self.tile.state:
+            self.remove_class(state_class(self.tile.state))
+            self.add_class(state_class(tile.state))
+        self.tile = tile
+        self.update(_tile_content(tile))
+
+
+class TileGrid(Widget):
+    """Every CP's tile; as many columns as the width allows, so tiles wrap (the parent scrolls)."""
+
+    DEFAULT_CSS = f"""
+    TileGrid {{
+        layout: grid;
+        grid-size: 4;
+        grid-columns: 1fr;
+        grid-rows: {TILE_HEIGHT};
+        grid-gutter: 1 1;
+        height: auto;
+    }}
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.tiles: dict[str, CPTileWidget] = {}
+
+    def on_resize(self, event: Resize) -> None:
+        columns = max(1, (event.size.width + 1) // (TILE_WIDTH + 1))
+        if columns != self.styles.grid_size_columns:
+            self.styles.grid_size_columns = columns
+
+    def sync(self, tiles: Sequence[CPTile]) -> None:
+        """Update tiles in place; mount and remove only when the set of CPs changes."""
+        wanted = {tile.cp_id for tile in tiles}
+        gone = [cp_id for cp_id in self.tiles if cp_id not in wanted]
+        for cp_id in gone:
+            self.tiles.pop(cp_id).remove()
+        appended: list[CPTileWidget] = []
+        for index, tile in enumerate(tiles):
+            widget = self.tiles.get(tile.cp_id)
+            if widget is not None:
+                widget.show(tile)
+                continue
+            widget = self.tiles[tile.cp_id] = CPTileWidget(tile)
+            following = next((self.tiles[t.cp_id] for t in tiles[index + 1:]
+                              if t.cp_id in self.tiles and self.tiles[t.cp_id].is_mounted), None)
+            if following is None:
+                appended.append(widget)
+            else:
+                self.mount(widget, before=following)
+        if appended:
+            self.mount(*appended)
+
+
+class StatusLine(Static):
+    """The title: Central's status, green when well, red with the problem."""
+
+    DEFAULT_CSS = """
+    StatusLine {
+        height: 1;
+        padding: 0 1;
+        text-style: bold;
+        color: white;
+        background: green;
+    }
+    StatusLine.-problem { background: red; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.ok = True
+        self.line = ""
+
+    def sync(self, ok: bool, status: str) -> None:
+        line = f"EVCharging Central  |  {status}"
+        self.ok, self.line = ok, line
+        self.set_class(not ok, "-problem")
+        if str(self.content) != line:
+            self.update(Text(line))
+
+
+def state_counts(tiles: Iterable[CPTile]) -> str:
+    """``10 CPs: 4 ACTIVADO, 1 PARADO, ...`` (states in the usual order)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for tile in tiles:
+        counts[tile.state] = counts.get(tile.state, 0) + 1
+        total += 1
+    summary = ", ".join(f"{counts[state]} {state}" for state in CP_STATES if counts.get(state))
+    return f"{total} CP{'' if total == 1 else 's'}" + (f": {summary}" if summary else "")
+
+
+class OngoingTable(DataTable):
+    """Driver requests being decided, authorised or supplied."""
+
+    COLUMNS = ("Date", "Start", "Driver", "CP", "Status")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="none", zebra_stripes=True, **kwargs)
+        self.rows_shown: list[tuple[str, ...]] = []
+
+    def on_mount(self) -> None:
+        self.add_columns(*self.COLUMNS)
+
+    @staticmethod
+    def row_of(request: OngoingRequest) -> tuple[str, ...]:
+        at = local_time(request.started_at)
+        return (f"{at:%Y-%m-%d}", f"{at:%H:%M:%S}", request.driver_id, request.cp_id, request.status)
+
+    def sync(self, requests: Iterable[OngoingRequest]) -> None:
+        rows = [self.row_of(r) for r in requests]
+        if rows == self.rows_shown:
+            return
+        self.rows_shown = rows
+        self.clear()
+        self.add_rows(rows)
+
+
+class MessageList(RichLog):
+    """Central's messages, oldest first; the newest stays in view. Errors red, warnings orange."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(max_lines=MAX_MESSAGES, min_width=20, wrap=True, markup=False, auto_scroll=True,
+                         **kwargs)
+        self.shown: list[PanelMessage] = []
+
+    def sync(self, messages: Sequence[PanelMessage]) -> None:
+        """Append what arrived since the last call (``messages`` are the log's newest, in order)."""
+        start = 0
+        if self.shown:
+            last = self.shown[-1]
+            start = next((i + 1 for i in range(len(messages) - 1, -1, -1) if messages[i] is last), 0)
+        for message in messages[start:]:
+            at = local_time(message.at)
+            self.write(Text(f"{at:%H:%M:%S} {message.text}", style=MESSAGE_STYLES.get(message.level, "")))
+            self.shown.append(message)
+        del self.shown[:-MAX_MESSAGES]

@@ -1,0 +1,154 @@
+"""The store interface: what Central keeps in its database, whatever the backend.
+
+Two backends implement it with the same behaviour and the same tests:
+``SQLiteStore`` (embedded default) and ``MySQLStore`` (mysql-connector-python).
+Table and column names are a contract documented in docs/schema.md.
+
+Every method is safe to call from several threads. A method that cannot reach
+the database raises ``StoreUnavailable`` (Central then keeps working from
+memory and retries); a method whose input the database refuses raises
+``StoreError``. SQL is always parameterised.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Iterable
+
+CP_STATES = ("ACTIVADO", "PARADO", "SUMINISTRANDO", "AVERIADO", "DESCONECTADO")
+
+
+class StoreError(Exception):
+    """The database refused an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now; the same call may succeed later."""
+
+
+@dataclass(frozen=True)
+class CPRow:
+    """One row of ``charging_points``."""
+
+    cp_id: str
+    location: str
+    price_eur_kwh: Decimal
+    state: str  # one of CP_STATES
+    stopped: bool  # set by an operator's Stop, cleared by Resume; survives restarts
+    updated_at: datetime  # timezone-aware, UTC
+
+
+@dataclass(frozen=True)
+class DriverRow:
+    """One row of ``drivers``."""
+
+    driver_id: str
+    name: str
+    registered_at: datetime  # timezone-aware, UTC
+
+
+SESSION_STATUSES = ("AUTHORISED", "SUPPLYING", "COMPLETED", "INTERRUPTED")
+OPEN_STATUSES = ("AUTHORISED", "SUPPLYING")
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """One row of ``charging_sessions``: an authorised supply, open or ended (its ticket)."""
+
+    session_id: str
+    request_id: str
+    cp_id: str
+    driver_id: str
+    price_eur_kwh: Decimal  # frozen at authorisation
+    started_at: datetime  # timezone-aware, UTC: the authorisation
+    ended_at: datetime | None  # None while open
+    kwh: Decimal
+    amount_eur: Decimal
+    status: str  # one of SESSION_STATUSES
+    end_reason: str | None
+    ticket_sent: bool  # the ticket reached the broker
+    last_seq: int  # the highest telemetry seq applied
+
+
+class Store(abc.ABC):
+    """Central's database. Build one with ``ev_central.store.open_store(url)``."""
+
+    description: str  # for messages: "MySQL ev@db:3306/evcharging" or "SQLite /path/ev_central.db"
+
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the schema (idempotent); returns the schema version now in force.
+
+        Safe when several processes migrate the same database at once. Raises
+        ``StoreError`` if the database holds a schema newer than this program knows."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database answers now (reconnecting if needed)."""
+
+    # charging points
+
+    @abc.abstractmethod
+    def load_charging_points(self) -> list[CPRow]:
+        """Every stored CP, ordered by cp_id."""
+
+    @abc.abstractmethod
+    def save_charging_points(self, rows: Iterable[CPRow]) -> None:
+        """Insert or update these CPs (every column), all in one transaction."""
+
+    @abc.abstractmethod
+    def mark_all_disconnected(self, at: datetime) -> int:
+        """Set every CP's state to DESCONECTADO (done at each start); returns how many rows.
+
+        ``updated_at`` becomes ``at`` and ``stopped`` is kept. The count is every stored CP,
+        whether or not its row changed."""
+
+    # drivers
+
+    @abc.abstractmethod
+    def add_driver(self, driver_id: str, name: str = "") -> bool:
+        """Register a driver; False if it was already registered (nothing changes then).
+
+        ``registered_at`` is the current time."""
+
+    @abc.abstractmethod
+    def remove_driver(self, driver_id: str) -> bool:
+        """Unregister a driver; False if it was not registered."""
+
+    @abc.abstractmethod
+    def list_drivers(self) -> list[DriverRow]:
+        """Every registered driver, ordered by driver_id."""
+
+    @abc.abstractmethod
+    def driver_exists(self, driver_id: str) -> bool:
+        """True when ``driver_id`` is registered."""
+
+    # charging sessions
+
+    @abc.abstractmethod
+    def save_sessions(self, rows: Iterable[SessionRow]) -> None:
+        """Insert or update these sessions (every column), all in one transaction."""
+
+    @abc.abstractmethod
+    def get_session(self, session_id: str) -> SessionRow | None:
+        """One session, or None."""
+
+    @abc.abstractmethod
+    def load_open_sessions(self) -> list[SessionRow]:
+        """Sessions whose status is AUTHORISED or SUPPLYING, oldest first."""
+
+    @abc.abstractmethod
+    def load_unsent_tickets(self) -> list[SessionRow]:
+        """Ended sessions (COMPLETED/INTERRUPTED) whose ticket_sent is false, oldest first."""
+
+    @abc.abstractmethod
+    def list_sessions(self, cp_id: str | None = None, driver_id: str | None = None,
+                      limit: int = 100) -> list[SessionRow]:
+        """Sessions, newest first (by started_at), optionally of one CP and/or one driver."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; idempotent."""

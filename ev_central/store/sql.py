@@ -1,0 +1,461 @@
+"""What both SQL backends share: the migrations list, the common SQL, row conversion.
+
+A backend (``SQLiteStore``, ``MySQLStore``) supplies its dialect: the DDL of each schema
+version, the statements whose syntax differs (CP and session upserts, insert-if-absent of
+a driver, the catalogue queries that tell whether a column or an index exists), the text
+form of a UTC time, and ``_run``, which executes one unit of work in one transaction under
+the store's lock and turns driver exceptions into ``StoreError`` / ``StoreUnavailable``.
+
+Shared SQL uses named parameters (``:name``), the form sqlite3 takes as is; the MySQL
+backend rewrites them to ``%(name)s``.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar, Union
+
+from .base import (
+    CP_STATES,
+    OPEN_STATUSES,
+    SESSION_STATUSES,
+    CPRow,
+    DriverRow,
+    SessionRow,
+    Store,
+    StoreError,
+)
+
+T = TypeVar("T")
+
+ENDED_STATUSES = tuple(s for s in SESSION_STATUSES if s not in OPEN_STATUSES)
+
+#: Every schema version, in order: version -> what it does. Each backend gives the DDL
+#: of each version in its ``DDL`` mapping. A released version is never edited: a change
+#: is a new version appended here.
+MIGRATIONS: dict[int, str] = {
+    1: "charging_points, drivers and charging_sessions",
+    2: "charging_sessions.request_id and index ix_charging_sessions_status",
+}
+LATEST_VERSION = max(MIGRATIONS)
+
+
+def sql_list(values: Iterable[str]) -> str:
+    """``'A', 'B'`` for an ``IN (...)`` of fixed, known words (never user input)."""
+    return ", ".join(f"'{value}'" for value in values)
+
+
+CP_STATES_SQL = sql_list(CP_STATES)
+SESSION_STATUSES_SQL = sql_list(SESSION_STATUSES)
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the shared code uses."""
+
+    rowcount: int
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+    def fetchall(self) -> list[Sequence[Any]]: ...
+
+
+#: One step of a schema version: a statement, or a function that runs its own statements
+#: (used to make a step that has no ``IF NOT EXISTS`` form idempotent).
+Step = Union[str, Callable[[Cursor], None]]
+
+
+# -- common SQL ---------------------------------------------------------------------------
+
+SELECT_VERSIONS = "SELECT version FROM schema_version ORDER BY version"
+SELECT_VERSION = "SELECT version FROM schema_version WHERE version = :version"
+INSERT_VERSION = (
+    "INSERT INTO schema_version (version, description, applied_at)"
+    " VALUES (:version, :description, :applied_at)"
+)
+SELECT_CPS = (
+    "SELECT cp_id, location, price_eur_kwh, state, stopped, updated_at"
+    " FROM charging_points ORDER BY cp_id"
+)
+MARK_ALL_DISCONNECTED = "UPDATE charging_points SET state = 'DESCONECTADO', updated_at = :at"
+COUNT_CPS = "SELECT COUNT(*) FROM charging_points"
+DELETE_DRIVER = "DELETE FROM drivers WHERE driver_id = :driver_id"
+SELECT_DRIVERS = "SELECT driver_id, name, registered_at FROM drivers ORDER BY driver_id"
+SELECT_DRIVER = "SELECT 1 FROM drivers WHERE driver_id = :driver_id"
+SELECT_ONE = "SELECT 1"
+
+#: charging_sessions' columns, in SessionRow's order; the primary key first.
+SESSION_COLUMNS = (
+    "session_id", "request_id", "cp_id", "driver_id", "price_eur_kwh", "started_at",
+    "ended_at", "kwh", "amount_eur", "status", "end_reason", "ticket_sent", "last_seq",
+)  # fmt: skip
+#: The insert both backends' session upserts start with (params: SESSION_COLUMNS).
+INSERT_SESSION = (
+    f"INSERT INTO charging_sessions ({', '.join(SESSION_COLUMNS)})"
+    f" VALUES ({', '.join(':' + c for c in SESSION_COLUMNS)})"
+)
+_SELECT_SESSIONS = f"SELECT {', '.join(SESSION_COLUMNS)} FROM charging_sessions"
+SELECT_SESSION = f"{_SELECT_SESSIONS} WHERE session_id = :session_id"
+
+
+def _in(name: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """``(:name0, :name1)`` and its parameters, for ``col IN (...)``."""
+    params = {f"{name}{i}": value for i, value in enumerate(values)}
+    return "(" + ", ".join(f":{key}" for key in params) + ")", params
+
+
+_OPEN_IN, OPEN_PARAMS = _in("status", OPEN_STATUSES)
+_ENDED_IN, ENDED_PARAMS = _in("status", ENDED_STATUSES)
+# Both are served by ix_charging_sessions_status (status, ticket_sent, started_at).
+SELECT_OPEN_SESSIONS = (
+    f"{_SELECT_SESSIONS} WHERE status IN {_OPEN_IN} ORDER BY started_at, session_id"
+)
+SELECT_UNSENT_TICKETS = (
+    f"{_SELECT_SESSIONS} WHERE status IN {_ENDED_IN} AND ticket_sent = :unsent"
+    " ORDER BY started_at, session_id"
+)
+UNSENT_PARAMS = {**ENDED_PARAMS, "unsent": 0}
+
+INT_MAX = 2**31 - 1  # INTEGER in MySQL
+
+
+# -- values -------------------------------------------------------------------------------
+
+PRICE_DIGITS, MONEY_PLACES = 10, 4  # DECIMAL(10,4)
+ENERGY_DIGITS = 12  # kwh and amount_eur: DECIMAL(12,4)
+
+
+def to_decimal(value: Any, name: str, digits: int = PRICE_DIGITS) -> str:
+    """``value`` as the text of a DECIMAL(digits, 4), rounded half away from zero as MySQL
+    does; ``StoreError`` if it is not a finite number or does not fit."""
+    try:
+        number = Decimal(value) if not isinstance(value, float) else Decimal(str(value))
+    except (InvalidOperation, TypeError, ValueError):
+        raise StoreError(f"{name} is not a number: {value!r}") from None
+    if not number.is_finite():
+        raise StoreError(f"{name} is not a finite number: {value!r}")
+    number = number.quantize(Decimal(1).scaleb(-MONEY_PLACES), rounding=ROUND_HALF_UP)
+    if abs(number) >= Decimal(10) ** (digits - MONEY_PLACES):
+        raise StoreError(f"{name} {value} does not fit DECIMAL({digits},{MONEY_PLACES})")
+    return str(number)
+
+
+def to_count(value: Any, name: str) -> int:
+    """``value`` as a non-negative INTEGER; ``StoreError`` otherwise (on both backends,
+    although SQLite's INTEGER would take more)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT_MAX:
+        raise StoreError(f"{name} is not an integer from 0 to {INT_MAX}: {value!r}")
+    return value
+
+
+def from_decimal(value: Any) -> Decimal:
+    """A DECIMAL column's value (Decimal from MySQL, text from SQLite) as a Decimal."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def utc(value: datetime) -> datetime:
+    """An aware datetime converted to UTC; a naive one is a programming error."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: the store takes timezone-aware datetimes")
+    return value.astimezone(timezone.utc)
+
+
+def from_time(value: Any) -> datetime:
+    """A stored time (datetime from MySQL, ISO-8601 text from SQLite) as aware UTC."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode()
+    if isinstance(value, str):
+        text = value.strip()
+        value = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- the store ----------------------------------------------------------------------------
+
+
+class SQLStore(Store):
+    """The ``Store`` methods written once over a backend's ``_run`` and dialect."""
+
+    #: Per-backend dialect, set by each subclass.
+    TIME_FORMAT: str  # strftime form of a UTC time in a bound parameter
+    SCHEMA_VERSION_DDL: str  # creates schema_version if missing
+    DDL: Mapping[int, Sequence[Step]]  # version -> steps
+    UPSERT_CP: str  # params: cp_id, location, price_eur_kwh, state, stopped, updated_at
+    INSERT_DRIVER: str  # params: driver_id, name, registered_at; rowcount 0 if present
+    UPSERT_SESSION: str  # INSERT_SESSION plus the dialect's update of every other column
+
+    def __init__(self) -> None:
+        if set(self.DDL) != set(MIGRATIONS):
+            raise RuntimeError(f"{type(self).__name__}.DDL does not cover {sorted(MIGRATIONS)}")
+        self._lock = threading.RLock()
+        self._closed = False
+
+    @abc.abstractmethod
+    def _run(self, work: Callable[[Cursor], T], *, write: bool = True) -> T:
+        """Run ``work(cursor)`` in one transaction holding the lock; commit, or roll back
+        and raise ``StoreError``/``StoreUnavailable``."""
+
+    def _time(self, value: datetime) -> str:
+        return utc(value).strftime(self.TIME_FORMAT)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.description}: the store is closed")
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        self._run(lambda cur: cur.execute(self.SCHEMA_VERSION_DDL))
+        self._refuse_newer_schema()
+        for version, description in sorted(MIGRATIONS.items()):
+            self._run(lambda cur, v=version, d=description: self._apply(cur, v, d))
+        return LATEST_VERSION
+
+    def _refuse_newer_schema(self) -> None:
+        versions = self._run(lambda cur: _column(cur, SELECT_VERSIONS), write=False)
+        newest = max(versions, default=0)
+        if newest > LATEST_VERSION:
+            raise StoreError(
+                f"{self.description}: the database schema is version {newest}, newer than "
+                f"version {LATEST_VERSION} known to this program; run a newer EV_Central"
+            )
+
+    def _apply(self, cur: Cursor, version: int, description: str) -> None:
+        cur.execute(SELECT_VERSION, {"version": version})
+        if cur.fetchall():
+            return
+        for step in self.DDL[version]:
+            if callable(step):
+                step(cur)
+            else:
+                cur.execute(step)
+        cur.execute(
+            INSERT_VERSION,
+            {"version": version, "description": description, "applied_at": self._time(now_utc())},
+        )
+
+    def schema_versions(self) -> list[int]:
+        """Every applied schema version, ascending (one row each in ``schema_version``)."""
+        return self._run(lambda cur: _column(cur, SELECT_VERSIONS), write=False)
+
+    def ping(self) -> None:
+        self._run(lambda cur: _rows(cur, SELECT_ONE), write=False)
+
+    # -- charging points ------------------------------------------------------------------
+
+    def load_charging_points(self) -> list[CPRow]:
+        rows = self._run(lambda cur: _rows(cur, SELECT_CPS), write=False)
+        return [
+            CPRow(
+                cp_id=cp_id,
+                location=location,
+                price_eur_kwh=from_decimal(price),
+                state=state,
+                stopped=bool(stopped),
+                updated_at=from_time(updated_at),
+            )
+            for cp_id, location, price, state, stopped, updated_at in rows
+        ]
+
+    def save_charging_points(self, rows: Iterable[CPRow]) -> None:
+        params = [self._cp_params(row) for row in rows]
+        if not params:
+            return
+
+        def work(cur: Cursor) -> None:
+            for one in params:
+                cur.execute(self.UPSERT_CP, one)
+
+        self._run(work)
+
+    def _cp_params(self, row: CPRow) -> dict[str, Any]:
+        return {
+            "cp_id": row.cp_id,
+            "location": row.location,
+            "price_eur_kwh": to_decimal(row.price_eur_kwh, f"price of CP {row.cp_id!r}"),
+            "state": row.state,
+            "stopped": 1 if row.stopped else 0,
+            "updated_at": self._time(row.updated_at),
+        }
+
+    def mark_all_disconnected(self, at: datetime) -> int:
+        params = {"at": self._time(at)}
+
+        def work(cur: Cursor) -> int:
+            cur.execute(MARK_ALL_DISCONNECTED, params)
+            return int(_rows(cur, COUNT_CPS)[0][0])
+
+        return self._run(work)
+
+    # -- drivers --------------------------------------------------------------------------
+
+    def add_driver(self, driver_id: str, name: str = "") -> bool:
+        params = {"driver_id": driver_id, "name": name, "registered_at": self._time(now_utc())}
+
+        def work(cur: Cursor) -> bool:
+            cur.execute(self.INSERT_DRIVER, params)
+            return cur.rowcount == 1
+
+        return self._run(work)
+
+    def remove_driver(self, driver_id: str) -> bool:
+        def work(cur: Cursor) -> bool:
+            cur.execute(DELETE_DRIVER, {"driver_id": driver_id})
+            return cur.rowcount > 0
+
+        return self._run(work)
+
+    def list_drivers(self) -> list[DriverRow]:
+        rows = self._run(lambda cur: _rows(cur, SELECT_DRIVERS), write=False)
+        return [
+            DriverRow(driver_id=driver_id, name=name, registered_at=from_time(registered_at))
+            for driver_id, name, registered_at in rows
+        ]
+
+    def driver_exists(self, driver_id: str) -> bool:
+        rows = self._run(
+            lambda cur: _rows(cur, SELECT_DRIVER, {"driver_id": driver_id}), write=False
+        )
+        return bool(rows)
+
+    # -- charging sessions ----------------------------------------------------------------
+
+    def save_sessions(self, rows: Iterable[SessionRow]) -> None:
+        params = [self._session_params(row) for row in rows]  # every row checked first
+        if not params:
+            return
+
+        def work(cur: Cursor) -> None:
+            for one in params:
+                cur.execute(self.UPSERT_SESSION, one)
+
+        self._run(work)
+
+    def _session_params(self, row: SessionRow) -> dict[str, Any]:
+        what = f"session {row.session_id!r}"
+        if row.status not in SESSION_STATUSES:
+            raise StoreError(
+                f"{what}: unknown status {row.status!r} (one of {', '.join(SESSION_STATUSES)})"
+            )
+        return {
+            "session_id": row.session_id,
+            "request_id": row.request_id,
+            "cp_id": row.cp_id,
+            "driver_id": row.driver_id,
+            "price_eur_kwh": to_decimal(row.price_eur_kwh, f"price of {what}"),
+            "started_at": self._time(row.started_at),
+            "ended_at": None if row.ended_at is None else self._time(row.ended_at),
+            "kwh": to_decimal(row.kwh, f"kwh of {what}", ENERGY_DIGITS),
+            "amount_eur": to_decimal(row.amount_eur, f"amount of {what}", ENERGY_DIGITS),
+            "status": row.status,
+            "end_reason": row.end_reason,
+            "ticket_sent": 1 if row.ticket_sent else 0,
+            "last_seq": to_count(row.last_seq, f"last_seq of {what}"),
+        }
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        rows = self._run(
+            lambda cur: _rows(cur, SELECT_SESSION, {"session_id": session_id}), write=False
+        )
+        return _session(rows[0]) if rows else None
+
+    def load_open_sessions(self) -> list[SessionRow]:
+        return self._sessions(SELECT_OPEN_SESSIONS, OPEN_PARAMS)
+
+    def load_unsent_tickets(self) -> list[SessionRow]:
+        return self._sessions(SELECT_UNSENT_TICKETS, UNSENT_PARAMS)
+
+    def list_sessions(
+        self, cp_id: str | None = None, driver_id: str | None = None, limit: int = 100
+    ) -> list[SessionRow]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an integer >= 0, not {limit!r}")
+        conditions, params = [], {"limit": limit}
+        if cp_id is not None:
+            conditions.append("cp_id = :cp_id")
+            params["cp_id"] = cp_id
+        if driver_id is not None:
+            conditions.append("driver_id = :driver_id")
+            params["driver_id"] = driver_id
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        return self._sessions(
+            f"{_SELECT_SESSIONS}{where}"
+            " ORDER BY started_at DESC, session_id DESC LIMIT :limit",
+            params,
+        )
+
+    def _sessions(self, sql: str, params: Mapping[str, Any]) -> list[SessionRow]:
+        rows = self._run(lambda cur: _rows(cur, sql, params), write=False)
+        return [_session(row) for row in rows]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
+
+
+# -- migration steps ------------------------------------------------------------------------
+# Neither SQLite nor MySQL has ADD COLUMN IF NOT EXISTS (nor MySQL CREATE INDEX IF NOT
+# EXISTS), and MySQL's DDL is not transactional: a version whose DDL ran but whose
+# schema_version row was never written is applied again. These steps make that harmless.
+
+
+def add_column(exists_sql: str, table: str, column: str, definition: str) -> Step:
+    """Add ``column`` to ``table`` unless ``exists_sql`` (params: table, column) finds it."""
+
+    def step(cur: Cursor) -> None:
+        if not _rows(cur, exists_sql, {"table": table, "column": column}):
+            cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+    return step
+
+
+def create_index(exists_sql: str, table: str, index: str, columns: str) -> Step:
+    """Create ``index`` on ``table (columns)`` unless ``exists_sql`` (params: table, index)
+    finds it."""
+
+    def step(cur: Cursor) -> None:
+        if not _rows(cur, exists_sql, {"table": table, "index": index}):
+            cur.execute(f"CREATE INDEX {index} ON {table} ({columns})")
+
+    return step
+
+
+def _session(row: Sequence[Any]) -> SessionRow:
+    (session_id, request_id, cp_id, driver_id, price, started_at, ended_at, kwh, amount,
+     status, end_reason, ticket_sent, last_seq) = row  # fmt: skip
+    return SessionRow(
+        session_id=session_id,
+        request_id=request_id,
+        cp_id=cp_id,
+        driver_id=driver_id,
+        price_eur_kwh=from_decimal(price),
+        started_at=from_time(started_at),
+        ended_at=None if ended_at is None else from_time(ended_at),
+        kwh=from_decimal(kwh),
+        amount_eur=from_decimal(amount),
+        status=status,
+        end_reason=end_reason,
+        ticket_sent=bool(ticket_sent),
+        last_seq=int(last_seq),
+    )
+
+
+def _rows(cur: Cursor, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
+    if params is None:
+        cur.execute(sql)
+    else:
+        cur.execute(sql, params)
+    return list(cur.fetchall())
+
+
+def _column(cur: Cursor, sql: str) -> list[Any]:
+    return [row[0] for row in _rows(cur, sql)]

@@ -1,0 +1,170 @@
+"""The embedded backend: one SQLite file through the standard ``sqlite3`` module.
+
+One connection, shared by every thread under a lock; WAL journal, a busy timeout so
+that a second process waits instead of failing, foreign keys on. Times are stored as
+ISO-8601 UTC text with microseconds (``2025-01-31T12:00:00.123456+00:00``), money as
+decimal text (``0.3500``), so nothing goes through a float.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+from .base import StoreError, StoreUnavailable
+from .sql import (
+    CP_STATES_SQL,
+    INSERT_SESSION,
+    SESSION_COLUMNS,
+    SESSION_STATUSES_SQL,
+    Cursor,
+    SQLStore,
+    T,
+    add_column,
+)
+
+BUSY_TIMEOUT_MS = 5000
+
+# The text form of "now" used in column defaults: the same shape as TIME_FORMAT.
+_NOW = "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000+00:00')"
+
+_DDL_V1 = (
+    f"""CREATE TABLE IF NOT EXISTS charging_points (
+    cp_id TEXT NOT NULL PRIMARY KEY CHECK (length(cp_id) <= 64),
+    location TEXT NOT NULL CHECK (length(location) <= 200),
+    price_eur_kwh TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'DESCONECTADO'
+        CONSTRAINT ck_charging_points_state CHECK (state IN ({CP_STATES_SQL})),
+    stopped INTEGER NOT NULL DEFAULT 0 CHECK (stopped IN (0, 1)),
+    updated_at TEXT NOT NULL DEFAULT {_NOW},
+    created_at TEXT NOT NULL DEFAULT {_NOW}
+)""",
+    f"""CREATE TABLE IF NOT EXISTS drivers (
+    driver_id TEXT NOT NULL PRIMARY KEY CHECK (length(driver_id) <= 64),
+    name TEXT NOT NULL DEFAULT '' CHECK (length(name) <= 100),
+    registered_at TEXT NOT NULL DEFAULT {_NOW}
+)""",
+    f"""CREATE TABLE IF NOT EXISTS charging_sessions (
+    session_id TEXT NOT NULL PRIMARY KEY CHECK (length(session_id) <= 64),
+    cp_id TEXT NOT NULL CHECK (length(cp_id) <= 64),
+    driver_id TEXT NOT NULL CHECK (length(driver_id) <= 64),
+    price_eur_kwh TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT NULL,
+    kwh TEXT NOT NULL DEFAULT '0.0000',
+    amount_eur TEXT NOT NULL DEFAULT '0.0000',
+    status TEXT NOT NULL
+        CONSTRAINT ck_charging_sessions_status CHECK (status IN ({SESSION_STATUSES_SQL})),
+    end_reason TEXT NULL CHECK (length(end_reason) <= 200),
+    ticket_sent INTEGER NOT NULL DEFAULT 0 CHECK (ticket_sent IN (0, 1)),
+    last_seq INTEGER NOT NULL DEFAULT 0
+)""",
+    "CREATE INDEX IF NOT EXISTS ix_charging_sessions_cp_id ON charging_sessions (cp_id)",
+    "CREATE INDEX IF NOT EXISTS ix_charging_sessions_driver_id ON charging_sessions (driver_id)",
+)
+
+_COLUMN_EXISTS = "SELECT 1 FROM pragma_table_info(:table) WHERE name = :column"
+
+_DDL_V2 = (
+    add_column(
+        _COLUMN_EXISTS,
+        "charging_sessions",
+        "request_id",
+        "TEXT NOT NULL DEFAULT '' CHECK (length(request_id) <= 64)",
+    ),
+    "CREATE INDEX IF NOT EXISTS ix_charging_sessions_status"
+    " ON charging_sessions (status, ticket_sent, started_at)",
+)
+
+
+class SQLiteStore(SQLStore):
+    """Central's store in one SQLite file (created, with its directory, if missing)."""
+
+    TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+    SCHEMA_VERSION_DDL = f"""CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    applied_at TEXT NOT NULL DEFAULT {_NOW}
+)"""
+    DDL = {1: _DDL_V1, 2: _DDL_V2}
+    UPSERT_CP = """INSERT INTO charging_points
+    (cp_id, location, price_eur_kwh, state, stopped, updated_at)
+VALUES (:cp_id, :location, :price_eur_kwh, :state, :stopped, :updated_at)
+ON CONFLICT (cp_id) DO UPDATE SET
+    location = excluded.location, price_eur_kwh = excluded.price_eur_kwh,
+    state = excluded.state, stopped = excluded.stopped, updated_at = excluded.updated_at"""
+    INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)
+VALUES (:driver_id, :name, :registered_at)
+ON CONFLICT (driver_id) DO NOTHING"""
+    UPSERT_SESSION = f"""{INSERT_SESSION}
+ON CONFLICT (session_id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[1:])}"""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path).expanduser().absolute()
+        self.description = f"SQLite {self.path}"
+        self._conn = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,  # shared by threads, serialised by self._lock
+                isolation_level=None,  # transactions are begun and ended explicitly
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open the SQLite database {self.path}: {exc}") from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreUnavailable(f"cannot use the SQLite database {self.path}: {exc}") from None
+        return conn
+
+    def _run(self, work: Callable[[Cursor], T], *, write: bool = True) -> T:
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                result = work(conn.cursor())
+                conn.execute("COMMIT")
+                return result
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise self._error(exc) from None
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        busy = ("locked", "busy", "unable to open", "disk i/o error", "readonly database")
+        if isinstance(exc, sqlite3.OperationalError) and any(w in text.lower() for w in busy):
+            return StoreUnavailable(f"{self.description}: {text}")
+        return StoreError(f"{self.description}: {text}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass

@@ -1,0 +1,316 @@
+"""Supplies, end to end: requests in, the CP asked, telemetry applied, tickets out.
+
+``SupplyService`` holds the rules of the application; what it talks to is
+injected: the CP network and supply book (domain), the Monitor gateway (ask a
+CP, push a command), the driver directory, the notifier (Kafka) and the
+session writer (database). Every handler is idempotent, because Kafka may hand
+a record over twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Callable, Protocol
+
+from ev_common.protocol import Message, Resume, Stop, Sup, Supr
+from ev_common.records import (
+    CPStatus,
+    Record,
+    RequestAuthorised,
+    RequestDenied,
+    RequestReceived,
+    SupplyAlert,
+    SupplyEnd,
+    SupplyProgress,
+    SupplyRequest,
+    Telemetry,
+    Ticket,
+)
+from ev_common.words import OUT_OF_ORDER, STOPPED_BY_CENTRAL
+
+from .core.network import ChargingNetwork, StateChange
+from .core.states import Event, IllegalTransition, State
+from .core.supplies import SupplyBook
+from .persistence import WriteBehind
+from .store.base import SessionRow, Store, StoreError
+
+log = logging.getLogger(__name__)
+live_log = logging.getLogger("ev_central.live")  # per-second figures: shown on tiles, not in the message list
+
+DEFAULT_REQUEST_TTL = 30.0
+CP_ANSWER_TIMEOUT = 3.0
+TICKET_RETRY = 5.0  # seconds between tries of a ticket the broker did not take
+
+
+class CPGateway(Protocol):
+    def ask(self, cp_id: str, question: Sup, timeout: float) -> Supr: ...
+
+    def command(self, cp_id: str, message: Message) -> bool: ...
+
+
+class Notifier(Protocol):
+    def to_driver(self, driver_id: str, record: Record, on_delivery: Callable[[bool], None] | None = None) -> None: ...
+
+    def cp_status(self, record: CPStatus) -> None: ...
+
+
+class DriverDirectory:
+    """Is a driver registered? Asks the database; remembers answers for when it is down."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def is_registered(self, driver_id: str) -> bool | None:
+        """True/False, or None when the database cannot say and the driver is not remembered."""
+        try:
+            registered = self.store.driver_exists(driver_id)
+        except StoreError as exc:
+            with self._lock:
+                if driver_id in self._known:
+                    return True
+            log.warning("cannot check driver %s: %s", driver_id, exc)
+            return None
+        with self._lock:
+            (self._known.add if registered else self._known.discard)(driver_id)
+        return registered
+
+
+class SupplyService:
+    def __init__(self, network: ChargingNetwork, book: SupplyBook, cps: CPGateway, drivers: DriverDirectory,
+                 notifier: Notifier, sessions: WriteBehind[SessionRow], store: Store,
+                 on_change: Callable[[StateChange], None], *,
+                 request_ttl: float = DEFAULT_REQUEST_TTL, cp_answer_timeout: float = CP_ANSWER_TIMEOUT,
+                 utcnow: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None) -> None:
+        self.network = network
+        self.book = book
+        self.cps = cps
+        self.drivers = drivers
+        self.notifier = notifier
+        self.sessions = sessions
+        self.store = store
+        self.on_change = on_change  # persists, logs, shows a CP change; calls back on_cp_change
+        self.request_ttl = request_ttl
+        self.cp_answer_timeout = cp_answer_timeout
+        self._utcnow = utcnow
+        self._clock = clock
+        self._undelivered: dict[str, SessionRow] = {}  # tickets to send again
+        self._next_retry = 0.0
+        self._say = say or (lambda text: log.info("%s", text))
+        self._pending: dict[str, SupplyRequest] = {}  # driver_id -> their request being decided
+        self._lock = threading.Lock()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def on_request(self, request: SupplyRequest) -> None:
+        """Decide one request; every step is told to the driver and shown at Central."""
+        r = request
+        self.notifier.to_driver(r.driver_id, RequestReceived(r.request_id, r.driver_id, r.cp_id))
+        self._say(f"request {r.request_id[:8]} from driver {r.driver_id} for {r.cp_id}"
+                  + (" (made at the CP)" if r.source == "cp" else ""))
+        age = (self._utcnow() - r.ts).total_seconds()
+        if age > self.request_ttl:
+            return self._deny(r, f"request expired ({age:.0f} s old, the limit is {self.request_ttl:g} s)")
+        with self._lock:
+            if r.driver_id in self._pending:
+                return self._deny(r, f"driver {r.driver_id} already has a request being decided")
+            self._pending[r.driver_id] = r
+        try:
+            self._decide(r)
+        finally:
+            with self._lock:
+                self._pending.pop(r.driver_id, None)
+
+    def _decide(self, r: SupplyRequest) -> None:
+        registered = self.drivers.is_registered(r.driver_id)
+        if registered is None:
+            return self._deny(r, "Central cannot check drivers now (database unreachable); try again later")
+        if not registered:
+            return self._deny(r, f"driver {r.driver_id} is not registered")
+        cp = self.network.get(r.cp_id)
+        if cp is None:
+            return self._deny(r, f"unknown CP {r.cp_id}")
+        busy = self.book.active_for_driver(r.driver_id)
+        if busy is not None:
+            return self._deny(r, f"driver {r.driver_id} already has a supply in course at {busy.cp_id}")
+        try:  # reserve the CP: only an ACTIVADO CP can start a supply, atomically
+            self._network_event(r.cp_id, Event.SUPPLY_STARTED, f"supply for driver {r.driver_id} being authorised")
+        except IllegalTransition as exc:  # its state now, not as read above
+            reason = OUT_OF_ORDER if exc.state is State.PARADO else exc.state.value
+            return self._deny(r, f"{r.cp_id} is not available ({reason})")
+        session_id = self.book.new_id()
+        price = cp.price_eur_kwh
+        try:
+            answer = self.cps.ask(r.cp_id, Sup(r.cp_id, session_id, r.driver_id, price), self.cp_answer_timeout)
+            refusal = None if answer.ok else f"{r.cp_id} refused: {answer.reason or 'no reason given'}"
+        except Exception as exc:  # CPUnreachable, or the link failing under us
+            refusal = f"{r.cp_id} did not confirm: {exc}"
+        if refusal is not None:
+            self._release(r.cp_id, "supply not authorised")
+            return self._deny(r, refusal)
+        row = self.book.open(session_id, r.request_id, r.cp_id, r.driver_id, price)
+        self.sessions.put(row)
+        self.notifier.to_driver(r.driver_id, RequestAuthorised(r.request_id, r.driver_id, r.cp_id, session_id, price))
+        self._say(f"authorised: driver {r.driver_id} at {r.cp_id}, session {session_id[:8]}, {price} EUR/kWh")
+        self._publish_status(r.cp_id)
+        # A Stop, fault or lost Monitor while the CP was being asked found no session to interrupt;
+        # the session exists now, so any later change interrupts it: catch the one that came before.
+        now = self.network.get(r.cp_id)
+        if now is not None and now.state != State.SUMINISTRANDO.value:
+            reason = _interruption_for(State(now.state), "CP changed while being asked")
+            if self.book.interrupt(r.cp_id, reason) is not None:
+                self.notifier.to_driver(r.driver_id, SupplyAlert(session_id, r.driver_id, r.cp_id, now.state, reason))
+                self._say(f"supply {session_id[:8]} at {r.cp_id} interrupted: {reason}")
+
+    def _deny(self, r: SupplyRequest, reason: str) -> None:
+        self.notifier.to_driver(r.driver_id, RequestDenied(r.request_id, r.driver_id, r.cp_id, reason))
+        self._say(f"denied: driver {r.driver_id} at {r.cp_id}: {reason}")
+
+    def pending_requests(self) -> list[SupplyRequest]:
+        """Requests being decided now."""
+        with self._lock:
+            return list(self._pending.values())
+
+    # -- telemetry ------------------------------------------------------------------------------
+
+    def on_telemetry(self, t: Telemetry) -> None:
+        row = self.book.telemetry(t.session_id, t.seq, t.kwh)
+        if row is None:
+            return
+        self.sessions.put(row)
+        self.notifier.to_driver(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
+                                                              row.kwh, row.amount_eur, t.power_kw))
+        live_log.info("%s SUMINISTRANDO to driver %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, row.driver_id,
+                      row.kwh, row.amount_eur, t.power_kw)
+
+    def on_supply_end(self, e: SupplyEnd) -> None:
+        row = self.book.end(e.session_id, e.seq, e.kwh, e.reason)
+        if row is None:
+            log.info("%s: end of session %s already handled (or unknown); ignored", e.cp_id, e.session_id[:8])
+            return
+        self._finish(row)
+
+    def sweep(self) -> None:
+        """Close sessions whose grace or news deadline passed, and send again the tickets the
+        broker did not take (call every fraction of a second)."""
+        for row in self.book.due():
+            self._finish(row)
+        if self._undelivered and self._clock() >= self._next_retry:
+            self._next_retry = self._clock() + TICKET_RETRY
+            with self._lock:
+                rows, self._undelivered = list(self._undelivered.values()), {}
+            log.info("sending %d undelivered ticket(s) again", len(rows))
+            for row in rows:
+                self.send_ticket(row)
+
+    def _finish(self, row: SessionRow) -> None:
+        """A session closed: store it, free the CP, send the ticket (once)."""
+        try:
+            self.store.save_sessions([row])  # durable before the ticket leaves, when the DB allows
+        except StoreError:
+            pass
+        self.sessions.put(row)  # also replaces any older version of the row still waiting in the writer
+        self._release(row.cp_id, f"supply {row.session_id[:8]} ended: {row.end_reason}")
+        self.send_ticket(row)
+        self._say(f"ticket {row.session_id[:8]}: driver {row.driver_id} at {row.cp_id}, {row.kwh:.3f} kWh, "
+                  f"{row.amount_eur:.2f} EUR, {row.status} ({row.end_reason})")
+
+    def send_ticket(self, row: SessionRow) -> None:
+        ticket = Ticket(row.session_id, row.request_id, row.driver_id, row.cp_id, row.started_at,
+                        row.ended_at or self._utcnow(), row.kwh, row.price_eur_kwh, row.amount_eur, row.status,
+                        row.end_reason or "")
+
+        def delivered(ok: bool) -> None:
+            if ok:
+                self.sessions.put(_with_ticket_sent(row))
+            else:  # tried again by sweep(); the driver shows one ticket per session
+                with self._lock:
+                    self._undelivered[row.session_id] = row
+
+        self.notifier.to_driver(row.driver_id, ticket, on_delivery=delivered)
+
+    def resend_unsent_tickets(self) -> int:
+        """After a restart: send the tickets that were stored but never reached the broker."""
+        rows = self.store.load_unsent_tickets()
+        for row in rows:
+            self.send_ticket(row)
+        return len(rows)
+
+    # -- CP changes and operator commands ----------------------------------------------------------
+
+    def on_cp_change(self, change: StateChange) -> None:
+        """Every CP state change: interrupt its supply if it must, tell the drivers' status topic."""
+        if change.interrupts_supply:
+            row = self.book.interrupt(change.cp_id, _interruption(change))
+            if row is not None:
+                self.notifier.to_driver(row.driver_id, SupplyAlert(row.session_id, row.driver_id, row.cp_id,
+                                                                   change.new.value, _interruption(change)))
+                self._say(f"supply {row.session_id[:8]} at {row.cp_id} interrupted: {_interruption(change)}")
+        elif (change.event is Event.REGISTERED and change.new is State.ACTIVADO
+              and self.book.running_for_cp(change.cp_id) is not None):
+            # Central restarted while this CP supplied: the supply goes on, so does SUMINISTRANDO
+            self._network_event(change.cp_id, Event.SUPPLY_STARTED, "supply in course since before Central restarted")
+            return
+        if change.state_changed or change.old is None:
+            self._publish_status(change.cp_id)
+
+    def stop(self, cp_id: str) -> StateChange:
+        change = self._network_event(cp_id, Event.STOP, "stopped by the operator")
+        delivered = self.cps.command(cp_id, Stop(cp_id))
+        self._say(f"Stop sent to {cp_id}" + ("" if delivered else " (its Monitor is not connected: applied at "
+                                                                   "its next registration)"))
+        return change
+
+    def resume(self, cp_id: str) -> StateChange:
+        change = self._network_event(cp_id, Event.RESUME, "resumed by the operator")
+        delivered = self.cps.command(cp_id, Resume(cp_id))
+        self._say(f"Resume sent to {cp_id}" + ("" if delivered else " (its Monitor is not connected)"))
+        return change
+
+    def publish_all_status(self) -> None:
+        for row in self.network.snapshot():
+            self._publish_status(row.cp_id)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _network_event(self, cp_id: str, event: Event, cause: str) -> StateChange:
+        change = self.network.apply(cp_id, event, cause)
+        self.on_change(change)
+        return change
+
+    def _release(self, cp_id: str, cause: str) -> None:
+        row = self.network.get(cp_id)
+        if row is not None and row.state == State.SUMINISTRANDO.value and self.book.active_for_cp(cp_id) is None:
+            self._network_event(cp_id, Event.SUPPLY_ENDED, cause)
+
+    def _publish_status(self, cp_id: str) -> None:
+        row = self.network.get(cp_id)
+        if row is None:
+            return
+        supply = self.book.active_for_cp(cp_id)
+        self.notifier.cp_status(CPStatus(cp_id, row.state, row.location, row.price_eur_kwh,
+                                         supply.driver_id if supply else None))
+
+
+def _interruption(change: StateChange) -> str:
+    return _interruption_for(change.new, change.cause)
+
+
+def _interruption_for(state: State, otherwise: str) -> str:
+    if state is State.PARADO:
+        return STOPPED_BY_CENTRAL
+    if state is State.AVERIADO:
+        return "CP fault"
+    if state is State.DESCONECTADO:
+        return "Monitor lost"
+    return otherwise
+
+
+def _with_ticket_sent(row: SessionRow) -> SessionRow:
+    return replace(row, ticket_sent=True)

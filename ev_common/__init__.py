@@ -1,0 +1,1 @@
+"""Code shared by every EVCharging program: the socket protocol, the link layer, logging, lifecycle."""

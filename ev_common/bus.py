@@ -1,0 +1,311 @@
+"""Kafka: topic names, producer and consumer factories, topic creation, a consumer loop.
+
+The only module that imports confluent_kafka. Settings follow standard Kafka
+semantics (users run Apache Kafka):
+
+* producers are idempotent (``enable.idempotence``), keyed, and flushed on close;
+* consumers belong to a group, start from the earliest offset when the group has
+  none, and commit only *after* a record was processed (no auto-commit), so a
+  restarted program resumes where it stopped;
+* the consumer timing settings (``session.timeout.ms`` 6000, ``heartbeat.interval.ms``
+  500, ``fetch.wait.max.ms`` 10, ``topic.metadata.refresh.interval.ms`` 10000) keep
+  latency low and are valid on any broker.
+
+Broker outages are reported once through ``log`` ("Kafka unreachable") and the
+clients reconnect by themselves; nothing here blocks forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .records import BadRecord, Record, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names, all under one prefix (``--topic-prefix`` / ``$EV_TOPIC_PREFIX``)."""
+
+    prefix: str = ""
+
+    @property
+    def driver_requests(self) -> str:
+        return self.prefix + "ev.driver.requests"
+
+    @property
+    def driver_notifications(self) -> str:
+        return self.prefix + "ev.driver.notifications"
+
+    @property
+    def cp_telemetry(self) -> str:
+        return self.prefix + "ev.cp.telemetry"
+
+    @property
+    def cp_status(self) -> str:
+        return self.prefix + "ev.cp.status"
+
+    def all(self) -> list[str]:
+        return [self.driver_requests, self.driver_notifications, self.cp_telemetry, self.cp_status]
+
+
+# librdkafka logs every failed connection attempt; an outage is reported once by _OutageReporter
+# instead, and the client's own log keeps only critical lines, through Python logging.
+_CLIENT_LOG = {"log_level": 2, "logger": logging.getLogger("ev_common.kafka_client")}
+
+CONSUMER_DEFAULTS = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 500,
+    "fetch.wait.max.ms": 10,
+    "socket.timeout.ms": 10000,
+    "topic.metadata.refresh.interval.ms": 10000,  # find a topic created after subscribing within 10 s
+}
+PRODUCER_DEFAULTS = {
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "message.timeout.ms": 300000,  # keep trying through a broker outage of up to 5 min
+    "socket.timeout.ms": 10000,
+}
+
+
+class _OutageReporter:
+    """Turns librdkafka's error callbacks into one log line per outage."""
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        self.down = False
+
+    def error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            if not self.down:
+                self.down = True
+                log.error("%s: Kafka unreachable (%s); retrying", self.who, err.str())
+        else:
+            log.warning("%s: Kafka: %s", self.who, err.str())
+
+    def ok(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("%s: Kafka reachable again", self.who)
+
+
+def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int = 1, replication: int = 1,
+                  timeout: float = 10.0) -> None:
+    """Create the topics that do not exist yet. Raises KafkaException if the broker cannot be reached."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000, **_CLIENT_LOG})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [n for n in names if n not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics([NewTopic(n, partitions, replication) for n in missing],
+                                  operation_timeout=timeout, request_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result(timeout)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+class Publisher:
+    """An idempotent producer of records. ``publish`` never blocks on the broker and never raises.
+
+    A producer that hits a *fatal* error (for example its sequence numbers no longer match a
+    broker that lost its state) cannot go on: it is replaced by a new one, and the records it
+    still held are reported undelivered (``on_delivery(False)``) so their owners can send again.
+    """
+
+    def __init__(self, bootstrap: str, client_id: str, **overrides) -> None:
+        self._outage = _OutageReporter(client_id)
+        self._config = {"bootstrap.servers": bootstrap, "client.id": client_id, "error_cb": self._on_error,
+                        **_CLIENT_LOG, **PRODUCER_DEFAULTS, **overrides}
+        self._producer = Producer(self._config)
+        self._lock = threading.RLock()
+        self._fatal: str | None = None
+        self.failed = 0
+        self.replaced = 0
+
+    def publish(self, topic: str, key: str, record: Record,
+                on_delivery: Callable[[bool], None] | None = None) -> None:
+        """Queue ``record``; ``on_delivery(ok)`` runs from a later ``poll``/``flush`` once the broker answered."""
+
+        def delivered(err, _msg):
+            if err is None:
+                self._outage.ok()
+            else:
+                self.failed += 1
+                log.error("record %s for %s not delivered: %s", record.TYPE, key, err.str())
+                if err.fatal() or err.code() in _DEAD_PRODUCER:
+                    self._fatal = err.str()
+            if on_delivery is not None:
+                on_delivery(err is None)
+
+        value = encode(record)
+        with self._lock:
+            for _attempt in range(2):
+                self._replace_if_fatal()
+                try:
+                    while True:
+                        try:
+                            self._producer.produce(topic, value=value, key=key.encode(), on_delivery=delivered)
+                            break
+                        except BufferError:  # local queue full (long outage): wait for room
+                            self._producer.poll(0.1)
+                    self._producer.poll(0)
+                    return
+                except KafkaException as exc:
+                    if not _is_fatal(exc):
+                        break
+                    self._fatal = exc.args[0].str()
+            self.failed += 1
+            log.error("record %s for %s not queued", record.TYPE, key)
+        if on_delivery is not None:
+            on_delivery(False)
+
+    @property
+    def reachable(self) -> bool:
+        """False from a broker error until the next successful delivery."""
+        return not self._outage.down
+
+    def poll(self, timeout: float = 0) -> None:
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            if not _is_fatal(exc):
+                raise
+            self._fatal = exc.args[0].str()
+        with self._lock:
+            self._replace_if_fatal()
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Deliver what is queued; returns how many records are still undelivered."""
+        try:
+            left = self._producer.flush(timeout)
+        except KafkaException as exc:
+            log.error("flush failed: %s", exc.args[0].str())
+            return -1
+        if left:
+            log.error("%d record(s) not delivered after %g s", left, timeout)
+        return left
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err.str()
+        self._outage.error(err)
+
+    def _replace_if_fatal(self) -> None:
+        if self._fatal is None:
+            return
+        log.error("the Kafka producer hit a fatal error (%s); replacing it", self._fatal)
+        old, self._producer = self._producer, Producer(self._config)
+        self._fatal = None
+        self.replaced += 1
+        try:
+            old.purge()  # what it still held is reported undelivered through its callbacks
+            old.poll(0)
+        except KafkaException:
+            pass
+
+
+# delivery errors after which this producer's identity is dead: only a new producer can go on
+_DEAD_PRODUCER = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                  KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.UNKNOWN_PRODUCER_ID,
+                  KafkaError.INVALID_PRODUCER_ID_MAPPING}
+
+
+def _is_fatal(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (err.fatal() or err.code() == KafkaError._FATAL)
+
+
+Handler = Callable[[str | None, Record], None]
+
+
+class RecordConsumer:
+    """Consumes records from ``topics`` in a group; ``handler(key, record)`` for each.
+
+    ``run(stop)`` polls until ``stop`` is set. An offset is committed only after its
+    record was handled (or judged malformed and skipped), every ``commit_every`` s;
+    ``commit=False`` makes a reader that never commits (it re-reads from the start).
+    ``on_assign()`` runs each time the group gives this consumer its partitions.
+    A handler that raises is logged and the record is skipped: one bad record never
+    stops the consumer.
+    """
+
+    def __init__(self, bootstrap: str, group_id: str, topics: list[str], handler: Handler,
+                 client_id: str = "", commit_every: float = 0.5, commit: bool = True,
+                 on_assign: Callable[[], None] | None = None, **overrides) -> None:
+        self._outage = _OutageReporter(client_id or group_id)
+        config = {"bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id or group_id,
+                  "error_cb": self._outage.error, **_CLIENT_LOG, **CONSUMER_DEFAULTS, **overrides}
+        if not commit:
+            config["enable.auto.offset.store"] = False
+        self._consumer = Consumer(config)
+        if on_assign is None:
+            self._consumer.subscribe(topics)
+        else:
+            self._consumer.subscribe(topics, on_assign=lambda _consumer, _partitions: on_assign())
+        self.topics = topics
+        self.handler = handler
+        self.commit_every = commit_every
+        self.commits = commit
+        self.skipped = 0
+        self.handled = 0
+        self._dirty = False
+
+    def run(self, stop: threading.Event, poll: float = 0.1) -> None:
+        last_commit = time.monotonic()
+        try:
+            while not stop.is_set():
+                msg = self._consumer.poll(poll)
+                if msg is not None:
+                    self._one(msg)
+                if self.commits and self._dirty and time.monotonic() - last_commit >= self.commit_every:
+                    self._commit()
+                    last_commit = time.monotonic()
+        finally:
+            if self.commits and self._dirty:
+                self._commit()
+            self._consumer.close()
+
+    def _one(self, msg: Message) -> None:
+        if msg.error():
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("%s: consumer error: %s", ",".join(self.topics), msg.error().str())
+            return
+        self._outage.ok()
+        key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
+        try:
+            record = decode(msg.value())
+        except BadRecord as exc:
+            self.skipped += 1
+            log.warning("skipped a malformed record on %s (key %s, offset %d): %s; value %r",
+                        msg.topic(), key, msg.offset(), exc, exc.raw)
+        else:
+            try:
+                self.handler(key, record)
+                self.handled += 1
+            except Exception:  # a bug in one handler must not stop the stream
+                self.skipped += 1
+                log.exception("failed to handle %s from %s (offset %d); skipped", record.TYPE, msg.topic(),
+                              msg.offset())
+        self._dirty = True
+
+    def _commit(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+            self._dirty = False
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed (will retry): %s", exc.args[0].str())

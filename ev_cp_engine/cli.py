@@ -1,0 +1,161 @@
+"""EV_CP_E command line: ``EV_CP_E --port 5001 [--kafka HOST:PORT] [--auto]``.
+
+On a terminal (stdin and stdout) and without ``--auto`` the CP's menu takes the
+screen (``menu.py``); otherwise the Engine prints timestamped lines and reads its
+keys from stdin as they come (``keyboard.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from ev_common.config import env, host_port, port_number
+from ev_common.lifecycle import Shutdown
+from ev_common.log import add_log_level_argument, setup_logging
+
+from .engine import DEFAULT_AUTO_SECONDS, DEFAULT_PLUG_TIMEOUT, DEFAULT_POWER_KW, DEFAULT_TIME_SCALE
+
+log = logging.getLogger(__name__)
+
+KEYS = "keys: [p] plug in  [u] unplug  [f] fault on/off  [r] request a supply for a driver  [q] quit"
+
+
+def _positive(what: str, maximum: int):
+    """argparse type: a decimal above 0 and at most ``maximum``."""
+
+    def parse(text: str) -> Decimal:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+        if not value.is_finite() or not 0 < value <= maximum:
+            raise argparse.ArgumentTypeError(f"the {what} must be above 0 and at most {maximum}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="EV_CP_E",
+        description="EVCharging CP Engine: the charging point itself. Its Monitor connects to --port.",
+        epilog=KEYS + ". SIGUSR1 also toggles the fault.",
+    )
+    parser.add_argument("--port", type=port_number, required=True, help="TCP port the Monitor connects to")
+    parser.add_argument("--host", default=env("EV_ENGINE_HOST", "0.0.0.0"),
+                        help="address to listen on (default: $EV_ENGINE_HOST or 0.0.0.0)")
+    parser.add_argument("--kafka", type=host_port, default=env("EV_KAFKA", "localhost:9092"), metavar="HOST:PORT",
+                        help="Kafka bootstrap server for telemetry (default: $EV_KAFKA or localhost:9092)")
+    parser.add_argument("--topic-prefix", default=env("EV_TOPIC_PREFIX", ""),
+                        help="prefix of every Kafka topic name (default: $EV_TOPIC_PREFIX or none)")
+    parser.add_argument("--auto", action="store_true",
+                        help="unattended: plug in about 1 s after each authorisation, unplug after --auto-seconds")
+    parser.add_argument("--auto-seconds", type=float, default=DEFAULT_AUTO_SECONDS, metavar="SECONDS",
+                        help="with --auto, how long each supply lasts (default: %(default)s)")
+    parser.add_argument("--power-kw", type=_positive("power in kW", 1000), default=DEFAULT_POWER_KW, metavar="KW",
+                        help="simulated charging power (default: %(default)s kW)")
+    parser.add_argument("--time-scale", type=_positive("time scale", 3600), default=DEFAULT_TIME_SCALE, metavar="FACTOR",
+                        help="simulated seconds of charging per real second, so that short demo supplies "
+                             "deliver visible energy (default: %(default)s; 1 is real time)")
+    parser.add_argument("--data-dir", default=env("EV_DATA_DIR", "."), metavar="DIR",
+                        help="where the journal of the supply in progress is kept, so that a crash loses "
+                             "nothing (default: $EV_DATA_DIR or the working directory)")
+    parser.add_argument("--plug-timeout", type=float, default=DEFAULT_PLUG_TIMEOUT, metavar="SECONDS",
+                        help="an authorised supply not plugged in within this time is cancelled "
+                             "(default: %(default)s)")
+    add_log_level_argument(parser)
+    return parser
+
+
+def use_menu(auto: bool, stdin=None, stdout=None) -> bool:
+    """The menu is for a person at a terminal: not under --auto, not on pipes or files."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    try:
+        return not auto and stdin is not None and stdout is not None and stdin.isatty() and stdout.isatty()
+    except (OSError, ValueError):  # closed
+        return False
+
+
+def run_ticks(engine, publisher, stop: threading.Event) -> None:
+    """Every second until ``stop``: the Engine's tick (telemetry, --auto, plug timeout)."""
+    next_tick = time.monotonic()
+    while not stop.wait(max(0.0, next_tick - time.monotonic())):
+        next_tick += 1.0
+        if next_tick < time.monotonic():  # fell behind (paused process): do not burst
+            next_tick = time.monotonic() + 1.0
+        try:
+            engine.tick()
+        except Exception:  # a bug in one tick must not stop the next ones
+            log.exception("the Engine's tick failed")
+        publisher.poll(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("EV_CP_E", args.log_level)
+    from ev_common.bus import Publisher, Topics
+    from ev_common.records import Record, SupplyRequest
+
+    from .engine import Engine
+    from .health_server import HealthServer
+    from .journal import SupplyJournal
+    from .keyboard import Prompt, run_keyboard
+    from .screen import Messages
+
+    shutdown = Shutdown().install()
+    menu = use_menu(args.auto)
+    messages = Messages()  # the Engine's lines: plain on stdout, or in the menu while it runs
+    if menu:
+        messages.attach()  # from the start, lines wait for the menu
+    topics = Topics(args.topic_prefix)
+    kafka = "%s:%d" % args.kafka
+    publisher = Publisher(kafka, "ev-cp-engine")
+
+    def emit(record: Record) -> None:
+        if isinstance(record, SupplyRequest):
+            publisher.publish(topics.driver_requests, record.driver_id, record)
+        else:
+            publisher.publish(topics.cp_telemetry, getattr(record, "cp_id", ""), record)
+
+    journal = SupplyJournal(Path(args.data_dir) / f"ev_cp_engine-{args.port}.journal.json")
+    engine = Engine(emit, power_kw=args.power_kw, plug_timeout=args.plug_timeout, time_scale=args.time_scale,
+                    auto_seconds=args.auto_seconds if args.auto else None, journal=journal, say=messages)
+    engine.recover()  # a supply the last run of this Engine left unfinished is reported first
+    try:
+        server = HealthServer(engine, args.host, args.port).start()
+    except OSError as exc:
+        messages.detach()
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        return 1
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=engine.toggle_fault).start())
+    host, port = server.address
+    listening = f"Engine listening for its Monitor on {host}:{port}"
+    try:
+        if menu:
+            from .menu import run_menu
+
+            messages(listening)
+            ticker = threading.Thread(target=run_ticks, args=(engine, publisher, shutdown.event), name="tick",
+                                      daemon=True)
+            ticker.start()
+            run_menu(engine, messages, shutdown.event, subtitle=f"{listening}; Kafka {kafka}")
+            ticker.join(2)
+        else:
+            messages(f"{listening} ({'auto mode; ' if args.auto else ''}{KEYS})")
+            keys = {"p": engine.plug, "u": engine.unplug, "f": engine.toggle_fault, "q": shutdown.request,
+                    "r": Prompt("driver id: ", lambda driver: engine.request_supply(driver) if driver else None)}
+            threading.Thread(target=run_keyboard, args=(keys, shutdown.event), name="keyboard", daemon=True).start()
+            run_ticks(engine, publisher, shutdown.event)
+    finally:
+        log.info("shutting down (%s)", shutdown.signal_name or "requested")
+        server.stop()  # ends any supply (Monitor lost) and tells Central its figures
+        publisher.flush(5)
+    return 0

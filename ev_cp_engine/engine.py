@@ -1,0 +1,255 @@
+"""The Engine: the charging point itself, as a state machine driven by its inputs.
+
+Inputs: health checks and commands from its Monitor (``health``, ``authorise``,
+``stop``, ``resume``, the Monitor's arrival and loss), the person at the CP
+(``plug``, ``unplug``, ``toggle_fault``, ``request_supply``) and ``tick()``
+every second. Outputs: records through ``emit`` (telemetry every second while
+supplying, the end of each supply, requests made at the CP) and lines for
+people through ``say``. Pure and thread-safe; the clock is injected.
+
+    IDLE --authorise--> AUTHORISED --plug--> SUPPLYING --unplug--> IDLE (supply.end "unplugged")
+    AUTHORISED/SUPPLYING --fault | stop | Monitor lost | plug timeout--> IDLE (supply.end, interrupted)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from enum import Enum
+from typing import Callable
+
+from ev_common.records import Record, SupplyEnd, SupplyRequest, Telemetry
+
+from .journal import SupplyJournal
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POWER_KW = Decimal("11")
+DEFAULT_PLUG_TIMEOUT = 60.0
+DEFAULT_AUTO_SECONDS = 10.0
+DEFAULT_TIME_SCALE = Decimal(60)  # one real second simulates one minute of charging
+AUTO_PLUG_AFTER = 1.0
+FOUR = Decimal("0.0001")
+
+
+class Phase(str, Enum):
+    IDLE = "idle"
+    AUTHORISED = "authorised, waiting for the plug"
+    SUPPLYING = "supplying"
+
+
+@dataclass
+class Supply:
+    session_id: str
+    driver_id: str
+    price: Decimal
+    authorised_at: float
+    plugged_at: float | None = None
+    last_tick: float | None = None
+    kwh: Decimal = Decimal(0)
+    seq: int = 0
+
+    @property
+    def amount(self) -> Decimal:
+        return (self.kwh * self.price).quantize(FOUR, rounding=ROUND_HALF_UP)
+
+
+class Engine:
+    def __init__(self, emit: Callable[[Record], None] | None = None, *, power_kw: Decimal = DEFAULT_POWER_KW,
+                 plug_timeout: float = DEFAULT_PLUG_TIMEOUT, auto_seconds: float | None = None,
+                 time_scale: Decimal = Decimal(1), journal: SupplyJournal | None = None,
+                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None) -> None:
+        self._emit = emit or (lambda record: None)
+        self.power_kw = power_kw
+        self.time_scale = time_scale  # simulated seconds of charging per real second
+        self.journal = journal
+        self.plug_timeout = plug_timeout
+        self.auto_seconds = auto_seconds  # None: a person plugs and unplugs; else --auto
+        self._clock = clock
+        self._say = say or (lambda text: log.info("%s", text))
+        self._lock = threading.RLock()
+        self.cp_id: str | None = None
+        self.faulty = False
+        self.stopped = False
+        self.monitor: str | None = None  # peer address of the connected Monitor
+        self.supply: Supply | None = None
+
+    @property
+    def phase(self) -> Phase:
+        with self._lock:
+            if self.supply is None:
+                return Phase.IDLE
+            return Phase.SUPPLYING if self.supply.plugged_at is not None else Phase.AUTHORISED
+
+    # -- the Monitor ------------------------------------------------------------------------------
+
+    def health(self, cp_id: str) -> tuple[bool, str]:
+        """A health check from the Monitor of ``cp_id``: (ok, detail)."""
+        with self._lock:
+            previous, self.cp_id = self.cp_id, cp_id
+            faulty = self.faulty
+        if previous != cp_id:
+            self._say(f"this Engine is CP {cp_id}" + (f" (was {previous})" if previous else ""))
+        return (False, "simulated fault") if faulty else (True, "")
+
+    def monitor_connected(self, peer: str) -> None:
+        with self._lock:
+            self.monitor = peer
+        self._say(f"Monitor connected from {peer}")
+
+    def monitor_lost(self, why: str) -> None:
+        with self._lock:
+            self.monitor = None
+            self._end("monitor lost")
+        self._say(f"Monitor lost: {why}; no supplies until it is back")
+
+    def authorise(self, session_id: str, driver_id: str, price: Decimal) -> tuple[bool, str]:
+        """Central authorised a supply here; the CP accepts it or says why not."""
+        with self._lock:
+            refusal = self._cannot_supply()
+            if refusal is None and self.supply is not None:
+                refusal = f"busy with the supply of driver {self.supply.driver_id}"
+            if refusal is not None:
+                self._say(f"refused a supply for driver {driver_id}: {refusal}")
+                return False, refusal
+            self.supply = Supply(session_id, driver_id, price, self._clock())
+            self._journal()
+        self._say(f"supply AUTHORISED for driver {driver_id} at {price} EUR/kWh: "
+                  + ("plugging in shortly (auto)" if self.auto_seconds is not None else "plug in the vehicle [p]"))
+        return True, ""
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            self._end("stopped")
+        self._say("Central STOPPED this CP: Out of Order")
+
+    def resume(self) -> None:
+        with self._lock:
+            self.stopped = False
+        self._say("Central RESUMED this CP: back in service")
+
+    # -- the person at the CP -------------------------------------------------------------------------
+
+    def plug(self) -> str:
+        with self._lock:
+            if self.supply is None:
+                return self._tell("nothing to plug in: no supply is authorised")
+            if self.supply.plugged_at is not None:
+                return self._tell("already plugged in")
+            now = self._clock()
+            self.supply.plugged_at = self.supply.last_tick = now
+            return self._tell(f"plugged in: supplying driver {self.supply.driver_id} at {self.power_kw} kW")
+
+    def unplug(self) -> str:
+        with self._lock:
+            if self.supply is None or self.supply.plugged_at is None:
+                return self._tell("nothing to unplug")
+            self._tick_energy(self._clock())
+            return self._end("unplugged")
+
+    def toggle_fault(self) -> bool:
+        with self._lock:
+            self.faulty = not self.faulty
+            if self.faulty:
+                self._end("fault")
+            faulty = self.faulty
+        self._say("simulated FAULT on: answering KO to the Monitor" if faulty
+                  else "simulated fault off: answering OK to the Monitor")
+        return faulty
+
+    def request_supply(self, driver_id: str) -> str:
+        """A supply requested from the CP's own menu: it goes to Central like a driver's."""
+        with self._lock:
+            refusal = self._cannot_supply() or (None if self.cp_id else "this Engine does not know its CP id yet")
+            if refusal is None and self.supply is not None:
+                refusal = "a supply is already in course here"
+            if refusal is not None:
+                return self._tell(f"cannot request a supply: {refusal}")
+            request = SupplyRequest(uuid.uuid4().hex, driver_id, self.cp_id, source="cp")
+            self._emit(request)
+        return self._tell(f"supply requested at Central for driver {driver_id}")
+
+    # -- time ------------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Every second: telemetry while supplying; --auto plugging and unplugging; plug timeout."""
+        with self._lock:
+            supply, now = self.supply, self._clock()
+            if supply is None:
+                return
+            if supply.plugged_at is None:
+                if self.auto_seconds is not None and now - supply.authorised_at >= AUTO_PLUG_AFTER:
+                    self.plug()
+                elif now - supply.authorised_at >= self.plug_timeout:
+                    self._end("not plugged in")
+                return
+            self._tick_energy(now)
+            supply.seq += 1
+            self._emit(Telemetry(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq,
+                                 supply.kwh.quantize(FOUR), supply.amount, self.power_kw))
+            self._journal()
+            if self.auto_seconds is not None and now - supply.plugged_at >= self.auto_seconds:
+                self.unplug()
+
+    def recover(self) -> str | None:
+        """At start: report a supply an earlier run of this Engine left in its journal."""
+        entry = self.journal.read() if self.journal is not None else None
+        if entry is None:
+            return None
+        try:
+            end = SupplyEnd(entry["cp_id"], entry["session_id"], entry["driver_id"], int(entry["seq"]) + 1,
+                            Decimal(entry["kwh"]), Decimal(entry["amount_eur"]), "engine restarted")
+        except (KeyError, ValueError, ArithmeticError) as exc:
+            self._say(f"the supply journal could not be used ({exc}); ignored")
+            self.journal.clear()
+            return None
+        self._emit(end)
+        self.journal.clear()
+        return self._tell(f"reported the supply interrupted by the last stop: driver {end.driver_id}, "
+                          f"{end.kwh:.3f} kWh, {end.amount_eur:.2f} EUR")
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _cannot_supply(self) -> str | None:
+        if self.monitor is None:
+            return "no Monitor connected (the CP cannot reach Central)"
+        if self.faulty:
+            return "the CP is faulty"
+        if self.stopped:
+            return "the CP is stopped by Central (Out of Order)"
+        return None
+
+    def _tick_energy(self, now: float) -> None:
+        supply = self.supply
+        hours = Decimal(str(max(0.0, now - supply.last_tick))) * self.time_scale / Decimal(3600)
+        supply.kwh += self.power_kw * hours
+        supply.last_tick = now
+
+    def _end(self, reason: str) -> str:
+        """End the supply in course, if any, telling Central its final figures."""
+        supply = self.supply
+        if supply is None:
+            return ""
+        self.supply = None
+        if self.journal is not None:
+            self.journal.clear()
+        self._emit(SupplyEnd(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq + 1,
+                             supply.kwh.quantize(FOUR), supply.amount, reason))
+        return self._tell(f"supply of driver {supply.driver_id} ended ({reason}): "
+                          f"{supply.kwh:.3f} kWh, {supply.amount:.2f} EUR")
+
+    def _journal(self) -> None:
+        supply = self.supply
+        if self.journal is not None and supply is not None:
+            self.journal.write({"cp_id": self.cp_id or "?", "session_id": supply.session_id,
+                                "driver_id": supply.driver_id, "price": supply.price, "seq": supply.seq,
+                                "kwh": supply.kwh.quantize(FOUR), "amount_eur": supply.amount})
+
+    def _tell(self, text: str) -> str:
+        self._say(text)
+        return text

@@ -1,0 +1,69 @@
+"""The Engine's socket: one Monitor at a time: health checks, supplies to accept, Stop and Resume.
+
+A second Monitor is refused at session opening (NACK). A Monitor silent for
+``silence_timeout`` seconds is considered lost and its session closed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ev_common.link import Link, LinkConfig, LinkError, LinkServer
+from ev_common.protocol import Chk, Err, Health, MessageError, Resume, Stop, Sup, Supr
+
+from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+MONITOR_SILENCE_TIMEOUT = 3.0
+
+
+class HealthServer:
+    def __init__(self, engine: Engine, host: str, port: int, *,
+                 silence_timeout: float = MONITOR_SILENCE_TIMEOUT, config: LinkConfig = LinkConfig()) -> None:
+        self.engine = engine
+        self.silence_timeout = silence_timeout
+        self._server = LinkServer(host, port, self._serve, name="engine", max_sessions=1,
+                                  busy_reason="another Monitor is connected to this Engine", config=config)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.address
+
+    def start(self) -> "HealthServer":
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop("Engine shutting down")
+
+    def _serve(self, link: Link) -> None:
+        self.engine.monitor_connected(link.peer)
+        why = "session ended"
+        try:
+            while True:
+                try:
+                    message = link.recv(timeout=self.silence_timeout)
+                except MessageError as exc:
+                    link.send(Err.about(exc))
+                    continue
+                if message is None:
+                    why = f"no health check for {self.silence_timeout:g} s"
+                    return
+                if isinstance(message, Chk):
+                    ok, detail = self.engine.health(message.cp_id)
+                    link.send(Health("OK" if ok else "KO", detail))
+                elif isinstance(message, Sup):
+                    ok, reason = self.engine.authorise(message.session_id, message.driver_id,
+                                                       message.price_eur_kwh)
+                    link.send(Supr(message.cp_id, message.session_id, "OK" if ok else "KO", reason[:200]))
+                elif isinstance(message, Stop):
+                    self.engine.stop()
+                elif isinstance(message, Resume):
+                    self.engine.resume()
+                else:
+                    link.send(Err("UNEXPECTED", f"the Engine does not accept {message.OPCODE}"))
+        except LinkError as exc:
+            why = str(exc)
+        finally:
+            self.engine.monitor_lost(why)

@@ -1,0 +1,196 @@
+"""What the person at the CP reads: the Engine's status and its messages.
+
+Presentation only. ``EngineStatus.read(engine)`` takes a snapshot of the Engine
+without its lock (a screen must never block the Engine), ``status_lines()``
+formats it, ``PlainScreen`` prints timestamped lines (under ``--auto``, on a
+pipe, in logs) and ``Messages`` is the Engine's ``say``: lines go to the menu's
+message area while the menu runs, else they are printed as plain lines.
+This module and ``menu.py`` are the only ones that print for people.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Callable, TextIO
+
+from ev_common.words import (
+    ACTIVADO,
+    AVERIADO,
+    DESCONECTADO,
+    OUT_OF_ORDER,
+    PARADO,
+    STATE_MEANINGS,
+    STOPPED_BY_CENTRAL,
+    SUMINISTRANDO,
+)
+
+from .engine import Phase
+
+MAX_MESSAGES = 1000
+
+
+def kwh(value: Decimal) -> str:
+    return str(Decimal(value).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
+
+
+def eur(value: Decimal) -> str:
+    return str(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def number(value: Decimal) -> str:
+    """A price or a power as the driver's app shows it: at least 2 decimals, more only when they
+    matter (0.48, 0.475, 11.00)."""
+    whole, _, decimals = format(Decimal(value).normalize(), "f").partition(".")
+    return f"{whole}.{decimals.ljust(2, '0')}"
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the screen shows of the Engine at one moment."""
+
+    cp_id: str | None
+    monitor: str | None  # peer address of the connected Monitor
+    phase: Phase
+    faulty: bool
+    stopped: bool
+    power_kw: Decimal
+    auto: bool = False
+    driver_id: str | None = None
+    session_id: str | None = None
+    price: Decimal | None = None
+    kwh: Decimal | None = None
+    amount: Decimal | None = None
+
+    @classmethod
+    def read(cls, engine) -> "EngineStatus":
+        """A snapshot of ``engine`` (an ev_cp_engine.engine.Engine), read without its lock: each
+        attribute is replaced whole by the Engine, and the supply is read through one reference."""
+        supply = engine.supply
+        common = dict(cp_id=engine.cp_id, monitor=engine.monitor, faulty=engine.faulty, stopped=engine.stopped,
+                      power_kw=engine.power_kw, auto=engine.auto_seconds is not None)
+        if supply is None:
+            return cls(phase=Phase.IDLE, **common)
+        phase = Phase.SUPPLYING if supply.plugged_at is not None else Phase.AUTHORISED
+        return cls(phase=phase, driver_id=supply.driver_id, session_id=supply.session_id, price=supply.price,
+                   kwh=supply.kwh, amount=supply.amount, **common)
+
+    @property
+    def state(self) -> str:
+        """The state this CP is in as Central names it (words.py), as far as the Engine knows."""
+        if self.monitor is None:
+            return DESCONECTADO
+        if self.faulty:
+            return AVERIADO
+        if self.stopped:
+            return PARADO
+        return SUMINISTRANDO if self.phase is Phase.SUPPLYING else ACTIVADO
+
+
+def cp_line(status: EngineStatus) -> str:
+    cp = f"CP {status.cp_id}" if status.cp_id else "CP ? (its Monitor has not said it yet)"
+    monitor = f"connected from {status.monitor}" if status.monitor else "none"
+    return f"{cp} | Monitor: {monitor} | {status.state} ({STATE_MEANINGS[status.state]})"
+
+
+def supply_line(status: EngineStatus) -> str:
+    if status.phase is Phase.IDLE:
+        return "Supply: none (waiting for a request)"
+    if status.phase is Phase.AUTHORISED:
+        then = "plugging in shortly (auto)" if status.auto else "plug in the vehicle [p]"
+        return (f"Supply: AUTHORISED for driver {status.driver_id} at {number(status.price)} EUR/kWh; {then}")
+    return (f"Supply: driver {status.driver_id}: {kwh(status.kwh)} kWh, {eur(status.amount)} EUR "
+            f"({number(status.power_kw)} kW, {number(status.price)} EUR/kWh)")
+
+
+def flags_line(status: EngineStatus) -> str:
+    fault = "Fault: ON (answering KO to the Monitor)" if status.faulty else "Fault: off"
+    stopped = f"{STOPPED_BY_CENTRAL}: {OUT_OF_ORDER}" if status.stopped else "Central: in service"
+    return f"{fault} | {stopped}"
+
+
+def status_lines(status: EngineStatus) -> list[str]:
+    return [cp_line(status), supply_line(status), flags_line(status)]
+
+
+# -- plain lines -------------------------------------------------------------------------------------------
+
+
+class PlainScreen:
+    """Timestamped lines on stdout ("HH:MM:SS text"); safe from several threads."""
+
+    def __init__(self, out: TextIO | None = None, now: Callable[[], datetime] = datetime.now) -> None:
+        self._out = out
+        self._now = now
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        out = self._out or sys.stdout
+        with self._lock:
+            try:
+                out.write(f"{self._now():%H:%M:%S} {text}\n")
+                out.flush()
+            except (OSError, ValueError):  # stdout closed or gone: the Engine goes on
+                pass
+
+
+class Messages:
+    """The Engine's ``say``: plain lines, or, while the menu runs, its message queue.
+
+    Never blocks (the Engine may call it holding its lock): the menu drains the
+    queue on its own thread. Whatever is queued when the menu ends is printed.
+    """
+
+    def __init__(self, plain: PlainScreen | None = None, now: Callable[[], datetime] = datetime.now) -> None:
+        self.plain = plain or PlainScreen()
+        self._now = now
+        self._queue: collections.deque[tuple[datetime, str]] = collections.deque(maxlen=MAX_MESSAGES)
+        self._lock = threading.Lock()
+        self._to_menu = False
+
+    def __call__(self, text: str) -> None:
+        with self._lock:
+            if self._to_menu:
+                self._queue.append((self._now(), text))
+                return
+        self.plain.line(text)
+
+    def attach(self) -> None:
+        """From now on, lines wait in the queue for the menu."""
+        with self._lock:
+            self._to_menu = True
+
+    def detach(self) -> None:
+        """Back to plain lines; what the menu did not show yet is printed."""
+        with self._lock:
+            self._to_menu = False
+            left = list(self._queue)
+            self._queue.clear()
+        for _, text in left:
+            self.plain.line(text)
+
+    def drain(self) -> list[tuple[datetime, str]]:
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+        return items
+
+
+class MessagesLogHandler(logging.Handler):
+    """Log records as lines of ``Messages`` (while the menu owns the terminal)."""
+
+    def __init__(self, messages: Messages, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.messages = messages
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages(self.format(record))
+        except Exception:  # never let a log line break the Engine
+            self.handleError(record)

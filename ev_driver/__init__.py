@@ -1,0 +1,1 @@
+"""EV_Driver: the driver's app: requests supplies over Kafka and shows their progress."""

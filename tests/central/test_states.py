@@ -1,0 +1,69 @@
+"""The CP state table: every state x every event, with and without the sticky stop flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from ev_central.core.states import TABLE, Event, IllegalTransition, State, transition
+
+A, P, S, F, D = State.ACTIVADO, State.PARADO, State.SUMINISTRANDO, State.AVERIADO, State.DESCONECTADO
+E = Event
+ILLEGAL = "illegal"
+
+# EXPECTED[state][event] = (target when not stopped, target when stopped); flags checked separately
+EXPECTED = {
+    D: {E.REGISTERED: (A, P), E.ENGINE_OK: (D, D), E.ENGINE_FAULT: (D, D), E.MONITOR_LOST: (D, D),
+        E.STOP: (D, D), E.RESUME: (D, D), E.SUPPLY_STARTED: ILLEGAL, E.SUPPLY_ENDED: (D, D)},
+    A: {E.REGISTERED: (A, None), E.ENGINE_OK: (A, None), E.ENGINE_FAULT: (F, None), E.MONITOR_LOST: (D, None),
+        E.STOP: (P, None), E.RESUME: (A, None), E.SUPPLY_STARTED: (S, None), E.SUPPLY_ENDED: (A, None)},
+    S: {E.REGISTERED: (A, P), E.ENGINE_OK: (S, S), E.ENGINE_FAULT: (F, F), E.MONITOR_LOST: (D, D),
+        E.STOP: (P, P), E.RESUME: (S, S), E.SUPPLY_STARTED: ILLEGAL, E.SUPPLY_ENDED: (A, P)},
+    F: {E.REGISTERED: (A, P), E.ENGINE_OK: (A, P), E.ENGINE_FAULT: (F, F), E.MONITOR_LOST: (D, D),
+        E.STOP: (F, F), E.RESUME: (F, F), E.SUPPLY_STARTED: ILLEGAL, E.SUPPLY_ENDED: (F, F)},
+    P: {E.REGISTERED: (None, P), E.ENGINE_OK: (None, P), E.ENGINE_FAULT: (None, F), E.MONITOR_LOST: (None, D),
+        E.STOP: (None, P), E.RESUME: (None, A), E.SUPPLY_STARTED: ILLEGAL, E.SUPPLY_ENDED: (None, P)},
+}
+# ACTIVADO never carries the stop flag and PARADO always does: None marks a combination that cannot exist
+
+CASES = [(state, event, stopped) for state in State for event in Event for stopped in (False, True)
+         if not (EXPECTED[state][event] != ILLEGAL and EXPECTED[state][event][stopped] is None)]
+
+
+def test_expected_table_covers_every_pair():
+    assert {(s, e) for s in EXPECTED for e in EXPECTED[s]} == {(s, e) for s in State for e in Event}
+
+
+@pytest.mark.parametrize("state,event,stopped", CASES, ids=[f"{s}-{e}-{'stopped' if st else 'running'}" for s, e, st in CASES])
+def test_every_state_and_event(state, event, stopped):
+    expected = EXPECTED[state][event]
+    if expected == ILLEGAL:
+        with pytest.raises(IllegalTransition, match=f"{event} is not possible while {state}"):
+            transition(state, stopped, event)
+        assert (state, event) not in TABLE
+        return
+    outcome = transition(state, stopped, event)
+    assert outcome.state is expected[stopped]
+    flag = {E.STOP: True, E.RESUME: False}.get(event, stopped)
+    assert outcome.stopped is flag
+    assert outcome.interrupts_supply is (state is S and outcome.state is not S and event is not E.SUPPLY_ENDED)
+
+
+def test_stop_is_sticky_through_fault_and_reconnection():
+    o = transition(A, False, E.STOP)
+    assert (o.state, o.stopped) == (P, True)
+    o = transition(o.state, o.stopped, E.ENGINE_FAULT)
+    assert (o.state, o.stopped) == (F, True)
+    o = transition(o.state, o.stopped, E.ENGINE_OK)
+    assert (o.state, o.stopped) == (P, True)  # repaired: back to PARADO, not ACTIVADO
+    o = transition(o.state, o.stopped, E.MONITOR_LOST)
+    o = transition(o.state, o.stopped, E.REGISTERED)
+    assert (o.state, o.stopped) == (P, True)  # reconnected: still PARADO
+    o = transition(o.state, o.stopped, E.RESUME)
+    assert (o.state, o.stopped) == (A, False)
+
+
+def test_a_fault_during_a_supply_interrupts_it():
+    assert transition(S, False, E.ENGINE_FAULT).interrupts_supply
+    assert transition(S, False, E.MONITOR_LOST).interrupts_supply
+    assert transition(S, False, E.STOP).interrupts_supply
+    assert not transition(S, False, E.SUPPLY_ENDED).interrupts_supply

@@ -1,0 +1,140 @@
+"""The driver's screen: the CPs available now (shown once known and on every change, a burst
+shown once), and the live figures of a supply (in place on a terminal, a line each otherwise)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from ev_common.records import CPStatus, Ticket
+from ev_driver.driver import CPDirectory
+from ev_driver.screen import CLEAR_LINE, Screen, available_text, live_text
+
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
+
+
+def status(cp: str, state: str, location: str = "C/Mayor, 45", price: str = "0.4800") -> CPStatus:
+    return CPStatus(cp_id=cp, state=state, location=location, price_eur_kwh=Decimal(price))
+
+
+def screen_on(out: io.StringIO, terminal: bool = False) -> Screen:
+    return Screen(out, now=lambda: datetime(2026, 11, 21, 11, 0, 0), terminal=terminal)
+
+
+def lines(out: io.StringIO) -> list[str]:
+    return [line[9:] for line in out.getvalue().splitlines()]  # without "HH:MM:SS "
+
+
+# -- the CPs available now ------------------------------------------------------------------------------
+
+
+def test_available_text():
+    assert available_text([status("CP001", "ACTIVADO"), status("CP002", "ACTIVADO", "Gran Via 2", "0.475")]) == (
+        "Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh), CP002 (Gran Via 2, 0.475 EUR/kWh)")
+    assert available_text([]) == "Available CPs: none right now"
+
+
+def test_shown_once_known_and_when_the_set_changes():
+    out = io.StringIO()
+    cps = CPDirectory(screen_on(out), settle=0)
+    cps.handle("CP001", status("CP001", "DESCONECTADO"))
+    cps.handle("CP001", status("CP001", "ACTIVADO"))
+    cps.handle("CP002", status("CP002", "ACTIVADO", "Gran Via 2"))
+    cps.handle("CP002", status("CP002", "ACTIVADO", "Gran Via 2"))  # the same again: nothing new
+    cps.handle("CP001", status("CP001", "SUMINISTRANDO"))
+    cps.handle("CP003", status("CP003", "AVERIADO"))  # not available: the set is the same
+    cps.handle("CP001", status("CP001", "ACTIVADO", price="0.50"))  # back, at another price
+    assert lines(out) == [
+        "Available CPs: none right now",
+        "Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh)",
+        "Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh), CP002 (Gran Via 2, 0.48 EUR/kWh)",
+        "Available CPs: CP002 (Gran Via 2, 0.48 EUR/kWh)",
+        "Available CPs: CP001 (C/Mayor, 45, 0.50 EUR/kWh), CP002 (Gran Via 2, 0.48 EUR/kWh)",
+    ]
+
+
+def test_a_burst_of_statuses_is_shown_once_it_settles():
+    out = io.StringIO()
+    scheduled = []
+    cps = CPDirectory(screen_on(out), settle=1.0, schedule=lambda seconds, action: scheduled.append((seconds, action)))
+    for state in ("DESCONECTADO", "ACTIVADO", "SUMINISTRANDO", "ACTIVADO"):  # the topic read from its beginning
+        cps.handle("CP001", status("CP001", state))
+    cps.handle("CP002", status("CP002", "AVERIADO"))
+    assert [seconds for seconds, _ in scheduled] == [1.0] and out.getvalue() == ""
+    scheduled.pop()[1]()
+    assert lines(out) == ["Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh)"]
+    cps.handle("CP001", status("CP001", "SUMINISTRANDO"))
+    cps.handle("CP001", status("CP001", "ACTIVADO"))  # changed and changed back before it settled
+    scheduled.pop()[1]()
+    assert len(lines(out)) == 1 and scheduled == []
+
+
+# -- the live figures --------------------------------------------------------------------------------------
+
+
+def ticket(session: str = "S1") -> Ticket:
+    return Ticket(session_id=session, request_id="r1", driver_id="D1", cp_id="CP001", started_at=T0,
+                  ended_at=T0 + timedelta(seconds=30), kwh=Decimal("0.2"), price_eur_kwh=Decimal("0.48"),
+                  amount_eur=Decimal("0.10"), status="COMPLETED", end_reason="unplugged")
+
+
+def test_live_text():
+    assert live_text("CP001", Decimal("1.23456"), Decimal("0.5926"), Decimal("11")) == (
+        "Charging at CP001: 1.235 kWh, 0.59 EUR (11.00 kW)")
+    assert live_text("CP002", Decimal(0), Decimal(0), Decimal("7.2"), "earlier supply at CP002") == (
+        "[earlier supply at CP002] Charging at CP002: 0.000 kWh, 0.00 EUR (7.20 kW)")
+
+
+def test_plain_mode_prints_a_line_per_update():
+    out = io.StringIO()
+    screen = screen_on(out)
+    screen.progress("CP001", Decimal("0.1"), Decimal("0.05"), Decimal("11"))
+    screen.progress("CP001", Decimal("0.2"), Decimal("0.10"), Decimal("11"))
+    screen.ticket(ticket())
+    assert lines(out)[:3] == ["Charging at CP001: 0.100 kWh, 0.05 EUR (11.00 kW)",
+                              "Charging at CP001: 0.200 kWh, 0.10 EUR (11.00 kW)",
+                              "===== TICKET of your supply at CP001: COMPLETED ====="]
+    assert CLEAR_LINE not in out.getvalue()
+
+
+def test_terminal_mode_updates_one_line_in_place():
+    out = io.StringIO()
+    screen = screen_on(out, terminal=True)
+    screen.progress("CP001", Decimal("0.1"), Decimal("0.05"), Decimal("11"))
+    screen.progress("CP001", Decimal("0.2"), Decimal("0.10"), Decimal("11"))
+    assert out.getvalue() == (f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.100 kWh, 0.05 EUR (11.00 kW)"
+                              f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.200 kWh, 0.10 EUR (11.00 kW)")
+    screen.progress("CP002", Decimal("1"), Decimal("0.5"), Decimal("7.2"), "earlier supply at CP002")
+    assert out.getvalue().endswith(f"(11.00 kW)\n{CLEAR_LINE}11:00:00 [earlier supply at CP002] Charging at CP002: "
+                                   "1.000 kWh, 0.50 EUR (7.20 kW)")  # another supply: a live line of its own
+    screen.ticket(ticket())  # the last figures stay, the ticket comes below
+    assert "(7.20 kW)\n11:00:00 ===== TICKET of your supply at CP001: COMPLETED =====\n" in out.getvalue()
+    screen.line("Next request in 4 s (1 left)...")
+    assert out.getvalue().endswith("=\n11:00:00 Next request in 4 s (1 left)...\n")
+
+
+def test_terminal_mode_log_records_end_the_live_line():
+    out, err = io.StringIO(), io.StringIO()
+    screen = screen_on(out, terminal=True)
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    for handler in saved:
+        root.removeHandler(handler)
+    root.addHandler(logging.StreamHandler(err))
+    root.setLevel(logging.INFO)
+    try:
+        screen.guard_logging()
+        screen.progress("CP001", Decimal("0.1"), Decimal("0.05"), Decimal("11"))
+        logging.getLogger("ev_driver.test").warning("Kafka unreachable")
+        screen.progress("CP001", Decimal("0.2"), Decimal("0.10"), Decimal("11"))
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
+    assert err.getvalue() == "Kafka unreachable\n"
+    assert out.getvalue() == (f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.100 kWh, 0.05 EUR (11.00 kW)\n"
+                              f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.200 kWh, 0.10 EUR (11.00 kW)")

@@ -1,0 +1,44 @@
+"""`make demo`, as the README documents it, for a bounded time without a terminal:
+every program runs, tickets come out, and Ctrl+C (here: --seconds) leaves nothing running."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and "pytest" not in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def test_make_demo_runs_unattended_and_stops_cleanly(tmp_path):
+    demo_dir = tmp_path / "demo"
+    args = f"--ui log --seconds 45 --auto-seconds 2 --pause 1 --dir {demo_dir}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EV_", "MAKE"))}
+    result = subprocess.run(["make", "-s", "demo", f"DEMO_ARGS={args}"], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    for program in ("central", "CP001-engine", "CP002-monitor", "CP003-engine", "driver-D001", "driver-D002"):
+        assert f"[{program}] " in out, f"no line from {program}:\n{out[-4000:]}"
+    tickets = re.findall(r"\[driver-D00[12]\] .*TICKET of your supply at (CP00[123]): COMPLETED", out)
+    assert len(tickets) >= 4, out[-4000:]
+    assert "[demo] stopped; nothing left running" in out
+    assert "Traceback" not in out, out[-4000:]
+    assert processes_mentioning(str(demo_dir)) == []

@@ -1,0 +1,135 @@
+"""Messages: tables that drive encode and decode; every field rule; the error types."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from ev_common.protocol import (
+    MESSAGES,
+    Auth,
+    Err,
+    FieldCountError,
+    InvalidField,
+    LocalProtocolError,
+    MessageError,
+    Reg,
+    UnknownOpcode,
+)
+
+# (wire DATA, message): decode(DATA) == message and message.to_data() == DATA
+ROUND_TRIPS = [
+    ("REG#CP001#C/Mayor, 45#0.48", Reg("CP001", "C/Mayor, 45", Decimal("0.48"))),
+    ("REG#cp_2-B#Plaza España 3#0", Reg("cp_2-B", "Plaza España 3", Decimal("0"))),
+    ("REG#X#Calle 1#1000", Reg("X", "Calle 1", Decimal("1000"))),
+    ("REG#X#Calle 1#0.12340", Reg("X", "Calle 1", Decimal("0.12340"))),  # trailing zeros are fine
+    ("AUTH#OK#Autenticacion exitosa", Auth("OK", "Autenticacion exitosa")),
+    ("AUTH#KO#price must be >= 0", Auth("KO", "price must be >= 0")),
+    ("AUTH#OK#", Auth("OK", "")),
+    ("ERR#UNKNOWN_OPCODE#unknown opcode 'FOO'", Err("UNKNOWN_OPCODE", "unknown opcode 'FOO'")),
+]
+
+
+@pytest.mark.parametrize("data,message", ROUND_TRIPS, ids=[r[0] for r in ROUND_TRIPS])
+def test_round_trip(data, message):
+    assert MESSAGES.decode(data) == message
+    assert message.to_data() == data.encode()
+
+
+# (DATA, error class, text the error must mention)
+BAD_CONTENT = [
+    ("FOO#1", UnknownOpcode, "FOO"),
+    ("reg#CP1#x#1", UnknownOpcode, "reg"),
+    ("", UnknownOpcode, ""),
+    ("REG", FieldCountError, "takes 3"),
+    ("REG#CP1#x", FieldCountError, "got 2"),
+    ("REG#CP1#x#1#extra", FieldCountError, "got 4"),
+    ("REG#CP 1#x#1", InvalidField, "cp_id"),
+    ("REG##x#1", InvalidField, "cp_id"),
+    ("REG#" + "C" * 65 + "#x#1", InvalidField, "cp_id"),
+    ("REG#CP1##1", InvalidField, "location"),
+    ("REG#CP1#x#-0.5", InvalidField, "below 0"),
+    ("REG#CP1#x#abc", InvalidField, "not a decimal"),
+    ("REG#CP1#x#NaN", InvalidField, "price"),
+    ("REG#CP1#x#1e3", InvalidField, "price"),
+    ("REG#CP1#x#1001", InvalidField, "above"),
+    ("REG#CP1#x#0.12345", InvalidField, "more than 4 decimal places"),
+    ("AUTH#MAYBE#x", InvalidField, "status"),
+    ("ERR#NOPE#x", InvalidField, "code"),
+]
+
+
+@pytest.mark.parametrize("data,error,mentions", BAD_CONTENT, ids=[r[0][:30] or "empty" for r in BAD_CONTENT])
+def test_bad_content_raises_typed_error_with_bytes(data, error, mentions):
+    with pytest.raises(error) as info:
+        MESSAGES.decode(data)
+    assert isinstance(info.value, MessageError)
+    assert info.value.raw == data.encode()[:128]
+    assert mentions in str(info.value)
+
+
+def test_message_error_names_opcode():
+    with pytest.raises(InvalidField) as info:
+        MESSAGES.decode("REG#bad id#x#1")
+    assert info.value.opcode == "REG"
+    assert info.value.field == "cp_id"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Reg("CP#1", "x", Decimal(1)),
+        lambda: Reg("CP1", "a#b", Decimal(1)),
+        lambda: Reg("CP1", "line\nbreak", Decimal(1)),
+        lambda: Reg("CP1", "x", Decimal(-1)),
+        lambda: Reg("CP1", "x", Decimal("Infinity")),
+        lambda: Reg("CP1", "", Decimal(1)),
+        lambda: Reg("CP1", "x", Decimal("0.1234567891")),
+        lambda: Auth("YES", "x"),
+        lambda: Reg("CP1", "x" * 201, Decimal(1)),
+    ],
+)
+def test_sender_refuses_to_build_invalid_messages(build):
+    with pytest.raises(LocalProtocolError, match="cannot build"):
+        build()
+
+
+def test_messages_are_frozen():
+    msg = Reg("CP1", "x", Decimal(1))
+    with pytest.raises(AttributeError):
+        msg.cp_id = "CP2"
+
+
+def test_auth_helpers_sanitise_free_text():
+    assert Auth.refused("bad id 'a#b'\n").to_data() == b"AUTH#KO#bad id 'a?b'?"
+    assert Auth.accepted().ok and not Auth.refused("x").ok
+
+
+def test_err_about_maps_error_kinds():
+    try:
+        MESSAGES.decode("ZAP#1")
+    except MessageError as exc:
+        assert Err.about(exc).code == "UNKNOWN_OPCODE"
+    try:
+        MESSAGES.decode("REG#1")
+    except MessageError as exc:
+        assert Err.about(exc).code == "BAD_MESSAGE"
+
+
+def test_registry_refuses_duplicate_opcodes():
+    from ev_common.protocol import Registry
+
+    registry = Registry()
+    registry.register(Reg)
+    with pytest.raises(ValueError, match="twice"):
+        registry.register(Reg)
+    assert "REG" in registry and registry.get("AUTH") is None
+
+
+def test_every_registered_message_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for cls in MESSAGES:
+        assert f"`{cls.OPCODE}#" in doc or f"`{cls.OPCODE}`" in doc, f"{cls.OPCODE} is missing from docs/protocol.md"
