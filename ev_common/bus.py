@@ -122,54 +122,70 @@ class Publisher:
     """An idempotent producer of records. ``publish`` never blocks on the broker and never raises.
 
     A producer that hits a *fatal* error (for example its sequence numbers no longer match a
-    broker that lost its state) cannot go on: it is replaced by a new one, and the records it
-    still held are reported undelivered (``on_delivery(False)``) so their owners can send again.
+    broker that lost its state) cannot go on: it is replaced by a new one, and the records that
+    the old one failed or still held are sent again by the new one (at most ``MAX_RESENDS``
+    times each; a record may then arrive twice, and every consumer here tolerates that). Only
+    a record that still fails is reported undelivered (``on_delivery(False)``).
     """
 
-    def __init__(self, bootstrap: str, client_id: str, **overrides) -> None:
+    MAX_RESENDS = 3
+
+    def __init__(self, bootstrap: str, client_id: str, *, producer_factory: Callable[[dict], Producer] = Producer,
+                 **overrides) -> None:
         self._outage = _OutageReporter(client_id)
         self._config = {"bootstrap.servers": bootstrap, "client.id": client_id, "error_cb": self._on_error,
                         **_CLIENT_LOG, **PRODUCER_DEFAULTS, **overrides}
-        self._producer = Producer(self._config)
+        self._new_producer = producer_factory
+        self._producer = producer_factory(self._config)
         self._lock = threading.RLock()
         self._fatal: str | None = None
+        self._resend: list[tuple] = []  # (topic, key, record, on_delivery, sends so far)
         self.failed = 0
         self.replaced = 0
+        self.resent = 0
 
     def publish(self, topic: str, key: str, record: Record,
                 on_delivery: Callable[[bool], None] | None = None) -> None:
         """Queue ``record``; ``on_delivery(ok)`` runs from a later ``poll``/``flush`` once the broker answered."""
+        with self._lock:
+            self._replace_if_fatal()
+            self._produce(topic, key, record, on_delivery, 1)
 
+    def _produce(self, topic: str, key: str, record: Record, on_delivery, sends: int) -> None:
         def delivered(err, _msg):
             if err is None:
                 self._outage.ok()
             else:
+                dead = err.fatal() or err.code() in _DEAD_PRODUCER
+                if dead:
+                    self._fatal = err.str()
+                if (dead or err.code() in _PURGED) and sends <= self.MAX_RESENDS:
+                    # the producer is (being) replaced: the new one sends the record again
+                    self._resend.append((topic, key, record, on_delivery, sends + 1))
+                    return
                 self.failed += 1
                 log.error("record %s for %s not delivered: %s", record.TYPE, key, err.str())
-                if err.fatal() or err.code() in _DEAD_PRODUCER:
-                    self._fatal = err.str()
             if on_delivery is not None:
                 on_delivery(err is None)
 
         value = encode(record)
-        with self._lock:
-            for _attempt in range(2):
-                self._replace_if_fatal()
-                try:
-                    while True:
-                        try:
-                            self._producer.produce(topic, value=value, key=key.encode(), on_delivery=delivered)
-                            break
-                        except BufferError:  # local queue full (long outage): wait for room
-                            self._producer.poll(0.1)
-                    self._producer.poll(0)
-                    return
-                except KafkaException as exc:
-                    if not _is_fatal(exc):
+        for _attempt in range(2):
+            try:
+                while True:
+                    try:
+                        self._producer.produce(topic, value=value, key=key.encode(), on_delivery=delivered)
                         break
-                    self._fatal = exc.args[0].str()
-            self.failed += 1
-            log.error("record %s for %s not queued", record.TYPE, key)
+                    except BufferError:  # local queue full (long outage): wait for room
+                        self._producer.poll(0.1)
+                self._producer.poll(0)
+                return
+            except KafkaException as exc:
+                if not _is_fatal(exc):
+                    break
+                self._fatal = exc.args[0].str()
+                self._replace_if_fatal()
+        self.failed += 1
+        log.error("record %s for %s not queued", record.TYPE, key)
         if on_delivery is not None:
             on_delivery(False)
 
@@ -190,8 +206,13 @@ class Publisher:
 
     def flush(self, timeout: float = 10.0) -> int:
         """Deliver what is queued; returns how many records are still undelivered."""
+        deadline = time.monotonic() + timeout
         try:
             left = self._producer.flush(timeout)
+            with self._lock:
+                if self._fatal is not None:  # it died meanwhile: its records go out with the next one
+                    self._replace_if_fatal()
+                    left = self._producer.flush(max(0.0, deadline - time.monotonic()))
         except KafkaException as exc:
             log.error("flush failed: %s", exc.args[0].str())
             return -1
@@ -208,20 +229,28 @@ class Publisher:
         if self._fatal is None:
             return
         log.error("the Kafka producer hit a fatal error (%s); replacing it", self._fatal)
-        old, self._producer = self._producer, Producer(self._config)
+        old, self._producer = self._producer, self._new_producer(self._config)
         self._fatal = None
         self.replaced += 1
         try:
-            old.purge()  # what it still held is reported undelivered through its callbacks
-            old.poll(0)
+            old.purge()  # what it still held comes back through its callbacks, to be sent again
+            old.flush(1.0)  # serves those callbacks (nothing is left to send after the purge)
         except KafkaException:
             pass
+        pending, self._resend = self._resend, []
+        if pending:  # in their original order; one that fails again waits for the next replacement
+            self.resent += len(pending)
+            log.warning("sending %d record(s) again with the new Kafka producer", len(pending))
+            for topic, key, record, on_delivery, sends in pending:
+                self._produce(topic, key, record, on_delivery, sends)
 
 
 # delivery errors after which this producer's identity is dead: only a new producer can go on
 _DEAD_PRODUCER = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
                   KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.UNKNOWN_PRODUCER_ID,
                   KafkaError.INVALID_PRODUCER_ID_MAPPING}
+# what a replaced producer reports for the records it still held
+_PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
 
 
 def _is_fatal(exc: KafkaException) -> bool:

@@ -62,8 +62,8 @@ class CuttableProxy:
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(None)
         try:
+            src.settimeout(None)  # already closed if the proxy was cut meanwhile
             while True:
                 data = src.recv(65536)
                 if not data:

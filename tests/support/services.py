@@ -201,9 +201,11 @@ class TansuBroker:
         cluster_id: str = "evcharging",
         startup_timeout: float = 10.0,
         extra_env: Mapping[str, str] | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port
+        self.advertised_port = advertised_port  # e.g. a CuttableProxy's in front of the broker
         self._port_chosen = port is not None
         self.log_path = Path(log_path) if log_path is not None else None
         self._binary = Path(binary) if binary is not None else None
@@ -254,11 +256,12 @@ class TansuBroker:
 
     def _spawn_and_wait(self, binary: Path) -> str:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         argv = [
             str(binary),
             "broker",
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
             "--cluster-id", self.cluster_id,
         ]  # fmt: skip
