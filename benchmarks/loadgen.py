@@ -1,0 +1,785 @@
+"""Load generator: N Monitors and M charging Engines against one real Central on real MySQL.
+
+Run: ``python -m benchmarks.loadgen --monitors 2000 --supplies 500 --seconds 60 --storm``.
+
+* **Monitors** are simulated in one asyncio loop, speaking the real wire protocol to
+  Central: ENQ, ``REG`` (answered ``AUTH``), ``HB`` every second, ``AVR``/``REC`` for
+  faults at ``--faults-per-second``, ``SUPR#OK`` to every ``SUP``, each frame ACKed
+  and retransmitted as the link layer says (docs/protocol.md).
+* **Engines**: for each of M supplies a driver request goes to Kafka; once Central
+  authorises it, ``telemetry`` records are published every second, then ``supply.end``.
+* **Central** is started as its own process (``python -m ev_central``, log level INFO,
+  log to a file) on a fresh MySQL database, unless ``--central`` names a running one.
+  A Tansu broker is started unless ``--kafka`` is given.
+
+Measured (same machine, same clock):
+
+* registration: connect -> ``AUTH#OK``; ``storm_seconds``: first connect -> last ``AUTH#OK``;
+* fault detection: ``AVR`` written -> ``AVERIADO`` read back from Central's database
+  (polled every 50 ms, so figures carry up to 50 ms of polling);
+* telemetry: ``telemetry.ts`` (made when published) -> ``supply.progress.ts`` (made by
+  Central when it applied it to its state);
+* false disconnects: sessions Central closed, or ``DESCONECTADO`` written, for a Monitor
+  that kept sending its signs of life;
+* Central's CPU (% of one core, over the measured window) and peak RSS (``VmHWM``).
+
+Prints a table, then one JSON line (the last line of the output). Asserts nothing: a
+benchmark, not a test (a small run is smoke-tested by tests/test_loadgen_smoke.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from ev_common.bus import Publisher, RecordConsumer, Topics
+from ev_common.protocol import ACK, ENQ, EOT, NACK, Control, ControlByte, Frame, FrameDecoder, FrameError
+from ev_common.protocol import encode_frame
+from ev_common.records import RequestAuthorised, RequestDenied, SupplyEnd, SupplyProgress, SupplyRequest, Telemetry
+from ev_common.records import Ticket
+
+log = logging.getLogger("loadgen")
+
+HB_INTERVAL = 1.0
+ACK_TIMEOUT = 1.0
+MAX_RETRANSMITS = 3
+RECONNECT_DELAY = 1.0
+DB_POLL = 0.05
+POWER_KW = Decimal("11")
+PRICE = "0.35"
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+@dataclass
+class Figures:
+    """What the run measured; filled from the loop, the DB poller and the Kafka threads."""
+
+    registration_ms: list[float] = field(default_factory=list)
+    first_connect: float | None = None
+    last_registered: float | None = None
+    fault_ms: list[float] = field(default_factory=list)
+    faults_sent: int = 0
+    telemetry_ms: list[float] = field(default_factory=list)
+    telemetry_sent: int = 0
+    false_disconnects: set[str] = field(default_factory=set)
+    closed_by_central: int = 0
+    refused: int = 0
+    retransmits: int = 0
+    links_broken: int = 0
+    heartbeats: int = 0
+    sups: int = 0
+    authorised: int = 0
+    denied: int = 0
+    tickets: int = 0
+
+
+# -- simulated Monitors -------------------------------------------------------------------------
+
+
+class SimMonitor(asyncio.Protocol):
+    """One Monitor: the link layer (ENQ, ACK, one frame in flight, retransmission) and its messages."""
+
+    def __init__(self, sim: "MonitorFleet", cp_id: str) -> None:
+        self.sim = sim
+        self.cp_id = cp_id
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder()
+        self.state = "idle"  # idle | enq | open | registered | closed
+        self.queue: list[bytes] = []
+        self.in_flight: bytes | None = None
+        self.retries = 0
+        self.ack_timer: asyncio.TimerHandle | None = None
+        self.connect_started = 0.0
+        self.registered_once = False
+        self.faulty = False
+        self.supplying = False
+        self.closing = False  # closed on purpose by the load generator
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.state = "enq"
+        transport.write(bytes((ENQ,)))
+
+    def data_received(self, data: bytes) -> None:
+        self.decoder.feed(data)
+        while True:
+            try:
+                event = self.decoder.next_event()
+            except FrameError:
+                self.transport.write(bytes((NACK,)))
+                continue
+            if isinstance(event, Control):
+                self._control(event.byte)
+            elif isinstance(event, Frame):
+                self.transport.write(bytes((ACK,)))
+                self._frame(event.text)
+            else:
+                return
+
+    def connection_lost(self, exc) -> None:
+        was = self.state
+        self.state = "closed"
+        self._cancel_timer()
+        if self.closing or self.sim.stopping:
+            return
+        if was == "registered":
+            self.sim.figures.closed_by_central += 1
+            self.sim.figures.false_disconnects.add(self.cp_id)
+        self.sim.reconnect_later(self)
+
+    # -- link layer --
+
+    def _control(self, byte: ControlByte) -> None:
+        if self.state == "enq":
+            if byte == ControlByte.ACK:
+                self.state = "open"
+                self.send(f"REG#{self.cp_id}#Load test street {self.cp_id[-4:]}#{PRICE}")
+            else:
+                self.sim.figures.refused += 1
+                self.transport.close()
+            return
+        if byte == ControlByte.ACK and self.in_flight is not None:
+            self._cancel_timer()
+            self.in_flight = None
+            self._next()
+        elif byte == ControlByte.NACK and self.in_flight is not None:
+            self._retransmit()
+        elif byte == ControlByte.EOT:
+            self.transport.close()
+
+    def send(self, text: str) -> None:
+        if self.state not in ("open", "registered"):
+            return
+        self.queue.append(encode_frame(text.encode()))
+        if self.in_flight is None:
+            self._next()
+
+    def _next(self) -> None:
+        if self.queue and self.transport is not None and not self.transport.is_closing():
+            self.in_flight = self.queue.pop(0)
+            self.retries = 0
+            self.transport.write(self.in_flight)
+            self.ack_timer = self.sim.loop.call_later(ACK_TIMEOUT, self._retransmit)
+
+    def _retransmit(self) -> None:
+        self._cancel_timer()
+        if self.in_flight is None or self.transport is None:
+            return
+        if self.retries >= MAX_RETRANSMITS:
+            self.sim.figures.links_broken += 1
+            self.transport.close()
+            return
+        self.retries += 1
+        self.sim.figures.retransmits += 1
+        self.transport.write(self.in_flight)
+        self.ack_timer = self.sim.loop.call_later(ACK_TIMEOUT, self._retransmit)
+
+    def _cancel_timer(self) -> None:
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+
+    # -- messages from Central --
+
+    def _frame(self, text: str) -> None:
+        opcode, _, rest = text.partition("#")
+        fields = rest.split("#")
+        if opcode == "AUTH":
+            if fields[0] == "OK" and self.state == "open":
+                self.state = "registered"
+                self.sim.registered(self)
+        elif opcode == "SUP":  # SUP#cp#session#driver#price: the Engine takes it
+            self.sim.figures.sups += 1
+            self.send(f"SUPR#{self.cp_id}#{fields[1]}#OK#")
+
+    def heartbeat(self) -> None:
+        if self.state == "registered" and len(self.queue) < 2:
+            self.sim.figures.heartbeats += 1
+            self.send(f"HB#{self.cp_id}")
+
+
+class MonitorFleet:
+    """N simulated Monitors in one asyncio loop, on a thread of its own."""
+
+    def __init__(self, host: str, port: int, n: int, figures: Figures, *, storm: bool, connect_rate: float,
+                 faults_per_second: float, fault_seconds: float, prefix: str = "LG") -> None:
+        self.host, self.port = host, port
+        self.figures = figures
+        self.storm = storm
+        self.connect_rate = connect_rate
+        self.faults_per_second = faults_per_second
+        self.fault_seconds = fault_seconds
+        self.monitors = {f"{prefix}{i:05d}": None for i in range(n)}
+        self.sims: dict[str, SimMonitor] = {}
+        self.fault_sent: dict[str, float] = {}  # cp_id -> when its AVR was queued, until seen in the DB
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self.stopping = False
+        self.all_registered = threading.Event()
+        self.faults_on = threading.Event()
+        self._registered = 0
+        self._thread = threading.Thread(target=self._run, name="monitors", daemon=True)
+
+    def start(self) -> "MonitorFleet":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.loop.call_soon_threadsafe(self._close_all)
+        self._thread.join(10)
+
+    def call(self, fn, *args) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        ids = list(self.monitors)
+        if self.storm:
+            await asyncio.gather(*(self._connect(cp_id) for cp_id in ids))
+        else:
+            for i, cp_id in enumerate(ids):
+                self.loop.create_task(self._connect(cp_id))
+                if (i + 1) % 50 == 0:
+                    await asyncio.sleep(50 / self.connect_rate)
+        self.loop.create_task(self._faults())
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)
+
+    async def _connect(self, cp_id: str) -> None:
+        sim = SimMonitor(self, cp_id)
+        self.sims[cp_id] = sim
+        sim.connect_started = time.monotonic()
+        if self.figures.first_connect is None:
+            self.figures.first_connect = sim.connect_started
+        try:
+            await self.loop.create_connection(lambda: sim, self.host, self.port)
+        except OSError:
+            self.figures.refused += 1
+            self.reconnect_later(sim)
+
+    def reconnect_later(self, sim: SimMonitor) -> None:
+        if not self.stopping:
+            self.loop.call_later(RECONNECT_DELAY * (0.5 + random.random()),
+                                 lambda: self.loop.create_task(self._connect(sim.cp_id)))
+
+    def registered(self, sim: SimMonitor) -> None:
+        now = time.monotonic()
+        if not sim.registered_once:
+            sim.registered_once = True
+            self.figures.registration_ms.append((now - sim.connect_started) * 1000)
+            self._registered += 1
+            if self._registered == len(self.monitors):
+                self.figures.last_registered = now
+                self.all_registered.set()
+        # signs of life every second from now, at this Monitor's own phase
+        self.loop.call_later(HB_INTERVAL, self._beat, sim)
+
+    def _beat(self, sim: SimMonitor) -> None:
+        if sim.state == "registered" and self.sims.get(sim.cp_id) is sim:
+            sim.heartbeat()
+            self.loop.call_later(HB_INTERVAL, self._beat, sim)
+
+    async def _faults(self) -> None:
+        while not self.stopping:
+            if not self.faults_on.is_set() or self.faults_per_second <= 0:
+                await asyncio.sleep(0.1)
+                continue
+            await asyncio.sleep(random.expovariate(self.faults_per_second))
+            healthy = [s for s in self.sims.values() if s.state == "registered" and not s.faulty and not s.supplying]
+            if not healthy:
+                continue
+            sim = random.choice(healthy)
+            sim.faulty = True
+            with self.lock:  # until read back as AVERIADO (a fault never seen there stays, as missed)
+                self.fault_sent[sim.cp_id] = time.monotonic()
+            self.figures.faults_sent += 1
+            sim.send(f"AVR#{sim.cp_id}#load test fault")
+            self.loop.call_later(self.fault_seconds, self._recover, sim)
+
+    def _recover(self, sim: SimMonitor) -> None:
+        sim.send(f"REC#{sim.cp_id}")
+        self.loop.call_later(1.0, setattr, sim, "faulty", False)
+
+    def mark_supplying(self, cp_id: str, on: bool) -> None:
+        sim = self.sims.get(cp_id)
+        if sim is not None:
+            sim.supplying = on
+
+    def alive(self, cp_id: str) -> bool:
+        sim = self.sims.get(cp_id)
+        return sim is not None and sim.state == "registered"
+
+    def _close_all(self) -> None:
+        for sim in self.sims.values():
+            sim.closing = True
+            if sim.transport is not None:
+                sim.transport.write(bytes((EOT,)))
+                sim.transport.close()
+
+
+# -- Central's database, read back ---------------------------------------------------------------
+
+
+class DBWatcher:
+    """Polls Central's charging_points for rows changed since the last poll."""
+
+    def __init__(self, db_url: str, fleet: MonitorFleet, figures: Figures) -> None:
+        self.params = parse_db_params(db_url)
+        self.fleet = fleet
+        self.figures = figures
+        self.stop = threading.Event()
+        self.states: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._run, name="db-watch", daemon=True)
+
+    def start(self) -> "DBWatcher":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import mysql.connector
+
+        conn = mysql.connector.connect(**self.params, autocommit=True, connection_timeout=5)
+        cur = conn.cursor()
+        watermark = datetime(1970, 1, 1)
+        try:  # rows changed since the newest change seen, less 2 s for rows committed late
+            while not self.stop.wait(DB_POLL):
+                cur.execute("SELECT cp_id, state, updated_at FROM charging_points WHERE updated_at >= %s",
+                            (watermark - timedelta(seconds=2),))
+                now = time.monotonic()
+                for cp_id, state, updated in cur.fetchall():
+                    watermark = max(watermark, updated)
+                    before = self.states.get(cp_id)
+                    self.states[cp_id] = state
+                    if state == before:
+                        continue
+                    if state == "AVERIADO":
+                        with self.fleet.lock:
+                            sent = self.fleet.fault_sent.pop(cp_id, None)
+                        if sent is not None:
+                            self.figures.fault_ms.append((now - sent) * 1000)
+                    elif state == "DESCONECTADO" and before is not None and self.fleet.alive(cp_id):
+                        self.figures.false_disconnects.add(cp_id)
+        finally:
+            conn.close()
+
+
+def parse_db_params(url: str) -> dict:
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(url)
+    return {"host": u.hostname or "127.0.0.1", "port": u.port or 3306, "user": unquote(u.username or "root"),
+            "password": unquote(u.password or ""), "database": u.path.lstrip("/")}
+
+
+# -- supplies over Kafka ------------------------------------------------------------------------
+
+
+@dataclass
+class Supply:
+    cp_id: str
+    driver_id: str
+    request_id: str
+    session_id: str | None = None
+    seq: int = 0
+    next_at: float = 0.0
+    ended: bool = False
+
+
+class SupplyFleet:
+    """M drivers' requests, then their CPs' telemetry every second, then supply.end; reads what Central sends."""
+
+    def __init__(self, kafka: str, topics: Topics, fleet: MonitorFleet, figures: Figures, cps: list[str]) -> None:
+        self.topics = topics
+        self.fleet = fleet
+        self.figures = figures
+        self.supplies = {f"LGD{i:05d}": Supply(cp_id, f"LGD{i:05d}", uuid.uuid4().hex) for i, cp_id in enumerate(cps)}
+        self.by_session: dict[str, Supply] = {}
+        self.sent_at: dict[tuple[str, int], datetime] = {}
+        self.publisher = Publisher(kafka, "loadgen-engines")
+        self.stop = threading.Event()
+        self.ending = threading.Event()
+        self.lock = threading.Lock()
+        self.assigned = threading.Event()
+        self.consumer = RecordConsumer(kafka, f"{topics.prefix}loadgen-{uuid.uuid4().hex[:8]}",
+                                       [topics.driver_notifications], self._on_record, client_id="loadgen",
+                                       commit=False, on_assign=self.assigned.set)
+        self._threads = [threading.Thread(target=self.consumer.run, args=(self.stop,), name="kafka-read", daemon=True),
+                         threading.Thread(target=self._engines, name="engines", daemon=True)]
+
+    def start(self) -> "SupplyFleet":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def request_all(self) -> None:
+        for s in self.supplies.values():
+            self.fleet.mark_supplying(s.cp_id, True)
+            self.publisher.publish(self.topics.driver_requests, s.driver_id,
+                                   SupplyRequest(s.request_id, s.driver_id, s.cp_id))
+        self.publisher.flush(10)
+
+    def end_all(self) -> None:
+        self.ending.set()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        self.publisher.flush(5)
+
+    def _on_record(self, _key, record) -> None:
+        if isinstance(record, RequestAuthorised):
+            s = self.supplies.get(record.driver_id)
+            if s is not None and s.session_id is None and record.request_id == s.request_id:
+                with self.lock:
+                    s.session_id = record.session_id
+                    s.next_at = time.monotonic() + random.random()  # each Engine at its own phase
+                    self.by_session[s.session_id] = s
+                self.figures.authorised += 1
+        elif isinstance(record, SupplyProgress):
+            sent = self.sent_at.pop((record.session_id, record.seq), None)
+            if sent is not None:
+                self.figures.telemetry_ms.append((record.ts - sent).total_seconds() * 1000)
+        elif isinstance(record, Ticket):
+            s = self.by_session.get(record.session_id)
+            if s is not None and s.ended:
+                self.figures.tickets += 1
+                self.fleet.mark_supplying(s.cp_id, False)
+        elif isinstance(record, RequestDenied):
+            self.figures.denied += 1
+
+    def _engines(self) -> None:
+        while not self.stop.is_set():
+            now = time.monotonic()
+            with self.lock:
+                running = [s for s in self.by_session.values() if not s.ended]
+            for s in running:
+                if self.ending.is_set():
+                    s.ended = True
+                    self.publisher.publish(self.topics.cp_telemetry, s.cp_id, SupplyEnd(
+                        s.cp_id, s.session_id, s.driver_id, s.seq + 1, self._kwh(s.seq), self._eur(s.seq),
+                        "unplugged"))
+                elif now >= s.next_at:
+                    s.seq += 1
+                    s.next_at += 1.0
+                    record = Telemetry(s.cp_id, s.session_id, s.driver_id, s.seq, self._kwh(s.seq),
+                                       self._eur(s.seq), POWER_KW)
+                    self.sent_at[(s.session_id, s.seq)] = record.ts
+                    self.figures.telemetry_sent += 1
+                    self.publisher.publish(self.topics.cp_telemetry, s.cp_id, record)
+            self.publisher.poll(0)
+            self.stop.wait(0.01)
+
+    @staticmethod
+    def _kwh(seq: int) -> Decimal:
+        return (POWER_KW * seq / 3600).quantize(Decimal("0.0001"))
+
+    def _eur(self, seq: int) -> Decimal:
+        return (self._kwh(seq) * Decimal(PRICE)).quantize(Decimal("0.0001"))
+
+
+# -- Central as a process -----------------------------------------------------------------------
+
+
+class CentralProcess:
+    def __init__(self, port: int, kafka: str, db_url: str, prefix: str, log_path: Path, extra: list[str]) -> None:
+        argv = [sys.executable, "-m", "ev_central", "--port", str(port), "--host", "127.0.0.1", "--kafka", kafka,
+                "--db", db_url, "--topic-prefix", prefix, "--ui", "log", *extra]
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=log_path.parent)
+        self.pid = self.proc.pid
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def threads_of(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return None
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"loadgen: Central exited with status {proc.returncode} at start")
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"loadgen: nothing listens on {host}:{port} after {timeout:g} s")
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed), hard))
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pid: int | None,
+        prefix: str) -> dict:
+    figures = Figures()
+    topics = Topics(prefix)
+    cp_ids = [f"LG{i:05d}" for i in range(args.monitors)]
+    fleet = MonitorFleet(*central_addr, args.monitors, figures, storm=args.storm, connect_rate=args.connect_rate,
+                         faults_per_second=args.faults_per_second, fault_seconds=args.fault_seconds)
+    watcher = DBWatcher(db_url, fleet, figures)
+    supplies = SupplyFleet(kafka, topics, fleet, figures, random.sample(cp_ids, min(args.supplies, len(cp_ids))))
+    supplies.start()
+    if not supplies.assigned.wait(30):
+        raise SystemExit("loadgen: the notifications consumer got no partitions in 30 s")
+    watcher.start()
+    fleet.start()
+    log.info("connecting %d Monitors%s", args.monitors, " at once (storm)" if args.storm else "")
+    if not fleet.all_registered.wait(args.register_timeout):
+        log.warning("only %d of %d Monitors registered in %g s", len(figures.registration_ms), args.monitors,
+                    args.register_timeout)
+    log.info("%d registered; %d supplies requested; measuring for %g s", len(figures.registration_ms),
+             len(supplies.supplies), args.seconds)
+    supplies.request_all()
+    fleet.faults_on.set()
+    cpu0, own0, t0 = (cpu_seconds(central_pid) if central_pid else None), time.process_time(), time.monotonic()
+    time.sleep(args.seconds)
+    cpu1, own1, t1 = (cpu_seconds(central_pid) if central_pid else None), time.process_time(), time.monotonic()
+    fleet.faults_on.clear()
+    supplies.end_all()
+    deadline = time.monotonic() + 30
+    while figures.tickets < figures.authorised and time.monotonic() < deadline:
+        time.sleep(0.1)
+    deadline = time.monotonic() + args.fault_seconds + 1
+    while fleet.fault_sent and time.monotonic() < deadline:  # the last faults read back
+        time.sleep(DB_POLL)
+    watcher.stop.set()
+    fleet.stop()
+    supplies.close()
+    cpu_pct = round((cpu1 - cpu0) / (t1 - t0) * 100, 1) if cpu0 is not None and cpu1 is not None else None
+    storm = None
+    if figures.last_registered is not None and figures.first_connect is not None:
+        storm = round(figures.last_registered - figures.first_connect, 3)
+
+    def ms(values, p):
+        v = percentile(values, p)
+        return None if v is None else round(v, 1)
+
+    return {
+        "monitors": args.monitors,
+        "supplies": len(supplies.supplies),
+        "seconds": args.seconds,
+        "storm": args.storm,
+        "registered": len(figures.registration_ms),
+        "registration_p50_ms": ms(figures.registration_ms, 0.50),
+        "registration_p99_ms": ms(figures.registration_ms, 0.99),
+        "storm_seconds": storm,
+        "faults": figures.faults_sent,
+        "faults_seen": len(figures.fault_ms),
+        "fault_detect_p50_ms": ms(figures.fault_ms, 0.50),
+        "fault_detect_p99_ms": ms(figures.fault_ms, 0.99),
+        "authorised": figures.authorised,
+        "denied": figures.denied,
+        "telemetry_sent": figures.telemetry_sent,
+        "telemetry_seen": len(figures.telemetry_ms),
+        "telemetry_p50_ms": ms(figures.telemetry_ms, 0.50),
+        "telemetry_p99_ms": ms(figures.telemetry_ms, 0.99),
+        "tickets": figures.tickets,
+        "heartbeats": figures.heartbeats,
+        "retransmits": figures.retransmits,
+        "links_broken": figures.links_broken,
+        "closed_by_central": figures.closed_by_central,
+        "false_disconnects": len(figures.false_disconnects),
+        "central_cpu_pct": cpu_pct,
+        "central_rss_mb": None if central_pid is None else round(peak_rss_mb(central_pid) or 0, 1),
+        "central_threads": None if central_pid is None else threads_of(central_pid),
+        "loadgen_cpu_pct": round((own1 - own0) / (t1 - t0) * 100, 1),
+    }
+
+
+def table(result: dict) -> str:
+    rows = [
+        ("Monitors (registered)", f"{result['monitors']} ({result['registered']})"),
+        ("Supplies (authorised, tickets)", f"{result['supplies']} ({result['authorised']}, {result['tickets']})"),
+        ("Measured for", f"{result['seconds']:g} s"),
+        ("Registration p50 / p99", f"{result['registration_p50_ms']} / {result['registration_p99_ms']} ms"),
+        ("All registered after" + (" (storm)" if result["storm"] else ""), f"{result['storm_seconds']} s"),
+        ("Faults sent / read back", f"{result['faults']} / {result['faults_seen']}"),
+        ("Fault -> AVERIADO p50 / p99", f"{result['fault_detect_p50_ms']} / {result['fault_detect_p99_ms']} ms"),
+        ("Telemetry sent / applied", f"{result['telemetry_sent']} / {result['telemetry_seen']}"),
+        ("Telemetry -> Central p50 / p99", f"{result['telemetry_p50_ms']} / {result['telemetry_p99_ms']} ms"),
+        ("Heartbeats / retransmits", f"{result['heartbeats']} / {result['retransmits']}"),
+        ("False DESCONECTADO", f"{result['false_disconnects']} (sessions closed by Central: "
+                               f"{result['closed_by_central']})"),
+        ("Central CPU (% of one core)", f"{result['central_cpu_pct']}"),
+        ("Central peak RSS", f"{result['central_rss_mb']} MB ({result['central_threads']} threads)"),
+        ("Load generator CPU (% of one core)", f"{result['loadgen_cpu_pct']}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.loadgen",
+        description="N simulated Monitors and M charging Engines against one real Central on real MySQL; "
+                    "prints a table, then one JSON line.")
+    parser.add_argument("--monitors", type=int, default=100, metavar="N", help="simulated Monitors (default 100)")
+    parser.add_argument("--supplies", type=int, default=25, metavar="M",
+                        help="supplies at once, each on its own CP (default 25; at most N)")
+    parser.add_argument("--seconds", type=float, default=30, metavar="S",
+                        help="how long to measure once every Monitor registered (default 30)")
+    parser.add_argument("--storm", action="store_true", help="all N Monitors connect at once "
+                        "(default: --connect-rate per second)")
+    parser.add_argument("--connect-rate", type=float, default=500, help="connections per second without --storm "
+                        "(default 500)")
+    parser.add_argument("--faults-per-second", type=float, default=None,
+                        help="Engine faults reported per second across the fleet (default N/200, at least 1)")
+    parser.add_argument("--fault-seconds", type=float, default=3.0, help="how long a fault lasts (default 3)")
+    parser.add_argument("--central", metavar="HOST:PORT",
+                        help="a running Central to load (default: start one; its CPU and memory are then measured)")
+    parser.add_argument("--central-pid", type=int, help="with --central: its process id, to measure CPU and memory")
+    parser.add_argument("--kafka", metavar="HOST:PORT", default=os.environ.get("EV_KAFKA"),
+                        help="Kafka bootstrap (default: $EV_KAFKA, else start a Tansu broker)")
+    parser.add_argument("--db", metavar="URL",
+                        help="Central's MySQL database (default: a fresh database on $EV_TEST_MYSQL_URL's server, "
+                             "else mysql://root@127.0.0.1:3306, dropped at the end); required with --central")
+    parser.add_argument("--topic-prefix", help="topic prefix Central uses (default: a fresh one; "
+                                               "required with --central if it uses one)")
+    parser.add_argument("--register-timeout", type=float, default=60,
+                        help="how long to wait for every Monitor to register (default 60)")
+    parser.add_argument("--central-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for the Central this starts (repeatable)")
+    parser.add_argument("--keep-logs", metavar="DIR", help="keep Central's and the broker's logs in DIR")
+    args = parser.parse_args(argv)
+    if args.monitors < 1 or args.supplies < 0 or args.seconds <= 0:
+        parser.error("--monitors must be >= 1, --supplies >= 0 and --seconds > 0")
+    if args.central and not args.db:
+        parser.error("--central needs --db (the database that Central uses), to read its states back")
+    if args.faults_per_second is None:
+        args.faults_per_second = max(1.0, args.monitors / 200)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s loadgen[%(threadName)s] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("ev_common").setLevel(logging.WARNING)
+    raise_fd_limit(args.monitors + 1024)
+    prefix = args.topic_prefix if args.topic_prefix is not None else f"lg{uuid.uuid4().hex[:8]}-"
+    with tempfile.TemporaryDirectory(prefix="evloadgen-") as tmp:
+        work = Path(args.keep_logs) if args.keep_logs else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        broker = database = central = None
+        try:
+            if args.kafka:
+                kafka = args.kafka
+            else:
+                from tests.support.services import TansuBroker
+
+                broker = TansuBroker(log_path=work / "tansu.log").start()
+                kafka = broker.bootstrap
+            db_url = args.db
+            if db_url is None:
+                from tests.support.services import ThrowawayDatabase
+
+                database = ThrowawayDatabase(os.environ.get("EV_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"))
+                db_url = database.create().url
+            register_drivers(db_url, args.supplies)
+            if args.central:
+                host, _, port = args.central.rpartition(":")
+                central_addr, central_pid = (host or "127.0.0.1", int(port)), args.central_pid
+            else:
+                from tests.support.services import free_port
+
+                port = free_port()
+                central = CentralProcess(port, kafka, db_url, prefix, work / "central.log", args.central_arg)
+                wait_port("127.0.0.1", port, 30, central.proc)
+                central_addr, central_pid = ("127.0.0.1", port), central.pid
+            result = run(args, kafka, db_url, central_addr, central_pid, prefix)
+            if central is not None and central.proc.poll() is not None:
+                raise SystemExit(f"loadgen: Central died during the run (status {central.proc.returncode}); "
+                                 f"see {central.log_path}")
+        finally:
+            if central is not None:
+                central.stop()
+            if broker is not None:
+                broker.kill()
+            if database is not None:
+                database.drop()
+    print(f"EVCharging load generator ({os.cpu_count()} cores)")
+    print(table(result))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def register_drivers(db_url: str, count: int) -> None:
+    from ev_central.store import open_store
+
+    store = open_store(db_url)
+    try:
+        for i in range(count):
+            store.add_driver(f"LGD{i:05d}", "load generator")
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
