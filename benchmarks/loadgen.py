@@ -89,6 +89,7 @@ class Figures:
     retransmits: int = 0
     links_broken: int = 0
     heartbeats: int = 0
+    hb_late_max: float = 0.0  # the load generator's own lag: a sign of life sent late
     sups: int = 0
     authorised: int = 0
     denied: int = 0
@@ -112,7 +113,6 @@ class SimMonitor(asyncio.Protocol):
         self.retries = 0
         self.ack_timer: asyncio.TimerHandle | None = None
         self.connect_started = 0.0
-        self.registered_once = False
         self.faulty = False
         self.supplying = False
         self.closing = False  # closed on purpose by the load generator
@@ -241,7 +241,7 @@ class MonitorFleet:
         self.stopping = False
         self.all_registered = threading.Event()
         self.faults_on = threading.Event()
-        self._registered = 0
+        self._registered: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="monitors", daemon=True)
 
     def start(self) -> "MonitorFleet":
@@ -293,20 +293,23 @@ class MonitorFleet:
 
     def registered(self, sim: SimMonitor) -> None:
         now = time.monotonic()
-        if not sim.registered_once:
-            sim.registered_once = True
+        if sim.cp_id not in self._registered:  # the first registration of this CP (not a reconnection)
+            self._registered.add(sim.cp_id)
             self.figures.registration_ms.append((now - sim.connect_started) * 1000)
-            self._registered += 1
-            if self._registered == len(self.monitors):
+            if len(self._registered) == len(self.monitors):
                 self.figures.last_registered = now
                 self.all_registered.set()
         # signs of life every second from now, at this Monitor's own phase
-        self.loop.call_later(HB_INTERVAL, self._beat, sim)
+        self.loop.call_at(now + HB_INTERVAL, self._beat, sim, now + HB_INTERVAL)
 
-    def _beat(self, sim: SimMonitor) -> None:
+    def _beat(self, sim: SimMonitor, due: float) -> None:
+        """One sign of life; how late it is measures the load generator's own lag."""
         if sim.state == "registered" and self.sims.get(sim.cp_id) is sim:
+            late = time.monotonic() - due
+            if late > self.figures.hb_late_max:
+                self.figures.hb_late_max = late
             sim.heartbeat()
-            self.loop.call_later(HB_INTERVAL, self._beat, sim)
+            self.loop.call_at(due + HB_INTERVAL, self._beat, sim, due + HB_INTERVAL)
 
     async def _faults(self) -> None:
         while not self.stopping:
@@ -601,6 +604,7 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
                     args.register_timeout)
     log.info("%d registered; %d supplies requested; measuring for %g s", len(figures.registration_ms),
              len(supplies.supplies), args.seconds)
+    time.sleep(args.settle)  # the storm's own writes and log lines drain before the steady state is measured
     supplies.request_all()
     fleet.faults_on.set()
     cpu0, own0, t0 = (cpu_seconds(central_pid) if central_pid else None), time.process_time(), time.monotonic()
@@ -647,6 +651,7 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
         "telemetry_p99_ms": ms(figures.telemetry_ms, 0.99),
         "tickets": figures.tickets,
         "heartbeats": figures.heartbeats,
+        "loadgen_hb_late_max_ms": round(figures.hb_late_max * 1000, 1),
         "retransmits": figures.retransmits,
         "links_broken": figures.links_broken,
         "closed_by_central": figures.closed_by_central,
@@ -670,6 +675,7 @@ def table(result: dict) -> str:
         ("Telemetry sent / applied", f"{result['telemetry_sent']} / {result['telemetry_seen']}"),
         ("Telemetry -> Central p50 / p99", f"{result['telemetry_p50_ms']} / {result['telemetry_p99_ms']} ms"),
         ("Heartbeats / retransmits", f"{result['heartbeats']} / {result['retransmits']}"),
+        ("Load generator: latest sign of life", f"{result['loadgen_hb_late_max_ms']} ms late"),
         ("False DESCONECTADO", f"{result['false_disconnects']} (sessions closed by Central: "
                                f"{result['closed_by_central']})"),
         ("Central CPU (% of one core)", f"{result['central_cpu_pct']}"),
@@ -707,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
                              "else mysql://root@127.0.0.1:3306, dropped at the end); required with --central")
     parser.add_argument("--topic-prefix", help="topic prefix Central uses (default: a fresh one; "
                                                "required with --central if it uses one)")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="pause between the last registration and the measured window (default 3)")
     parser.add_argument("--register-timeout", type=float, default=60,
                         help="how long to wait for every Monitor to register (default 60)")
     parser.add_argument("--central-arg", action="append", default=[], metavar="ARG",

@@ -1,6 +1,8 @@
 """Central's side of the Monitor sessions: frames in -> the CP network -> frames out.
 
-One thread per Monitor session (``LinkServer``). A session must register first
+Every idle session waits in one selector (``LinkReactor``); a small pool of workers
+serves the messages that arrive, one worker per session at a time, so thousands of
+Monitors cost no thread each (see docs/performance.md). A session must register first
 (``REG`` -> ``AUTH``); afterwards its Monitor sends ``HB`` every second and
 ``AVR``/``REC`` when its Engine fails or recovers. A newer registration of the
 same cp_id replaces (and closes) the older session. A sweeper closes sessions
@@ -17,7 +19,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
-from ev_common.link import Link, LinkConfig, LinkError, LinkServer
+from ev_common.link import Link, LinkConfig, LinkError
+from ev_common.reactor import LinkReactor
 from ev_common.protocol import Auth, Avr, Err, Hb, Message, MessageError, Rec, Reg, Stop, Sup, Supr
 
 from .core.network import ChargingNetwork, StateChange
@@ -41,6 +44,7 @@ class MonitorSession:
         self.link = link
         self.number = next(self._ids)
         self.cp_id: str | None = None
+        self.opened = time.monotonic()
         self.waiting: dict[str, Future] = {}  # session_id -> the SUPR answering our SUP
 
     def __repr__(self) -> str:
@@ -52,14 +56,15 @@ class MonitorServer:
 
     def __init__(self, network: ChargingNetwork, on_change: Callable[[StateChange], None],
                  host: str, port: int, *, config: LinkConfig = LinkConfig(),
-                 max_sessions: int = 10_000, recv_timeout: float = 1.0) -> None:
+                 max_sessions: int = 10_000, workers: int = 32) -> None:
         self.network = network
         self.on_change = on_change
-        self.recv_timeout = recv_timeout
-        self._server = LinkServer(host, port, self._serve, name="monitor", max_sessions=max_sessions,
-                                  config=config)
+        self._server = LinkReactor(host, port, self, name="monitor", max_sessions=max_sessions, config=config,
+                                   workers=workers)
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._unregistered: set[MonitorSession] = set()
+        self._lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -74,6 +79,7 @@ class MonitorServer:
         session.waiting[question.session_id] = answer
         try:
             session.link.send(question)
+            self._server.kick(session.link)  # what the link read while waiting for the ACK
             return answer.result(timeout)
         except LinkError as exc:
             raise CPUnreachable(f"{cp_id}: link to its Monitor failed: {exc}") from None
@@ -89,6 +95,7 @@ class MonitorServer:
             return False
         try:
             session.link.send(message)
+            self._server.kick(session.link)
             return True
         except LinkError as exc:
             log.warning("%s: %s not delivered: %s", cp_id, message.OPCODE, exc)
@@ -110,53 +117,48 @@ class MonitorServer:
         if self._sweeper is not None:
             self._sweeper.join(2)
 
-    # -- one session ------------------------------------------------------------------------
+    # -- one session (LinkReactor's handler) ------------------------------------------------
 
-    def _serve(self, link: Link) -> None:
+    def opened(self, link: Link) -> MonitorSession:
         session = MonitorSession(link)
+        with self._lock:
+            self._unregistered.add(session)
         log.info("Monitor connected from %s", link.peer)
-        cause = "Monitor closed its connection"
-        try:
-            if not self._register(session):
-                return
-            while not self._stop.is_set():
-                try:
-                    message = link.recv(timeout=self.recv_timeout)
-                except MessageError as exc:
-                    log.warning("%r sent a bad message: %s", session, exc)
-                    link.send(Err.about(exc))
-                    continue
-                if message is not None and not self._handle(session, message):
-                    cause = "session replaced or expired"
-                    return
-        except LinkError as exc:
-            cause = f"Monitor connection lost: {exc}"
-        finally:
-            if session.cp_id is not None:
-                self._changed(self.network.session_ended(session.cp_id, session, cause))
-            link.close("session over")
+        return session
 
-    def _register(self, session: MonitorSession) -> bool:
-        """Wait for a valid REG; answer AUTH. False when the session ends unregistered."""
+    def inline(self, session: MonitorSession, message) -> bool | None:
+        """Signs of life are served on the reactor thread: no waiting, no sending."""
+        if isinstance(message, Hb) and session.cp_id is not None and message.cp_id == session.cp_id:
+            return self.network.heartbeat(session.cp_id, session)
+        return None
+
+    def message(self, session: MonitorSession, message) -> bool:
+        """Serve one message (or the MessageError of a bad one); False ends the session."""
         link = session.link
-        deadline = time.monotonic() + REGISTRATION_TIMEOUT
-        while time.monotonic() < deadline and not self._stop.is_set():
-            try:
-                message = link.recv(timeout=min(self.recv_timeout, max(0.0, deadline - time.monotonic())))
-            except MessageError as exc:
-                log.warning("refused registration from %s: %s", link.peer, exc)
-                reply = Auth.refused(str(exc.args[0])) if exc.opcode == "REG" else Err.about(exc)
+        if session.cp_id is None:  # first a valid REG
+            if isinstance(message, MessageError):
+                log.warning("refused registration from %s: %s", link.peer, message)
+                reply = Auth.refused(str(message.args[0])) if message.opcode == "REG" else Err.about(message)
                 link.send(reply)
-                continue
-            if message is None:
-                continue
+                return True
             if not isinstance(message, Reg):
                 link.send(Err("NOT_REGISTERED", f"send REG before {message.OPCODE}"))
-                continue
+                return True
+            with self._lock:
+                self._unregistered.discard(session)
             self._accept_registration(session, message)
             return True
-        log.warning("%s did not register within %.0f s; closing", link.peer, REGISTRATION_TIMEOUT)
-        return False
+        if isinstance(message, MessageError):
+            log.warning("%r sent a bad message: %s", session, message)
+            link.send(Err.about(message))
+            return True
+        return self._handle(session, message)
+
+    def closed(self, session: MonitorSession, cause: str) -> None:
+        with self._lock:
+            self._unregistered.discard(session)
+        if session.cp_id is not None:
+            self._changed(self.network.session_ended(session.cp_id, session, f"Monitor connection lost: {cause}"))
 
     def _accept_registration(self, session: MonitorSession, reg: Reg) -> None:
         log.info("REG received from %s: %s", session.link.peer, reg.to_data().decode())
@@ -216,3 +218,10 @@ class MonitorServer:
                 log.warning("%s: %s; closing its session", change.cp_id, change.cause)
                 self._changed(change)
                 session.link.close("silent for too long")
+            deadline = time.monotonic() - REGISTRATION_TIMEOUT
+            with self._lock:
+                late = [s for s in self._unregistered if s.opened < deadline]
+                self._unregistered.difference_update(late)
+            for session in late:
+                log.warning("%s did not register within %.0f s; closing", session.link.peer, REGISTRATION_TIMEOUT)
+                session.link.close("no registration")

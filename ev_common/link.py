@@ -43,6 +43,7 @@ from .protocol import (
     FrameDecoder,
     FrameError,
     Message,
+    MessageError,
     Registry,
     encode_frame,
 )
@@ -236,6 +237,53 @@ class Link:
             else:
                 return None
         return self.registry.decode(text)
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    @property
+    def pumping(self) -> bool:
+        """True while a thread reads this link's socket (waiting for an ACK or a message)."""
+        return self._pumping
+
+    def has_inbound(self) -> bool:
+        """True when messages were received and not read yet."""
+        with self._cond:
+            return bool(self._inbound)
+
+    def close_cause(self) -> LinkError | None:
+        """Why the session is over (None while it is open)."""
+        return self._closed
+
+    def take_ready(self) -> list:
+        """Read what the socket holds now, without waiting, and return every message
+        received so far, in order (a frame that was not a valid message comes as its
+        ``MessageError``). Raises ``LinkClosed``/``LinkBroken`` once the session is over
+        and nothing is left to read. For servers that watch many links in one selector."""
+        with self._cond:
+            pump = not self._pumping and self._closed is None
+            if pump:
+                self._pumping = True
+        if pump:
+            try:
+                self._pump(0)
+            finally:
+                with self._cond:
+                    self._pumping = False
+                    self._cond.notify_all()
+        with self._cond:
+            texts = list(self._inbound)
+            self._inbound.clear()
+            if not texts and self._closed is not None:
+                self._raise_if_closed()
+        out: list = []
+        for text in texts:
+            try:
+                out.append(self.registry.decode(text))
+            except MessageError as exc:
+                out.append(exc)
+        return out
 
     def close(self, reason: str = "closed locally", send_eot: bool = True) -> None:
         """End the session: send EOT (best effort) and close the socket. Idempotent."""
