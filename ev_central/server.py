@@ -56,7 +56,7 @@ class MonitorServer:
 
     def __init__(self, network: ChargingNetwork, on_change: Callable[[StateChange], None],
                  host: str, port: int, *, config: LinkConfig = LinkConfig(),
-                 max_sessions: int = 10_000, workers: int = 32) -> None:
+                 max_sessions: int = 10_000, workers: int = 4) -> None:
         self.network = network
         self.on_change = on_change
         self._server = LinkReactor(host, port, self, name="monitor", max_sessions=max_sessions, config=config,
@@ -123,7 +123,7 @@ class MonitorServer:
         session = MonitorSession(link)
         with self._lock:
             self._unregistered.add(session)
-        log.info("Monitor connected from %s", link.peer)
+        log.debug("Monitor connected from %s", link.peer)
         return session
 
     def inline(self, session: MonitorSession, message) -> bool | None:
