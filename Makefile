@@ -4,6 +4,8 @@
 #   make test                 install into .venv when needed, then run the test suite
 #   make test PYTEST_ARGS='-k kafka -x'
 #   make bench                run the benchmarks (protocol, CP link, telemetry); they print figures
+#   make loadgen              2,000 simulated CPs and 500 supplies on one Central for 60 s (about 2 min)
+#   make loadgen LOADGEN_ARGS='--monitors 5000 --storm'
 #   make clean                remove .venv and caches
 #
 # PYTHON chooses the interpreter that creates .venv (default python3, >= 3.10).
@@ -11,6 +13,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+LOADGEN_ARGS ?= --monitors 2000 --supplies 500 --seconds 60 --storm
 
 VENV := .venv
 VENV_PY := $(VENV)/bin/python
@@ -20,7 +23,7 @@ STAMP := $(VENV)/.evcharging-installed
 REQUIREMENTS := requirements.txt requirements-dev.txt pyproject.toml
 
 .DEFAULT_GOAL := test
-.PHONY: venv install test demo bench docker-check clean
+.PHONY: venv install test demo bench loadgen docker-check clean
 
 venv install: $(STAMP)
 
@@ -42,6 +45,9 @@ bench: $(STAMP)
 	$(VENV_PY) benchmarks/bench_protocol.py
 	$(VENV_PY) -m benchmarks.bench_cp_link
 	$(VENV_PY) -m benchmarks.bench_telemetry
+
+loadgen: $(STAMP)
+	$(VENV_PY) -m benchmarks.loadgen $(LOADGEN_ARGS)
 
 docker-check:
 	docker compose --profile interactive -f docker-compose.yml config -q

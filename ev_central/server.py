@@ -132,6 +132,10 @@ class MonitorServer:
             return self.network.heartbeat(session.cp_id, session)
         return None
 
+    def lane(self, session: MonitorSession, message) -> str:
+        """Registrations are served one at a time (see LinkReactor); the rest by the main workers."""
+        return "register" if session.cp_id is None else "main"
+
     def message(self, session: MonitorSession, message) -> bool:
         """Serve one message (or the MessageError of a bad one); False ends the session."""
         link = session.link
@@ -146,7 +150,7 @@ class MonitorServer:
                 return True
             with self._lock:
                 self._unregistered.discard(session)
-            self._accept_registration(session, message)
+            self._accept_registration(session, message, nowait=True)
             return True
         if isinstance(message, MessageError):
             log.warning("%r sent a bad message: %s", session, message)
@@ -160,7 +164,7 @@ class MonitorServer:
         if session.cp_id is not None:
             self._changed(self.network.session_ended(session.cp_id, session, f"Monitor connection lost: {cause}"))
 
-    def _accept_registration(self, session: MonitorSession, reg: Reg) -> None:
+    def _accept_registration(self, session: MonitorSession, reg: Reg, nowait: bool = False) -> None:
         log.info("REG received from %s: %s", session.link.peer, reg.to_data().decode())
         session.cp_id = reg.cp_id
         change, replaced = self.network.register(reg.cp_id, reg.location, reg.price_eur_kwh, session)
@@ -168,11 +172,12 @@ class MonitorServer:
             log.warning("%s: a newer Monitor session from %s replaces %r", reg.cp_id, session.link.peer, replaced)
             replaced.link.close("replaced by a newer session for the same CP")
         self._changed(change)  # queued for the DB before the Monitor hears AUTH#OK
-        reply = Auth.accepted()
-        session.link.send(reply)
+        reply = Auth.accepted()  # a first registration does not wait for its ACK: the reactor reads it
+        if not (nowait and self._server.send_nowait(session.link, reply)):
+            session.link.send(reply)
         log.info("AUTH#OK sent to %s (%s)", reg.cp_id, reply.text)
         if change.stopped:  # the CP must know it is out of service, also after a restart
-            session.link.send(Stop(reg.cp_id))
+            session.link.send(Stop(reg.cp_id))  # (after AUTH's ACK)
 
     def _handle(self, session: MonitorSession, message: Message) -> bool:
         """Serve one message of a registered session; False when the session must end."""

@@ -116,6 +116,7 @@ class Link:
         self._pumping = False
         self._awaiting_ack = False
         self._ack: ControlByte | None = None
+        self._unacked: tuple[bytes, str, int, float] | None = None  # frame, opcode, attempt, deadline
         self._closed: LinkError | None = None
         self.stats = collections.Counter()
 
@@ -191,34 +192,128 @@ class Link:
         closed) and ``LinkClosed`` if the session is or becomes closed.
         """
         frame = encode_frame(message.to_data())
-        cfg = self.config
         with self._send_lock:
-            for attempt in range(1 + cfg.max_retries):
-                with self._cond:
-                    self._raise_if_closed()
-                    self._ack = None
-                    self._awaiting_ack = True
-                try:
-                    if attempt:
-                        self.stats["retransmitted"] += 1
-                    self._write(frame)
-                    self._wait_for(lambda: self._ack is not None or self._closed is not None,
-                                   time.monotonic() + cfg.ack_timeout)
-                finally:
-                    with self._cond:
-                        self._awaiting_ack = False
-                        ack = self._ack
-                if ack == ControlByte.ACK:
-                    self.stats["sent"] += 1
+            self._settle_unacked()  # a frame sent with send_nowait is acknowledged first
+            self._await_ack(frame, message.OPCODE, 0)
+
+    def send_nowait(self, message: Message) -> bool:
+        """Write one message without waiting for its ACK: for a reactor thread that must not
+        block. False (nothing written) when another send is under way or an earlier frame
+        still awaits its ACK; then send it with ``send``. The ACK is read by whoever reads
+        the link next; ``check_unacked`` retransmits it when it is late, and the next
+        ``send`` waits for it first, so there is still one frame in flight at a time."""
+        frame = encode_frame(message.to_data())
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._unacked is not None:
+                return False
+            with self._cond:
+                self._raise_if_closed()
+                self._ack = None
+                self._awaiting_ack = True
+            self._write(frame)
+            self._unacked = (frame, message.OPCODE, 0, time.monotonic() + self.config.ack_timeout)
+            return True
+        finally:
+            self._send_lock.release()
+
+    @property
+    def unacked(self) -> bool:
+        """True while a frame written with ``send_nowait`` has not been acknowledged."""
+        return self._unacked is not None
+
+    def check_unacked(self) -> None:
+        """Without waiting: forget the frame of ``send_nowait`` once ACKed, retransmit it if it was
+        NACKed or is late (closing the link after ``max_retries``). Call it now and then."""
+        if self._unacked is None or not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            if self._unacked is None:
+                return
+            frame, opcode, attempt, deadline = self._unacked
+            with self._cond:
+                ack = self._ack
+            if ack == ControlByte.ACK:
+                self._done_unacked(True)
+            elif ack == ControlByte.NACK or time.monotonic() >= deadline:
+                if attempt >= self.config.max_retries:
+                    self._done_unacked(False)
+                    error = LinkBroken(f"{self.peer}: {opcode} not acknowledged after "
+                                       f"{self.config.max_retries} retransmissions")
+                    self._fail(error)
                     return
                 with self._cond:
-                    self._raise_if_closed()
-                why = "NACK" if ack == ControlByte.NACK else f"no ACK within {cfg.ack_timeout:g} s"
-                log.debug("%s: %s for %s (attempt %d)", self.peer, why, message.OPCODE, attempt + 1)
-            error = LinkBroken(f"{self.peer}: {message.OPCODE} not acknowledged after "
-                               f"{cfg.max_retries} retransmissions ({why})")
-            self._fail(error)
-            raise error
+                    self._ack = None
+                self.stats["retransmitted"] += 1
+                self._write(frame)
+                self._unacked = (frame, opcode, attempt + 1, time.monotonic() + self.config.ack_timeout)
+        except LinkError:
+            pass  # the link is closed: its owner sees that on its next read
+        finally:
+            self._send_lock.release()
+
+    def _settle_unacked(self) -> None:
+        """(Holding the send lock.) Wait for the ACK of the ``send_nowait`` frame, retransmitting."""
+        if self._unacked is None:
+            return
+        frame, opcode, attempt, deadline = self._unacked
+        try:
+            if not self._wait_for(lambda: self._ack is not None or self._closed is not None, deadline):
+                attempt += 1
+            elif self._ack == ControlByte.ACK:
+                self._done_unacked(True)
+                return
+            else:
+                attempt += 1
+            self._unacked = None
+            if attempt > self.config.max_retries:
+                self._done_unacked(False)
+                error = LinkBroken(f"{self.peer}: {opcode} not acknowledged after "
+                                   f"{self.config.max_retries} retransmissions")
+                self._fail(error)
+                raise error
+            self._await_ack(frame, opcode, attempt)
+        finally:
+            self._unacked = None
+
+    def _done_unacked(self, ok: bool) -> None:
+        self._unacked = None
+        with self._cond:
+            self._awaiting_ack = False
+        if ok:
+            self.stats["sent"] += 1
+
+    def _await_ack(self, frame: bytes, opcode: str, first_attempt: int) -> None:
+        """(Holding the send lock.) Write ``frame`` and wait for its ACK, retransmitting."""
+        cfg = self.config
+        why = ""
+        for attempt in range(first_attempt, 1 + cfg.max_retries):
+            with self._cond:
+                self._raise_if_closed()
+                self._ack = None
+                self._awaiting_ack = True
+            try:
+                if attempt:
+                    self.stats["retransmitted"] += 1
+                self._write(frame)
+                self._wait_for(lambda: self._ack is not None or self._closed is not None,
+                               time.monotonic() + cfg.ack_timeout)
+            finally:
+                with self._cond:
+                    self._awaiting_ack = False
+                    ack = self._ack
+            if ack == ControlByte.ACK:
+                self.stats["sent"] += 1
+                return
+            with self._cond:
+                self._raise_if_closed()
+            why = "NACK" if ack == ControlByte.NACK else f"no ACK within {cfg.ack_timeout:g} s"
+            log.debug("%s: %s for %s (attempt %d)", self.peer, why, opcode, attempt + 1)
+        error = LinkBroken(f"{self.peer}: {opcode} not acknowledged after "
+                           f"{cfg.max_retries} retransmissions ({why})")
+        self._fail(error)
+        raise error
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next message, or None when ``timeout`` passes first.

@@ -50,6 +50,10 @@ class SessionHandler(Protocol):
     def message(self, state: Any, message: Any) -> bool:
         """One message (or a ``MessageError``) of a session, on a worker; False ends the session."""
 
+    def lane(self, state: Any, message: Any) -> str:
+        """Which workers serve this message: "main", or "register" (one thread, so that a storm
+        of registrations never takes the interpreter from the reactor)."""
+
     def closed(self, state: Any, cause: str) -> None: ...
 
 
@@ -85,7 +89,10 @@ class LinkReactor:
         self._sessions: dict[Link, _Session] = {}
         self._handshakes: dict[socket.socket, float] = {}  # accepted, no ENQ yet -> deadline
         self._rearm: list[_Session] = []
+        self._unacked: set[Link] = set()  # links with a frame of send_nowait not yet ACKed (reactor thread)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
+        self._lanes = {"main": self._pool,
+                       "register": ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-register")}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -115,7 +122,8 @@ class LinkReactor:
             sessions = list(self._sessions.values())
         for session in sessions:
             session.link.close(reason)
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        for pool in self._lanes.values():
+            pool.shutdown(wait=True, cancel_futures=False)
         for session in sessions:
             self._end(session, reason)
         for sock in list(self._handshakes):
@@ -124,6 +132,16 @@ class LinkReactor:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+    def send_nowait(self, link: Link, message) -> bool:
+        """Write ``message`` without waiting for its ACK (the reactor reads the ACK and
+        retransmits when it is late). False when it must be sent with ``Link.send`` instead
+        (another frame is in flight)."""
+        if not link.send_nowait(message):
+            return False
+        with self._lock:
+            self._unacked.add(link)
+        return True
 
     def kick(self, link: Link) -> None:
         """Serve what a sending thread read from this link meanwhile (call after ``Link.send``)."""
@@ -253,11 +271,17 @@ class LinkReactor:
             self._unregister(session)
             self._end(session, str(exc))
             return
+        if link.unacked:
+            link.check_unacked()
         rest: list = []
         for item in items:
             if not rest:
                 try:
                     keep = self.handler.inline(session.state, item)
+                except LinkError as exc:
+                    self._unregister(session)
+                    self._end(session, str(exc))
+                    return
                 except Exception:
                     log.exception("%s: serving %s failed", self.name, link.peer)
                     keep = False
@@ -274,7 +298,9 @@ class LinkReactor:
             self._unregister(session)
             with self._lock:
                 session.busy = True
-            self._pool.submit(self._serve, session, rest)
+            lane = getattr(self.handler, "lane", None)
+            pool = self._lanes.get(lane(session.state, rest[0]) if lane else "main", self._pool)
+            pool.submit(self._serve, session, rest)
 
     def _unregister(self, session: _Session) -> None:
         key = self._selector.get_map().get(session.fd)
@@ -284,24 +310,35 @@ class LinkReactor:
     def _apply_rearms(self) -> None:
         with self._lock:
             rearm, self._rearm = self._rearm, []
+        seen: set[int] = set()
         for session in rearm:
-            if session.ended:
+            if session.ended or session.busy or id(session) in seen:  # a worker serves it: it comes back
                 continue
-            if session.link.closed and not session.link.has_inbound():
-                self._unregister(session)
-                self._finish(session)
-                continue
+            seen.add(id(session))
             session.parked = False
-            if self._selector.get_map().get(session.fd) is None:
+            if not session.link.closed and self._selector.get_map().get(session.fd) is None:
                 try:
                     self._register(session.link.socket, session)
                 except (ValueError, OSError):  # closed by another thread just now
+                    pass
+            if session.link.closed:
+                self._unregister(session)
+                if session.link.has_inbound():  # read by a sending thread before the end: serve it
+                    self._dispatch(session)
+                if not session.busy and not session.ended:
                     self._finish(session)
-                    continue
+                continue
             if session.link.has_inbound():  # read by another thread meanwhile
                 self._dispatch(session)
 
     def _scan(self) -> None:
+        with self._lock:
+            unacked = list(self._unacked)
+        for link in unacked:  # ACKed by now, or retransmitted, or given up
+            link.check_unacked()
+            if not link.unacked or link.closed:
+                with self._lock:
+                    self._unacked.discard(link)
         now = time.monotonic()
         for sock, deadline in list(self._handshakes.items()):
             if now >= deadline:
