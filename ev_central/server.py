@@ -78,8 +78,10 @@ class MonitorServer:
         answer: Future = Future()
         session.waiting[question.session_id] = answer
         try:
-            session.link.send(question)
-            self._server.kick(session.link)  # what the link read while waiting for the ACK
+            try:
+                session.link.send(question)
+            finally:
+                self._server.kick(session.link)  # what the link read while waiting for the ACK
             return answer.result(timeout)
         except LinkError as exc:
             raise CPUnreachable(f"{cp_id}: link to its Monitor failed: {exc}") from None
@@ -95,11 +97,12 @@ class MonitorServer:
             return False
         try:
             session.link.send(message)
-            self._server.kick(session.link)
             return True
         except LinkError as exc:
             log.warning("%s: %s not delivered: %s", cp_id, message.OPCODE, exc)
             return False
+        finally:
+            self._server.kick(session.link)  # what the link read while waiting for the ACK
 
     def session_count(self) -> int:
         """Monitor sessions open now (registered or not)."""

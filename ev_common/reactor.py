@@ -346,12 +346,9 @@ class LinkReactor:
                 self._selector.unregister(sock)
                 self._handshakes.pop(sock, None)
                 sock.close()
-        with self._lock:
-            closed = [s for s in self._sessions.values() if s.link.closed and not s.busy]
-            self._rearm.extend(s for s in self._sessions.values() if s.parked and not s.link.pumping)
-        for session in closed:  # closed by another thread while idle: its key may still be here
-            self._unregister(session)
-            self._finish(session)
+        with self._lock:  # parked sessions nobody kicked, and sessions closed by another thread
+            self._rearm.extend(s for s in self._sessions.values()  # (their messages served first)
+                               if not s.busy and ((s.parked and not s.link.pumping) or s.link.closed))
 
     def _finish(self, session: _Session) -> None:
         cause = str(session.link.close_cause() or "session over")

@@ -1,0 +1,614 @@
+"""LinkReactor over real loopback sockets (port 0): sessions opening and ending (closed by
+the client, by another server thread, by the handler, at stop), the session limit, the ENQ
+deadline, NACK for malformed frames, bad content handed to the handler, messages served in
+order (inline on the reactor thread or on a worker), answers from a worker, ``kick`` after a
+server thread sends (also when kicks and a peer's EOT race the reactor), and many clients at once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Callable, Iterator
+
+import pytest
+
+from ev_common.link import Link, LinkBroken, LinkClosed, LinkConfig, LinkError, SessionRefused
+from ev_common.protocol import (
+    ACK,
+    ENQ,
+    EOT,
+    ETX,
+    NACK,
+    STX,
+    Auth,
+    Avr,
+    Hb,
+    Message,
+    MessageError,
+    Reg,
+    UnknownOpcode,
+    encode_frame,
+    lrc,
+)
+from ev_common.reactor import SCAN_INTERVAL, LinkReactor
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+# ack_timeout is generous on purpose: a retransmission would deliver a message twice and
+# spoil the exact order and count checks on a loaded machine.
+FAST = LinkConfig(connect_timeout=1.0, handshake_timeout=1.0, ack_timeout=1.0, max_retries=3, write_timeout=1.0)
+SETTLE = SCAN_INTERVAL + 2.0  # deadline for what the reactor notices on its next scan
+
+
+# -- a recording handler ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    session: int  # sessions are numbered in opening order (the handler's state)
+    message: Message | MessageError
+    where: str  # "inline" or "worker"
+    thread: str
+
+
+class Recorder:
+    """A ``SessionHandler`` that records everything, safe to call from any thread.
+
+    ``inline`` serves HB (False, ending the session, for cp_id "BYE") and sends the rest to
+    ``message``, which answers REG with AUTH#OK, ends the session on AVR "bye" and waits for
+    ``slow`` on AVR "slow". ``overlaps`` lists messages served while the same session was
+    still inside ``message`` (a session is served by one thread at a time)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.links: list[Link] = []
+        self.served: list[Served] = []
+        self.closes: list[tuple[int, str]] = []
+        self.overlaps: list[Served] = []
+        self.slow = threading.Event()
+        self.holding = threading.Event()
+        self._gate: threading.Event | None = None
+        self._active: set[int] = set()
+
+    # SessionHandler
+
+    def opened(self, link: Link) -> int:
+        with self.lock:
+            self.links.append(link)
+            number = len(self.links) - 1
+            gate, self._gate = self._gate, None
+        if gate is not None:  # keeps the reactor thread here (see hold_next_open)
+            self.holding.set()
+            gate.wait(10)
+        return number
+
+    def inline(self, state: int, message: Message | MessageError) -> bool | None:
+        if not isinstance(message, Hb):
+            return None
+        self._record(state, message, "inline")
+        return message.cp_id != "BYE"
+
+    def message(self, state: int, message: Message | MessageError) -> bool:
+        self._record(state, message, "worker", enter=True)
+        try:
+            if isinstance(message, Avr) and message.reason == "slow":
+                self.slow.wait(10)
+            if isinstance(message, Reg):
+                with self.lock:
+                    link = self.links[state]
+                link.send(Auth.accepted(f"hello {message.cp_id}"))
+            return not (isinstance(message, Hb) and message.cp_id == "BYE"
+                        or isinstance(message, Avr) and message.reason == "bye")
+        finally:
+            with self.lock:
+                self._active.discard(state)
+
+    def closed(self, state: int, cause: str) -> None:
+        with self.lock:
+            self.closes.append((state, cause))
+
+    # for the tests
+
+    def hold_next_open(self) -> threading.Event:
+        """The next session's ``opened`` keeps the reactor thread until the returned event is set."""
+        gate = threading.Event()
+        with self.lock:
+            self._gate = gate
+        return gate
+
+    def messages(self, session: int | None = None) -> list[Message | MessageError]:
+        with self.lock:
+            return [s.message for s in self.served if session is None or s.session == session]
+
+    def wait_served(self, count: int, timeout: float = 3.0) -> list[Served]:
+        wait_until(lambda: len(self.snapshot()) >= count, timeout, f"{count} message(s) served")
+        return self.snapshot()
+
+    def snapshot(self) -> list[Served]:
+        with self.lock:
+            return list(self.served)
+
+    def closes_of(self, session: int) -> list[str]:
+        with self.lock:
+            return [cause for number, cause in self.closes if number == session]
+
+    def _record(self, state: int, message: Message | MessageError, where: str, enter: bool = False) -> None:
+        item = Served(state, message, where, threading.current_thread().name)
+        with self.lock:
+            if state in self._active:
+                self.overlaps.append(item)
+            self.served.append(item)
+            if enter:
+                self._active.add(state)
+
+
+# -- reactors, clients, raw sockets -----------------------------------------------------------
+
+
+class Net:
+    """Reactors, client links and raw sockets of one test, all closed at its end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reactors: list[LinkReactor] = []
+        self._links: list[Link] = []
+        self._socks: list[socket.socket] = []
+
+    def serve(self, handler: Recorder, **kwargs) -> LinkReactor:
+        kwargs.setdefault("config", FAST)
+        kwargs.setdefault("name", "test")
+        reactor = LinkReactor("127.0.0.1", 0, handler, **kwargs).start()
+        self._reactors.append(reactor)
+        return reactor
+
+    def connect(self, reactor: LinkReactor, config: LinkConfig = FAST) -> Link:
+        link = Link.connect(*reactor.address, config=config)
+        with self._lock:
+            self._links.append(link)
+        return link
+
+    def raw(self, reactor: LinkReactor, enq: bool = True) -> socket.socket:
+        """A plain socket; with ``enq`` the session is opened (ENQ answered ACK)."""
+        sock = socket.create_connection(reactor.address, timeout=3)
+        self._socks.append(sock)
+        if enq:
+            sock.sendall(bytes((ENQ,)))
+            assert read_exactly(sock, 1) == bytes((ACK,))
+        return sock
+
+    def close(self) -> None:
+        for link in self._links:
+            link.close()
+        for sock in self._socks:
+            sock.close()
+        for reactor in self._reactors:
+            reactor.stop(grace=2.0)  # idempotent
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    net = Net()
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError(f"peer closed after {data!r}")
+        data += chunk
+    return data
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    """Read one whole frame (STX ... ETX LRC) from a raw socket."""
+    data = read_exactly(sock, 1)
+    assert data == bytes((STX,)), data
+    while not data.endswith(bytes((ETX,))):
+        data += read_exactly(sock, 1)
+    return data + read_exactly(sock, 1)
+
+
+def frame(message: Message) -> bytes:
+    return encode_frame(message.to_data())
+
+
+def opened_session(reactor: LinkReactor, handler: Recorder, count: int = 1) -> Link:
+    """Wait until ``count`` sessions are open; the server side of the last one."""
+    wait_until(lambda: reactor.session_count() == count, 3, f"{count} open session(s)")
+    with handler.lock:
+        return handler.links[-1]
+
+
+def in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``target`` in a started thread; exceptions land in the returned list."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # checked by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def joined(thread: threading.Thread, timeout: float = 10.0) -> None:
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{thread.name} did not finish within {timeout:g} s"
+
+
+# -- opening a session, serving its messages ------------------------------------------------
+
+
+def test_session_opens_and_messages_are_served_inline_or_on_a_worker(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    opened_session(reactor, handler)
+    assert len(handler.links) == 1
+
+    link.send(Hb("CP001"))
+    link.send(Avr("CP001", "engine KO"))
+    link.send(Hb("CP001"))
+    hb, avr, hb2 = handler.wait_served(3)
+
+    assert (hb.message, hb.where) == (Hb("CP001"), "inline")
+    assert hb.thread.endswith("-reactor")
+    assert (avr.message, avr.where) == (Avr("CP001", "engine KO"), "worker")
+    assert "-worker" in avr.thread
+    assert (hb2.where, hb2.thread) == ("inline", hb.thread)
+    assert reactor.session_count() == 1 and len(handler.links) == 1 and not handler.closes
+
+
+def test_many_messages_of_one_session_keep_their_order(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    opened_session(reactor, handler)
+    sent: list[Message] = [Avr(f"CP{i:03d}", "fault") if i % 3 == 1 else Hb(f"CP{i:03d}") for i in range(50)]
+
+    for message in sent:
+        link.send(message)
+    served = handler.wait_served(len(sent))
+
+    assert [s.message for s in served] == sent
+    assert all(s.thread.endswith("-reactor") for s in served if s.where == "inline")
+    assert all("-worker" in s.thread for s in served if s.where == "worker")
+    assert {s.where for s in served if isinstance(s.message, Avr)} == {"worker"}
+    assert {s.where for s in served if isinstance(s.message, Hb)} == {"inline"}  # each came alone
+    assert handler.overlaps == []
+    assert link.stats["retransmitted"] == 0
+
+
+def test_pipelined_frames_keep_their_order_between_reactor_and_worker(net: Net) -> None:
+    """Frames that arrive together: HB before the first AVR inline, the rest on a worker, in order."""
+    handler = Recorder()
+    reactor = net.serve(handler)
+    sock = net.raw(reactor)
+    sent: list[Message] = [Avr(f"CP{i:03d}", "fault") if i % 4 == 2 else Hb(f"CP{i:03d}") for i in range(40)]
+
+    sock.sendall(b"".join(frame(m) for m in sent))
+    assert read_exactly(sock, len(sent)) == bytes((ACK,)) * len(sent)
+    served = handler.wait_served(len(sent))
+
+    assert [s.message for s in served] == sent
+    assert served[0].where == "inline" and served[0].thread.endswith("-reactor")
+    assert {s.where for s in served if isinstance(s.message, Avr)} == {"worker"}
+    assert handler.overlaps == []
+
+
+def test_worker_answers_on_the_link(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+
+    link.send(Reg("CP001", "C/Mayor, 45", Decimal("0.48")))
+
+    assert link.recv(timeout=3) == Auth("OK", "hello CP001")
+    (served,) = handler.wait_served(1)
+    assert served.where == "worker" and "-worker" in served.thread
+    assert reactor.session_count() == 1
+
+
+# -- ending a session -------------------------------------------------------------------------
+
+
+def test_client_close_ends_the_session_once(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    opened_session(reactor, handler)
+
+    link.close()
+
+    wait_until(lambda: handler.closes_of(0) and reactor.session_count() == 0, SETTLE, "the session to end")
+    reactor.stop()  # nothing may call closed again, not even stop
+    (cause,) = handler.closes_of(0)
+    assert "EOT" in cause
+
+
+def test_server_side_close_from_another_thread_ends_the_session(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    server_link = opened_session(reactor, handler)
+
+    closer, errors = in_thread(lambda: server_link.close("kicked out by the test"))
+    joined(closer)
+
+    with pytest.raises((LinkClosed, LinkBroken)):
+        link.recv(timeout=3)
+    wait_until(lambda: handler.closes_of(0) and reactor.session_count() == 0, SETTLE, "closed to run")
+    reactor.stop()
+    (cause,) = handler.closes_of(0)
+    assert "kicked out by the test" in cause
+    assert errors == []
+
+
+@pytest.mark.parametrize("ender", [Avr("CP001", "bye"), Hb("BYE")], ids=["worker", "inline"])
+def test_handler_returning_false_ends_the_session(net: Net, ender: Message) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    opened_session(reactor, handler)
+
+    link.send(Hb("CP001"))
+    link.send(ender)
+
+    with pytest.raises((LinkClosed, LinkBroken)):
+        link.recv(timeout=3)
+    wait_until(lambda: handler.closes_of(0) and reactor.session_count() == 0, SETTLE, "the session to end")
+    reactor.stop()
+    assert handler.closes_of(0) == ["session ended by the server"]
+    assert handler.messages() == [Hb("CP001"), ender]
+
+
+def test_stop_ends_every_session(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    links = [net.connect(reactor) for _ in range(3)]
+    opened_session(reactor, handler, 3)
+
+    address = reactor.address
+    reactor.stop()
+
+    for link in links:
+        with pytest.raises((LinkClosed, LinkBroken)):
+            link.recv(timeout=3)
+    assert sorted(handler.closes) == [(n, "server shutting down") for n in range(3)]
+    assert reactor.session_count() == 0
+    with pytest.raises(LinkBroken, match="cannot connect"):
+        Link.connect(*address, config=FAST)
+
+
+# -- opening rules ----------------------------------------------------------------------------
+
+
+def test_sessions_past_the_limit_are_refused_until_one_ends(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler, max_sessions=2)
+    first = net.connect(reactor)
+    net.connect(reactor)
+    opened_session(reactor, handler, 2)
+
+    with pytest.raises(SessionRefused, match="NACK"):
+        net.connect(reactor)
+    assert reactor.session_count() == 2 and len(handler.links) == 2
+
+    first.close()
+    wait_until(lambda: reactor.session_count() == 1, SETTLE, "the first session to end")
+    late = net.connect(reactor)
+    opened_session(reactor, handler, 2)
+    late.send(Hb("CP003"))
+    assert handler.wait_served(1)[0].session == 2
+
+
+def test_client_that_never_sends_enq_is_dropped(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler, config=replace(FAST, handshake_timeout=0.3))
+    sock = net.raw(reactor, enq=False)
+    started = time.monotonic()
+
+    assert sock.recv(1) == b""  # closed, no ACK (the socket gives up after 3 s)
+
+    elapsed = time.monotonic() - started
+    assert 0.29 <= elapsed < 0.3 + SCAN_INTERVAL + 1.0
+    assert handler.links == [] and reactor.session_count() == 0
+    net.connect(reactor).send(Hb("CP001"))  # still serving
+    assert handler.wait_served(1)[0].message == Hb("CP001")
+
+
+# -- what a client sends ----------------------------------------------------------------------
+
+
+def test_malformed_frame_gets_nack_and_session_goes_on(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    sock = net.raw(reactor)
+    data = Hb("CP001").to_data()
+
+    sock.sendall(bytes((STX,)) + data + bytes((ETX, lrc(data) ^ 0xFF)))
+    assert read_exactly(sock, 1) == bytes((NACK,))
+    sock.sendall(frame(Hb("CP001")))
+    assert read_exactly(sock, 1) == bytes((ACK,))
+
+    (served,) = handler.wait_served(1)
+    assert served.message == Hb("CP001")
+    assert reactor.session_count() == 1 and not handler.closes
+
+
+def test_bad_content_reaches_the_handler_as_message_error(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    sock = net.raw(reactor)
+
+    sock.sendall(encode_frame(b"NOPE#x"))
+    assert read_exactly(sock, 1) == bytes((ACK,))  # well formed: acknowledged
+    (bad,) = handler.wait_served(1)
+    assert isinstance(bad.message, MessageError) and isinstance(bad.message, UnknownOpcode)
+    assert bad.message.raw == b"NOPE#x" and bad.where == "worker"
+
+    sock.sendall(frame(Hb("CP001")))
+    assert read_exactly(sock, 1) == bytes((ACK,))
+    assert handler.wait_served(2)[1].message == Hb("CP001")
+    assert reactor.session_count() == 1 and not handler.closes
+
+
+# -- a server thread sending on a session -------------------------------------------------------
+
+
+def test_messages_read_by_a_sending_thread_are_served_after_kick(net: Net) -> None:
+    """The server pushes while the client sends HB: the pusher reads some of them while it
+    waits for its ACKs; after kick every HB is served, once, in order."""
+    n = 40
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    server_link = opened_session(reactor, handler)
+    received: list[Message | None] = []
+
+    def push() -> None:
+        for i in range(n):
+            server_link.send(Auth.accepted(f"push {i}"))
+            reactor.kick(server_link)
+
+    pusher, push_errors = in_thread(push)
+    reader, read_errors = in_thread(lambda: [received.append(link.recv(timeout=5)) for _ in range(n)])
+    beats = [Hb(f"CP{i:03d}") for i in range(n)]
+    for beat in beats:
+        link.send(beat)
+    joined(pusher)
+    reactor.kick(server_link)
+    joined(reader)
+
+    assert push_errors == [] and read_errors == []
+    assert received == [Auth.accepted(f"push {i}") for i in range(n)]
+    assert [s.message for s in handler.wait_served(n)] == beats
+    assert server_link.stats["received"] == n and link.stats["retransmitted"] == 0
+
+
+# -- many clients -------------------------------------------------------------------------------
+
+
+def test_many_clients_at_once(net: Net) -> None:
+    clients, beats = 50, 3
+    handler = Recorder()
+    reactor = net.serve(handler)
+    go = threading.Event()
+
+    def client(i: int) -> None:
+        link = net.connect(reactor)
+        assert go.wait(10)
+        for _ in range(beats):
+            link.send(Hb(f"CP{i:03d}"))
+        link.close()
+
+    runs = [in_thread(lambda i=i: client(i)) for i in range(clients)]
+    errors = [errs for _, errs in runs]
+    wait_until(lambda: reactor.session_count() == clients or any(errors), 10, f"{clients} open sessions")
+    go.set()
+    for thread, _ in runs:
+        joined(thread)
+
+    assert [e for errs in errors for e in errs] == []
+    wait_until(lambda: len(handler.closes) == clients and reactor.session_count() == 0, 5, "every session to end")
+    assert Counter(m.cp_id for m in handler.messages()) == {f"CP{i:03d}": beats for i in range(clients)}
+    assert len(handler.links) == clients and sorted(n for n, _ in handler.closes) == list(range(clients))
+
+
+# -- kicks racing the reactor ----------------------------------------------------------------
+# A second session's ``opened`` holds the reactor thread while the test arranges what a
+# sending thread read and kicked; when it lets go, the reactor finds everything at once.
+
+
+def test_two_kicks_in_one_round_serve_a_session_on_one_worker(net: Net) -> None:
+    """Two threads that sent on a link kick it (Central's ask and command) before the reactor
+    wakes: the session is served by one worker at a time all the same."""
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    server_link = opened_session(reactor, handler)
+    release = handler.hold_next_open()
+    try:
+        net.connect(reactor)
+        assert handler.holding.wait(3)
+        pusher, push_errors = in_thread(lambda: server_link.send(Auth.accepted("push")))
+        link.send(Avr("CP001", "slow"))  # ACKed by the pusher, the only reader now
+        joined(pusher)
+        assert push_errors == [] and server_link.has_inbound()
+        assert link.recv(timeout=3) == Auth.accepted("push")
+        reactor.kick(server_link)
+        reactor.kick(server_link)
+    finally:
+        release.set()
+    wait_until(lambda: handler.messages(0), 3, "the slow AVR to reach a worker")
+
+    try:
+        sender, send_errors = in_thread(lambda: link.send(Avr("CP001", "second")))
+        # Room for the wrong outcome to show ("second" served while "slow" is): when the
+        # session is right, "second" is not even read until "slow" is done.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and len(handler.messages(0)) < 2:
+            time.sleep(0.01)
+    finally:
+        handler.slow.set()
+    joined(sender)
+
+    assert send_errors == []
+    assert [s.message for s in handler.wait_served(2)] == [Avr("CP001", "slow"), Avr("CP001", "second")]
+    assert handler.overlaps == []
+
+
+@pytest.mark.parametrize("kick_after_failed_send", [True, False], ids=["kick", "no-kick"])
+def test_messages_a_sender_read_before_eot_are_served(net: Net, kick_after_failed_send: bool) -> None:
+    """Central's pattern: send + kick, then another send. The peer answers the first push with
+    an AVR (ACKed by the sending thread), then ends the session (EOT) instead of ACKing the
+    second push. The AVR was acknowledged: it is served before the session ends."""
+    handler = Recorder()
+    reactor = net.serve(handler, config=replace(FAST, ack_timeout=3.0))
+    sock = net.raw(reactor)
+    server_link = opened_session(reactor, handler)
+    outcome: list[BaseException] = []
+
+    def push() -> None:
+        try:
+            server_link.send(Auth.accepted("push 1"))
+            reactor.kick(server_link)
+            server_link.send(Auth.accepted("push 2"))
+        except LinkError as exc:
+            outcome.append(exc)
+            if kick_after_failed_send:
+                reactor.kick(server_link)
+
+    release = handler.hold_next_open()
+    try:
+        other = net.connect(reactor)
+        assert handler.holding.wait(3)
+        pusher, _ = in_thread(push)
+        assert read_frame(sock) == frame(Auth.accepted("push 1"))
+        sock.sendall(frame(Avr("CP001", "last words")) + bytes((ACK,)))
+        assert read_exactly(sock, 1) == bytes((ACK,))  # the AVR was received (by the pusher)
+        assert read_frame(sock) == frame(Auth.accepted("push 2"))
+        wait_until(lambda: server_link.pumping, 3, "the pusher to wait for its second ACK")
+    finally:
+        release.set()  # the reactor takes the kick while the pusher reads: it parks the session
+    other.send(Hb("CP002"))  # a round trip through the reactor: the kick was taken before it
+    sock.sendall(bytes((EOT,)))
+    joined(pusher)
+    assert len(outcome) == 1 and isinstance(outcome[0], LinkClosed)
+
+    wait_until(lambda: handler.closes_of(0), SETTLE, "the session to end")
+    assert handler.messages(0) == [Avr("CP001", "last words")]
+    assert len(handler.closes_of(0)) == 1
