@@ -769,7 +769,11 @@ def main(argv: list[str] | None = None) -> int:
                 central = CentralProcess(port, kafka, db_url, prefix, work / "central.log", args.central_arg)
                 wait_port("127.0.0.1", port, 30, central.proc)
                 central_addr, central_pid = ("127.0.0.1", port), central.pid
-            result = run(args, kafka, db_url, central_addr, central_pid, prefix)
+            try:
+                result = run(args, kafka, db_url, central_addr, central_pid, prefix)
+            except KeyboardInterrupt:
+                print("loadgen: interrupted; stopping what it started", file=sys.stderr)
+                return 130
             if central is not None and central.proc.poll() is not None:
                 raise SystemExit(f"loadgen: Central died during the run (status {central.proc.returncode}); "
                                  f"see {central.log_path}")

@@ -102,12 +102,16 @@ class Link:
     """One open session. Build it with ``Link.connect`` or ``Link.accept``."""
 
     def __init__(self, sock: socket.socket, peer: str, config: LinkConfig = LinkConfig(),
-                 registry: Registry = MESSAGES) -> None:
+                 registry: Registry = MESSAGES, nonblocking: bool = False) -> None:
         self.peer = peer
         self.config = config
         self.registry = registry
         self._sock = sock
-        sock.settimeout(config.write_timeout)  # applies to sendall; reads wait in poll first
+        # Reads wait in poll first. Writes: with a timeout, sendall waits up to write_timeout for
+        # room; nonblocking (a server's reactor, which must never wait on one peer) fails the link
+        # at once instead when the peer has stopped reading, and saves the poll of every call.
+        self._nonblocking = nonblocking
+        sock.settimeout(0.0 if nonblocking else config.write_timeout)
         self._decoder = FrameDecoder()
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
@@ -426,6 +430,10 @@ class Link:
         try:
             with self._write_lock:
                 self._sock.sendall(data)
+        except BlockingIOError:  # nonblocking: the peer's window and our buffer are full
+            error = LinkBroken(f"{self.peer}: does not read what it is sent (send buffer full)")
+            self._fail(error)
+            raise error from None
         except socket.timeout:
             error = LinkBroken(f"{self.peer}: write blocked for {self.config.write_timeout:g} s")
             self._fail(error)
@@ -466,9 +474,12 @@ class Link:
         if self._closed is not None:
             return
         try:
-            if not _readable(self._sock, timeout):
+            # nonblocking and not waiting: one system call, no poll first
+            if not (timeout == 0 and self._nonblocking) and not _readable(self._sock, timeout):
                 return
             chunk = self._sock.recv(self.config.recv_chunk)
+        except (BlockingIOError, InterruptedError):  # nothing there after all
+            return
         except (OSError, ValueError) as exc:  # ValueError: socket closed under us
             if self._closed is None:
                 self._fail(LinkBroken(f"{self.peer}: read failed: {getattr(exc, 'strerror', None) or exc}"))

@@ -246,7 +246,7 @@ class LinkReactor:
             sock.close()
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        link = Link(sock, peer, self.config, self.registry)
+        link = Link(sock, peer, self.config, self.registry, nonblocking=True)
         try:
             state = self.handler.opened(link)
         except Exception:
