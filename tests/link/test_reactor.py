@@ -35,6 +35,7 @@ from ev_common.protocol import (
     lrc,
 )
 from ev_common.reactor import SCAN_INTERVAL, LinkReactor
+from tests.link.test_link import read_exactly, read_frame
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -197,25 +198,6 @@ def net() -> Iterator[Net]:
         yield net
     finally:
         net.close()
-
-
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"peer closed after {data!r}")
-        data += chunk
-    return data
-
-
-def read_frame(sock: socket.socket) -> bytes:
-    """Read one whole frame (STX ... ETX LRC) from a raw socket."""
-    data = read_exactly(sock, 1)
-    assert data == bytes((STX,)), data
-    while not data.endswith(bytes((ETX,))):
-        data += read_exactly(sock, 1)
-    return data + read_exactly(sock, 1)
 
 
 def frame(message: Message) -> bytes:
