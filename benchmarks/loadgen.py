@@ -8,8 +8,9 @@ Run: ``python -m benchmarks.loadgen --monitors 2000 --supplies 500 --seconds 60 
   and retransmitted as the link layer says (docs/protocol.md).
 * **Engines**: for each of M supplies a driver request goes to Kafka; once Central
   authorises it, ``telemetry`` records are published every second, then ``supply.end``.
-* **Central** is started as its own process (``python -m ev_central``, log level INFO,
-  log to a file) on a fresh MySQL database, unless ``--central`` names a running one.
+* **Central** is started as its own process, with the seed's command (``python
+  EV_Central.py --port ... --kafka ... --db ...``, log level INFO, its log in
+  ``central.log``), on a fresh MySQL database, unless ``--central`` names a running one.
   A Tansu broker is started unless ``--kafka`` is given.
 
 Measured (same machine, same clock):
@@ -35,9 +36,6 @@ import json
 import logging
 import os
 import random
-import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,11 +46,16 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from benchmarks.bench_telemetry import percentile
 from ev_common.bus import Publisher, RecordConsumer, Topics
-from ev_common.protocol import ACK, ENQ, EOT, NACK, Control, ControlByte, Frame, FrameDecoder, FrameError
-from ev_common.protocol import encode_frame
+from ev_common.lifecycle import raise_file_limit
+from ev_common.protocol import (ACK, ENQ, EOT, MESSAGES, NACK, Auth, Avr, Control, ControlByte, Frame, FrameDecoder,
+                                FrameError, Hb, Message, MessageError, Rec, Reg, Sup, Supr, encode_frame)
 from ev_common.records import RequestAuthorised, RequestDenied, SupplyEnd, SupplyProgress, SupplyRequest, Telemetry
 from ev_common.records import Ticket
+from tests.support.processes import ProgramRunner
+from tests.support.services import TansuBroker, ThrowawayDatabase, mysql_connect
+from tests.support.system import EVSystem
 
 log = logging.getLogger("loadgen")
 
@@ -62,14 +65,7 @@ MAX_RETRANSMITS = 3
 RECONNECT_DELAY = 1.0
 DB_POLL = 0.05
 POWER_KW = Decimal("11")
-PRICE = "0.35"
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+PRICE = Decimal("0.35")
 
 
 @dataclass
@@ -90,7 +86,6 @@ class Figures:
     links_broken: int = 0
     heartbeats: int = 0
     hb_late_max: float = 0.0  # the load generator's own lag: a sign of life sent late
-    sups: int = 0
     authorised: int = 0
     denied: int = 0
     tickets: int = 0
@@ -106,6 +101,7 @@ class SimMonitor(asyncio.Protocol):
     def __init__(self, sim: "MonitorFleet", cp_id: str) -> None:
         self.sim = sim
         self.cp_id = cp_id
+        self.hb_frame = encode_frame(Hb(cp_id).to_data())  # the same every second
         self.transport: asyncio.Transport | None = None
         self.decoder = FrameDecoder()
         self.state = "idle"  # idle | enq | open | registered | closed
@@ -158,7 +154,7 @@ class SimMonitor(asyncio.Protocol):
         if self.state == "enq":
             if byte == ControlByte.ACK:
                 self.state = "open"
-                self.send(f"REG#{self.cp_id}#Load test street {self.cp_id[-4:]}#{PRICE}")
+                self.send(Reg(self.cp_id, f"Load test street {self.cp_id[-4:]}", PRICE))
             else:
                 self.sim.figures.refused += 1
                 self.transport.close()
@@ -172,10 +168,13 @@ class SimMonitor(asyncio.Protocol):
         elif byte == ControlByte.EOT:
             self.transport.close()
 
-    def send(self, text: str) -> None:
+    def send(self, message: Message) -> None:
+        self.send_frame(encode_frame(message.to_data()))
+
+    def send_frame(self, frame: bytes) -> None:
         if self.state not in ("open", "registered"):
             return
-        self.queue.append(encode_frame(text.encode()))
+        self.queue.append(frame)
         if self.in_flight is None:
             self._next()
 
@@ -207,34 +206,35 @@ class SimMonitor(asyncio.Protocol):
     # -- messages from Central --
 
     def _frame(self, text: str) -> None:
-        opcode, _, rest = text.partition("#")
-        fields = rest.split("#")
-        if opcode == "AUTH":
-            if fields[0] == "OK" and self.state == "open":
+        try:
+            message = MESSAGES.decode(text)
+        except MessageError:
+            return
+        if isinstance(message, Auth):
+            if message.ok and self.state == "open":
                 self.state = "registered"
                 self.sim.registered(self)
-        elif opcode == "SUP":  # SUP#cp#session#driver#price: the Engine takes it
-            self.sim.figures.sups += 1
-            self.send(f"SUPR#{self.cp_id}#{fields[1]}#OK#")
+        elif isinstance(message, Sup):  # the Engine takes it
+            self.send(Supr(self.cp_id, message.session_id, "OK", ""))
 
     def heartbeat(self) -> None:
         if self.state == "registered" and len(self.queue) < 2:
             self.sim.figures.heartbeats += 1
-            self.send(f"HB#{self.cp_id}")
+            self.send_frame(self.hb_frame)
 
 
 class MonitorFleet:
     """N simulated Monitors in one asyncio loop, on a thread of its own."""
 
-    def __init__(self, host: str, port: int, n: int, figures: Figures, *, storm: bool, connect_rate: float,
-                 faults_per_second: float, fault_seconds: float, prefix: str = "LG") -> None:
+    def __init__(self, host: str, port: int, cp_ids: list[str], figures: Figures, *, storm: bool,
+                 connect_rate: float, faults_per_second: float, fault_seconds: float) -> None:
         self.host, self.port = host, port
         self.figures = figures
         self.storm = storm
         self.connect_rate = connect_rate
         self.faults_per_second = faults_per_second
         self.fault_seconds = fault_seconds
-        self.monitors = {f"{prefix}{i:05d}": None for i in range(n)}
+        self.cp_ids = cp_ids
         self.sims: dict[str, SimMonitor] = {}
         self.fault_sent: dict[str, float] = {}  # cp_id -> when its AVR was queued, until seen in the DB
         self.lock = threading.Lock()
@@ -254,19 +254,15 @@ class MonitorFleet:
         self.loop.call_soon_threadsafe(self._close_all)
         self._thread.join(10)
 
-    def call(self, fn, *args) -> None:
-        self.loop.call_soon_threadsafe(fn, *args)
-
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self._main())
 
     async def _main(self) -> None:
-        ids = list(self.monitors)
         if self.storm:
-            await asyncio.gather(*(self._connect(cp_id) for cp_id in ids))
+            await asyncio.gather(*(self._connect(cp_id) for cp_id in self.cp_ids))
         else:
-            for i, cp_id in enumerate(ids):
+            for i, cp_id in enumerate(self.cp_ids):
                 self.loop.create_task(self._connect(cp_id))
                 if (i + 1) % 50 == 0:
                     await asyncio.sleep(50 / self.connect_rate)
@@ -297,7 +293,7 @@ class MonitorFleet:
         if sim.cp_id not in self._registered:  # the first registration of this CP (not a reconnection)
             self._registered.add(sim.cp_id)
             self.figures.registration_ms.append((now - sim.connect_started) * 1000)
-            if len(self._registered) == len(self.monitors):
+            if len(self._registered) == len(self.cp_ids):
                 self.figures.last_registered = now
                 self.all_registered.set()
         # signs of life every second from now, at this Monitor's own phase
@@ -326,11 +322,11 @@ class MonitorFleet:
             with self.lock:  # until read back as AVERIADO (a fault never seen there stays, as missed)
                 self.fault_sent[sim.cp_id] = time.monotonic()
             self.figures.faults_sent += 1
-            sim.send(f"AVR#{sim.cp_id}#load test fault")
+            sim.send(Avr(sim.cp_id, "load test fault"))
             self.loop.call_later(self.fault_seconds, self._recover, sim)
 
     def _recover(self, sim: SimMonitor) -> None:
-        sim.send(f"REC#{sim.cp_id}")
+        sim.send(Rec(sim.cp_id))
         self.loop.call_later(1.0, setattr, sim, "faulty", False)
 
     def mark_supplying(self, cp_id: str, on: bool) -> None:
@@ -357,7 +353,7 @@ class DBWatcher:
     """Polls Central's charging_points for rows changed since the last poll."""
 
     def __init__(self, db_url: str, fleet: MonitorFleet, figures: Figures) -> None:
-        self.params = parse_db_params(db_url)
+        self.db_url = db_url
         self.fleet = fleet
         self.figures = figures
         self.stop = threading.Event()
@@ -369,9 +365,7 @@ class DBWatcher:
         return self
 
     def _run(self) -> None:
-        import mysql.connector
-
-        conn = mysql.connector.connect(**self.params, autocommit=True, connection_timeout=5)
+        conn = mysql_connect(self.db_url, autocommit=True)
         cur = conn.cursor()
         watermark = datetime(1970, 1, 1)
         try:  # rows changed since the newest change seen, less 2 s for rows committed late
@@ -394,14 +388,6 @@ class DBWatcher:
                         self.figures.false_disconnects.add(cp_id)
         finally:
             conn.close()
-
-
-def parse_db_params(url: str) -> dict:
-    from urllib.parse import unquote, urlparse
-
-    u = urlparse(url)
-    return {"host": u.hostname or "127.0.0.1", "port": u.port or 3306, "user": unquote(u.username or "root"),
-            "password": unquote(u.password or ""), "database": u.path.lstrip("/")}
 
 
 # -- supplies over Kafka ------------------------------------------------------------------------
@@ -512,32 +498,10 @@ class SupplyFleet:
         return (POWER_KW * seq / 3600).quantize(Decimal("0.0001"))
 
     def _eur(self, seq: int) -> Decimal:
-        return (self._kwh(seq) * Decimal(PRICE)).quantize(Decimal("0.0001"))
+        return (self._kwh(seq) * PRICE).quantize(Decimal("0.0001"))
 
 
-# -- Central as a process -----------------------------------------------------------------------
-
-
-class CentralProcess:
-    def __init__(self, port: int, kafka: str, db_url: str, prefix: str, log_path: Path, extra: list[str]) -> None:
-        argv = [sys.executable, "-m", "ev_central", "--port", str(port), "--host", "127.0.0.1", "--kafka", kafka,
-                "--db", db_url, "--topic-prefix", prefix, "--ui", "log", *extra]
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=log_path.parent)
-        self.pid = self.proc.pid
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
+# -- Central's process, from outside ---------------------------------------------------------
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -565,27 +529,6 @@ def threads_of(pid: int) -> int | None:
         return None
 
 
-def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"loadgen: Central exited with status {proc.returncode} at start")
-        try:
-            socket.create_connection((host, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"loadgen: nothing listens on {host}:{port} after {timeout:g} s")
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed), hard))
-
-
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -594,7 +537,7 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
     figures = Figures()
     topics = Topics(prefix)
     cp_ids = [f"LG{i:05d}" for i in range(args.monitors)]
-    fleet = MonitorFleet(*central_addr, args.monitors, figures, storm=args.storm, connect_rate=args.connect_rate,
+    fleet = MonitorFleet(*central_addr, cp_ids, figures, storm=args.storm, connect_rate=args.connect_rate,
                          faults_per_second=args.faults_per_second, fault_seconds=args.fault_seconds)
     watcher = DBWatcher(db_url, fleet, figures)
     supplies = SupplyFleet(kafka, topics, fleet, figures, random.sample(cp_ids, min(args.supplies, len(cp_ids))))
@@ -633,8 +576,7 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
         storm = round(figures.last_registered - figures.first_connect, 3)
 
     def ms(values, p):
-        v = percentile(values, p)
-        return None if v is None else round(v, 1)
+        return round(percentile(values, p), 1) if values else None
 
     return {
         "monitors": args.monitors,
@@ -642,6 +584,7 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
         "seconds": args.seconds,
         "storm": args.storm,
         "registered": len(figures.registration_ms),
+        "refused": figures.refused,
         "registration_p50_ms": ms(figures.registration_ms, 0.50),
         "registration_p99_ms": ms(figures.registration_ms, 0.99),
         "storm_seconds": storm,
@@ -672,7 +615,8 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
 
 def table(result: dict) -> str:
     rows = [
-        ("Monitors (registered)", f"{result['monitors']} ({result['registered']})"),
+        ("Monitors (registered; connections refused)", f"{result['monitors']} ({result['registered']}; "
+                                                        f"{result['refused']})"),
         ("Supplies (authorised, tickets)", f"{result['supplies']} ({result['authorised']}, {result['tickets']}; "
                                            f"{result['tickets_interrupted']} interrupted)"),
         ("Measured for", f"{result['seconds']:g} s"),
@@ -731,55 +675,50 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.monitors < 1 or args.supplies < 0 or args.seconds <= 0:
         parser.error("--monitors must be >= 1, --supplies >= 0 and --seconds > 0")
-    if args.central and not args.db:
-        parser.error("--central needs --db (the database that Central uses), to read its states back")
+    if args.central and not (args.db and args.kafka):
+        parser.error("--central needs --db and --kafka (the database and broker that Central uses)")
     if args.faults_per_second is None:
         args.faults_per_second = max(1.0, args.monitors / 200)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s loadgen[%(threadName)s] %(levelname)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("ev_common").setLevel(logging.WARNING)
-    raise_fd_limit(args.monitors + 1024)
+    raise_file_limit(args.monitors + 1024)
     prefix = args.topic_prefix if args.topic_prefix is not None else f"lg{uuid.uuid4().hex[:8]}-"
     with tempfile.TemporaryDirectory(prefix="evloadgen-") as tmp:
         work = Path(args.keep_logs) if args.keep_logs else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        broker = database = central = None
+        broker = database = system = None
+        runner = ProgramRunner(work)
         try:
             if args.kafka:
                 kafka = args.kafka
             else:
-                from tests.support.services import TansuBroker
-
                 broker = TansuBroker(log_path=work / "tansu.log").start()
                 kafka = broker.bootstrap
             db_url = args.db
             if db_url is None:
-                from tests.support.services import ThrowawayDatabase
-
                 database = ThrowawayDatabase(os.environ.get("EV_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"))
                 db_url = database.create().url
-            register_drivers(db_url, args.supplies)
+            system = EVSystem(runner, kafka, db_url, prefix)
+            system.register_drivers(*(f"LGD{i:05d}" for i in range(args.supplies)))
             if args.central:
                 host, _, port = args.central.rpartition(":")
                 central_addr, central_pid = (host or "127.0.0.1", int(port)), args.central_pid
-            else:
-                from tests.support.services import free_port
-
-                port = free_port()
-                central = CentralProcess(port, kafka, db_url, prefix, work / "central.log", args.central_arg)
-                wait_port("127.0.0.1", port, 30, central.proc)
-                central_addr, central_pid = ("127.0.0.1", port), central.pid
+            else:  # the seed's command, its log in work/central.log
+                system.start_central("--host", "127.0.0.1", "--ui", "log", *args.central_arg)
+                central_addr, central_pid = ("127.0.0.1", system.central_port), system.central.pid
             try:
                 result = run(args, kafka, db_url, central_addr, central_pid, prefix)
             except KeyboardInterrupt:
                 print("loadgen: interrupted; stopping what it started", file=sys.stderr)
                 return 130
-            if central is not None and central.proc.poll() is not None:
-                raise SystemExit(f"loadgen: Central died during the run (status {central.proc.returncode}); "
-                                 f"see {central.log_path}")
+            if system.central is not None and system.central.proc.poll() is not None:
+                raise SystemExit(f"loadgen: Central died during the run (status {system.central.proc.returncode});"
+                                 f" see {system.central.log_path}")
         finally:
-            if central is not None:
-                central.stop()
+            runner.stop_all()
+            if system is not None:
+                system.close()
             if broker is not None:
                 broker.kill()
             if database is not None:
@@ -788,17 +727,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     print(json.dumps(result), flush=True)
     return 0
-
-
-def register_drivers(db_url: str, count: int) -> None:
-    from ev_central.store import open_store
-
-    store = open_store(db_url)
-    try:
-        for i in range(count):
-            store.add_driver(f"LGD{i:05d}", "load generator")
-    finally:
-        store.close()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from ev_common.bus import Topics
 from ev_common.config import env, host_port, port_number
-from ev_common.lifecycle import Shutdown
+from ev_common.lifecycle import Shutdown, raise_file_limit
 from ev_common.log import add_log_level_argument, setup_logging
 
 from .core.network import DEFAULT_SILENCE_TIMEOUT
@@ -131,19 +131,6 @@ def build_drivers_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def raise_file_limit() -> None:
-    """One file descriptor per Monitor: the soft limit goes up to the hard one (often 1024 by
-    default, which would cap Central near 1,000 Monitors; see docs/performance.md)."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
-    except (ImportError, ValueError, OSError) as exc:  # no resource module (Windows), or not allowed
-        log.debug("file descriptor limit left as it is: %s", exc)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["drivers"]:
@@ -153,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ui not in UI_CHOICES:  # a bad $EV_UI (argparse checks only what is typed)
         parser.error(f"--ui (or $EV_UI): {args.ui!r} is not one of {', '.join(UI_CHOICES)}")
     ui = choose_ui(args.ui, sys.stdout)
-    raise_file_limit()
+    raise_file_limit()  # one descriptor per Monitor (docs/performance.md)
     log_file = args.log_file or (default_log_file() if ui == "panel" else None)
     try:
         terminal = configure_logging(ui, args.log_level, log_file)

@@ -1,8 +1,9 @@
 """Central's side of the Monitor sessions: frames in -> the CP network -> frames out.
 
-Every idle session waits in one selector (``LinkReactor``); a small pool of workers
-serves the messages that arrive, one worker per session at a time, so thousands of
-Monitors cost no thread each (see docs/performance.md). A session must register first
+Every idle session waits in one selector (``LinkReactor``), so thousands of Monitors
+cost no thread each (see docs/performance.md): signs of life are served on the reactor
+thread, registrations one at a time on a lane of their own, everything else by a few
+workers, one per session at a time. A session must register first
 (``REG`` -> ``AUTH``); afterwards its Monitor sends ``HB`` every second and
 ``AVR``/``REC`` when its Engine fails or recovers. A newer registration of the
 same cp_id replaces (and closes) the older session. A sweeper closes sessions

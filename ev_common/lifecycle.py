@@ -43,3 +43,18 @@ class Shutdown:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.event.wait(timeout)
+
+
+def raise_file_limit(needed: int | None = None) -> None:
+    """One file descriptor per connection: raise the soft limit to ``needed`` (default: the
+    hard limit). The common default of 1024 would cap a server near 1,000 connections."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        ceiling = 65536 if hard == resource.RLIM_INFINITY else hard
+        target = ceiling if needed is None else min(ceiling, needed)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError) as exc:  # no resource module (Windows), or not allowed
+        log.debug("file descriptor limit left as it is: %s", exc)

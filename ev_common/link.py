@@ -239,14 +239,12 @@ class Link:
             with self._cond:
                 ack = self._ack
             if ack == ControlByte.ACK:
-                self._done_unacked(True)
+                self._unacked = None
+                self._acknowledged()
             elif ack == ControlByte.NACK or time.monotonic() >= deadline:
                 if attempt >= self.config.max_retries:
-                    self._done_unacked(False)
-                    error = LinkBroken(f"{self.peer}: {opcode} not acknowledged after "
-                                       f"{self.config.max_retries} retransmissions")
-                    self._fail(error)
-                    return
+                    self._unacked = None
+                    self._give_up(opcode, "NACK" if ack == ControlByte.NACK else "no ACK")
                 with self._cond:
                     self._ack = None
                 self.stats["retransmitted"] += 1
@@ -258,40 +256,34 @@ class Link:
             self._send_lock.release()
 
     def _settle_unacked(self) -> None:
-        """(Holding the send lock.) Wait for the ACK of the ``send_nowait`` frame, retransmitting."""
+        """(Holding the send lock.) Wait for the ACK of the ``send_nowait`` frame; retransmit it
+        as ``send`` would if it does not come."""
         if self._unacked is None:
             return
         frame, opcode, attempt, deadline = self._unacked
-        try:
-            if not self._wait_for(lambda: self._ack is not None or self._closed is not None, deadline):
-                attempt += 1
-            elif self._ack == ControlByte.ACK:
-                self._done_unacked(True)
-                return
-            else:
-                attempt += 1
-            self._unacked = None
-            if attempt > self.config.max_retries:
-                self._done_unacked(False)
-                error = LinkBroken(f"{self.peer}: {opcode} not acknowledged after "
-                                   f"{self.config.max_retries} retransmissions")
-                self._fail(error)
-                raise error
-            self._await_ack(frame, opcode, attempt)
-        finally:
-            self._unacked = None
-
-    def _done_unacked(self, ok: bool) -> None:
         self._unacked = None
+        self._wait_for(lambda: self._ack is not None or self._closed is not None, deadline)
+        if self._ack == ControlByte.ACK:
+            self._acknowledged()
+        else:
+            self._await_ack(frame, opcode, attempt + 1)
+
+    def _acknowledged(self) -> None:
         with self._cond:
             self._awaiting_ack = False
-        if ok:
-            self.stats["sent"] += 1
+        self.stats["sent"] += 1
+
+    def _give_up(self, opcode: str, why: str) -> None:
+        """The frame was not acknowledged after every retransmission: the link is broken."""
+        error = LinkBroken(f"{self.peer}: {opcode} not acknowledged after "
+                           f"{self.config.max_retries} retransmissions ({why})")
+        self._fail(error)
+        raise error
 
     def _await_ack(self, frame: bytes, opcode: str, first_attempt: int) -> None:
         """(Holding the send lock.) Write ``frame`` and wait for its ACK, retransmitting."""
         cfg = self.config
-        why = ""
+        why = "no ACK"
         for attempt in range(first_attempt, 1 + cfg.max_retries):
             with self._cond:
                 self._raise_if_closed()
@@ -314,10 +306,7 @@ class Link:
                 self._raise_if_closed()
             why = "NACK" if ack == ControlByte.NACK else f"no ACK within {cfg.ack_timeout:g} s"
             log.debug("%s: %s for %s (attempt %d)", self.peer, why, opcode, attempt + 1)
-        error = LinkBroken(f"{self.peer}: {opcode} not acknowledged after "
-                           f"{cfg.max_retries} retransmissions ({why})")
-        self._fail(error)
-        raise error
+        self._give_up(opcode, why)
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next message, or None when ``timeout`` passes first.

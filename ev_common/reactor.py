@@ -1,4 +1,4 @@
-"""A link server for thousands of sessions: one selector thread and a small worker pool.
+"""A link server for thousands of sessions: one selector thread and a few workers.
 
 ``LinkServer`` gives every session a thread of its own, which is simple and right for a
 few sessions (an Engine serves one Monitor). Central holds thousands of Monitors, and
@@ -8,17 +8,22 @@ keeps every idle session in one selector instead:
 
 * the reactor thread accepts connections, answers the ENQ handshake (ACK, or NACK past
   ``max_sessions``) and watches every idle session's socket;
-* when a session's socket is readable it leaves the selector and one worker reads what
-  arrived (``Link.take_ready``: frames ACKed, messages decoded) and hands each message to
-  ``handler.message``; then the session goes back to the selector. A session is served
-  by one worker at a time, so its messages are handled in order;
+* when a session's socket is readable, the reactor reads what arrived
+  (``Link.take_ready``: frames ACKed, messages decoded) and offers each message to
+  ``handler.inline``, which serves the quick ones that never wait (signs of life) on the
+  reactor thread. From the first one it declines, the session leaves the selector and a
+  worker hands the rest to ``handler.message``; then the session comes back. A session
+  is served by one thread at a time, so its messages are handled in order. The optional
+  ``handler.lane`` puts some messages on a lane of one thread (registrations), so that a
+  storm of them never takes the interpreter from the reactor;
 * ``handler.opened(link)`` runs when a session opens, ``handler.closed(state, cause)``
   exactly once when it ends (closed by the peer, broken, closed by anyone with
-  ``Link.close``, or at ``stop``).
+  ``Link.close``, or at ``stop``), after the messages read before the end were served.
 
 A thread that sends on a link (``Link.send`` waits for the ACK) reads the socket itself
-while it waits, exactly as with ``LinkServer``; messages it read meanwhile are handled
-after it calls ``kick(link)``.
+while it waits, exactly as with ``LinkServer``; messages it read meanwhile are served
+after it calls ``kick(link)``. ``send_nowait`` writes without waiting: the reactor reads
+the ACK and retransmits a late frame.
 """
 
 from __future__ import annotations
@@ -31,13 +36,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from .link import Link, LinkBroken, LinkConfig, LinkError
-from .protocol import MESSAGES, MessageError, Registry
+from .link import Link, LinkConfig, LinkError
+from .protocol import ACK, ENQ, MESSAGES, NACK, Registry
 
 log = logging.getLogger(__name__)
 
-_ENQ, _ACK, _NACK = b"\x05", b"\x06", b"\x15"
-SCAN_INTERVAL = 0.2  # how often handshakes past their deadline and links closed elsewhere are looked for
+SCAN_INTERVAL = 0.2  # how often late handshakes, late ACKs and links closed elsewhere are looked for
 
 
 class SessionHandler(Protocol):
@@ -51,8 +55,8 @@ class SessionHandler(Protocol):
         """One message (or a ``MessageError``) of a session, on a worker; False ends the session."""
 
     def lane(self, state: Any, message: Any) -> str:
-        """Which workers serve this message: "main", or "register" (one thread, so that a storm
-        of registrations never takes the interpreter from the reactor)."""
+        """Optional: which workers serve this message, "main" (the default) or "register" (one
+        thread, so that a storm of registrations never takes the interpreter from the reactor)."""
 
     def closed(self, state: Any, cause: str) -> None: ...
 
@@ -228,7 +232,7 @@ class LinkReactor:
         if first is None:
             sock.close()
             return
-        if first != _ENQ:
+        if first != bytes((ENQ,)):
             what = "closed the connection" if not first else f"sent {first!r}"
             log.warning("%s: %s %s instead of ENQ", self.name, peer, what)
             sock.close()
@@ -236,7 +240,7 @@ class LinkReactor:
         with self._lock:
             admitted = len(self._sessions) < self.max_sessions
         try:
-            sock.send(_ACK if admitted else _NACK)  # one byte into an empty buffer: never blocks
+            sock.send(bytes((ACK if admitted else NACK,)))  # one byte into an empty buffer: never blocks
         except OSError as exc:
             log.warning("%s: session with %s failed to open: %s", self.name, peer, exc)
             sock.close()
@@ -268,39 +272,35 @@ class LinkReactor:
         try:
             items = link.take_ready()
         except LinkError as exc:
-            self._unregister(session)
-            self._end(session, str(exc))
+            self._drop(session, str(exc))
             return
         if link.unacked:
             link.check_unacked()
-        rest: list = []
-        for item in items:
-            if not rest:
-                try:
-                    keep = self.handler.inline(session.state, item)
-                except LinkError as exc:
-                    self._unregister(session)
-                    self._end(session, str(exc))
-                    return
-                except Exception:
-                    log.exception("%s: serving %s failed", self.name, link.peer)
-                    keep = False
-                if keep is None:
-                    rest.append(item)
-                elif not keep:
-                    self._unregister(session)
-                    link.close("session ended by the server")
-                    self._end(session, "session ended by the server")
-                    return
-            else:
-                rest.append(item)
-        if rest:
-            self._unregister(session)
-            with self._lock:
-                session.busy = True
-            lane = getattr(self.handler, "lane", None)
-            pool = self._lanes.get(lane(session.state, rest[0]) if lane else "main", self._pool)
-            pool.submit(self._serve, session, rest)
+        for i, item in enumerate(items):
+            try:
+                keep = self.handler.inline(session.state, item)
+            except LinkError as exc:
+                self._drop(session, str(exc))
+                return
+            except Exception:
+                log.exception("%s: serving %s failed", self.name, link.peer)
+                keep = False
+            if keep is None:  # this one and the rest go to a worker, in order
+                self._unregister(session)
+                with self._lock:
+                    session.busy = True
+                lane = getattr(self.handler, "lane", None)
+                pool = self._lanes.get(lane(session.state, item) if lane else "main", self._pool)
+                pool.submit(self._serve, session, items[i:])
+                return
+            if not keep:
+                link.close("session ended by the server")
+                self._drop(session, "session ended by the server")
+                return
+
+    def _drop(self, session: _Session, cause: str) -> None:
+        self._unregister(session)
+        self._end(session, cause)
 
     def _unregister(self, session: _Session) -> None:
         key = self._selector.get_map().get(session.fd)
@@ -357,25 +357,20 @@ class LinkReactor:
     # -- workers --------------------------------------------------------------------------
 
     def _serve(self, session: _Session, items: list) -> None:
-        link = session.link
-        keep = True
         cause = None
         try:
             for item in items:
                 if not self.handler.message(session.state, item):
-                    keep = False
                     cause = "session ended by the server"
                     break
         except LinkError as exc:
-            keep = False
             cause = str(exc)
         except Exception:
-            log.exception("%s: serving %s failed", self.name, link.peer)
-            keep = False
+            log.exception("%s: serving %s failed", self.name, session.link.peer)
             cause = "internal error"
-        if not keep:
-            link.close(cause or "session over")
-            self._end(session, cause or "session over")
+        if cause is not None:
+            session.link.close(cause)
+            self._end(session, cause)
             return
         with self._lock:
             session.busy = False
@@ -401,6 +396,3 @@ def _peer(sock: socket.socket) -> str:
         return f"{host}:{port}"
     except OSError:
         return "a closed connection"
-
-
-__all__ = ["LinkReactor", "SessionHandler", "LinkBroken", "MessageError"]

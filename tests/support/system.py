@@ -28,6 +28,7 @@ class EVSystem:
         self.db_url = db_url
         self.prefix = prefix
         self.central_port = free_port()
+        self.central: Program | None = None
         self.store = open_store(db_url)
         self.cps: dict[str, CP] = {}
 
