@@ -216,6 +216,7 @@ class Ticket(Record):
     amount_eur: Decimal
     status: str  # COMPLETED | INTERRUPTED
     end_reason: str
+    corrected: bool = False  # replaces an earlier ticket of this session: the Engine's final figures came late
 
 
 # --- ev.cp.telemetry (key: cp_id) -----------------------------------------------------------

@@ -78,6 +78,15 @@ class Identifier(FieldType):
         return value
 
 
+class OptionalIdentifier(Identifier):
+    """An id, or empty (for "none")."""
+
+    description = "id [A-Za-z0-9_-]{1,64} or empty"
+
+    def check(self, value: Any) -> str:
+        return "" if check_text(value) == "" else super().check(value)
+
+
 class Choice(FieldType):
     """One of a fixed set of words."""
 
@@ -139,3 +148,22 @@ class Number(FieldType):
 
     def format(self, value: Decimal) -> str:
         return format(value, "f")
+
+
+class Integer(Number):
+    """A whole number (``int``) within [minimum, maximum]."""
+
+    def __init__(self, minimum: int, maximum: int) -> None:
+        super().__init__(Decimal(minimum), Decimal(maximum), places=0)
+        self.description = f"whole number >= {minimum} and <= {maximum}"
+
+    def parse(self, text: str) -> int:
+        if not text.lstrip("-").isdigit():
+            raise ValueError(f"{text!r} is not a whole number")
+        return super().parse(text)
+
+    def check(self, value: Any) -> int:
+        return int(super().check(value))
+
+    def format(self, value: int) -> str:
+        return str(value)

@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Iterator
 
 from .errors import FieldCountError, InvalidField, LocalProtocolError, MessageError, UnknownOpcode
-from .fields import Choice, FieldType, Identifier, Number, Text, check_text, safe_text
+from .fields import Choice, FieldType, Identifier, Integer, Number, OptionalIdentifier, Text, check_text, safe_text
 from .framing import MAX_DATA
 
 SEPARATOR = "#"
@@ -269,6 +269,54 @@ class Resume(Message):
     cp_id: str = wire(CP_ID)
 
 
+@MESSAGES.register
+@dataclass(frozen=True)
+class Can(Message):
+    """Central -> Monitor -> Engine: end (or never start) this supply; Central will not bill it
+    further. Sent when Central gave up on a request the CP may have accepted late, and when a
+    CP reports a supply Central no longer has open. The Engine ends the session if it holds
+    it (reporting its figures with ``supply.end``) and refuses a later ``SUP`` for it."""
+
+    OPCODE: ClassVar[str] = "CAN"
+    cp_id: str = wire(CP_ID)
+    session_id: str = wire(SESSION_ID)
+    reason: str = wire(Text(max_len=200))
+
+
+@MESSAGES.register
+@dataclass(frozen=True)
+class Sq(Message):
+    """Monitor -> Engine: which supply do you hold now? Answered with ``SST``."""
+
+    OPCODE: ClassVar[str] = "SQ"
+    cp_id: str = wire(CP_ID)
+
+
+SUPPLY_PHASES = ("IDLE", "AUTHORISED", "SUPPLYING")
+KWH = Number(minimum=Decimal(0), maximum=Decimal("99999999.9999"), places=4)  # DECIMAL(12,4)
+SEQ = Integer(0, 2**31 - 1)  # INT
+
+
+@MESSAGES.register
+@dataclass(frozen=True)
+class Sst(Message):
+    """Engine -> Monitor (answering ``SQ``), then Monitor -> Central right after each ``AUTH#OK``:
+    the supply the CP holds, with its figures so far. ``IDLE`` has an empty session id and
+    zero figures. Central re-adopts a session it still has open, closes one the CP no longer
+    holds, and cancels (``CAN``) one it does not know."""
+
+    OPCODE: ClassVar[str] = "SST"
+    cp_id: str = wire(CP_ID)
+    phase: str = wire(Choice(*SUPPLY_PHASES))
+    session_id: str = wire(OptionalIdentifier())
+    seq: int = wire(SEQ)
+    kwh: Decimal = wire(KWH)
+
+    @classmethod
+    def idle(cls, cp_id: str) -> "Sst":
+        return cls(cp_id, "IDLE", "", Decimal(0), Decimal(0))
+
+
 ERROR_CODES = ("BAD_MESSAGE", "UNKNOWN_OPCODE", "NOT_REGISTERED", "UNEXPECTED", "INTERNAL")
 
 
@@ -290,6 +338,7 @@ class Err(Message):
 __all__ = [
     "Auth",
     "Avr",
+    "Can",
     "Chk",
     "Err",
     "Hb",
@@ -300,6 +349,8 @@ __all__ = [
     "Reg",
     "Registry",
     "Resume",
+    "Sq",
+    "Sst",
     "Stop",
     "Sup",
     "Supr",
