@@ -62,6 +62,7 @@ class Central:
             self.bus, notifier = None, _NoBus()
         self.supplies = SupplyService(self.network, self.book, self.monitors, DriverDirectory(store), notifier,
                                       self.session_writer, store, self._on_change, request_ttl=request_ttl)
+        self.monitors.on_supply_state = self.supplies.on_supply_state
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -97,10 +98,12 @@ class Central:
         return self
 
     def stop(self) -> None:
+        """A clean stop (SIGTERM, Ctrl+C): no session is closed for it and no CP reported failed;
+        supplies go on at the CPs and close with their true figures once Central is back."""
         self._stop.set()
-        self.monitors.stop()
-        if self._sweeper is not None:
+        if self._sweeper is not None:  # first: no session closes because Central is stopping
             self._sweeper.join(2)
+        self.monitors.stop()
         if self.bus is not None:
             self.bus.stop()
         self.session_writer.stop()

@@ -5,6 +5,11 @@ Requests are decided by a small pool of workers, because asking a CP takes a
 round trip to its Monitor and Engine; at most ``max_in_flight`` wait at once,
 beyond that the requests consumer waits (backpressure, nothing dropped).
 Telemetry is applied in order on the consumer's own thread.
+
+Durable before acknowledged: a request's offset is committed once it has been decided,
+a telemetry record's or a ``supply.end``'s once the session row it changed is in the
+database (or was set aside as refused); while the database is down they wait, and a
+restart reads them again (every handler is idempotent).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from ev_common.bus import Publisher, RecordConsumer, Topics, ensure_topics
+from ev_common.bus import Done, Publisher, RecordConsumer, Topics, ensure_topics
 from ev_common.records import CPStatus, Record, SupplyEnd, SupplyRequest, Telemetry
 from ev_common.retry import Backoff
 
@@ -64,9 +69,9 @@ class CentralBus:
         self._spawn("kafka-topics", self._keep_topics, ready)
         # group ids carry the topic prefix: two systems sharing a broker never share a group
         requests = RecordConsumer(self.bootstrap, self.topics.prefix + REQUESTS_GROUP, [self.topics.driver_requests],
-                                  self._on_request, client_id="ev-central")
+                                  self._on_request, client_id="ev-central", deferred=True)
         telemetry = RecordConsumer(self.bootstrap, self.topics.prefix + TELEMETRY_GROUP, [self.topics.cp_telemetry],
-                                   self._on_telemetry, client_id="ev-central")
+                                   self._on_telemetry, client_id="ev-central", deferred=True)
         self._spawn("kafka-requests", requests.run, self._stop)
         self._spawn("kafka-telemetry", telemetry.run, self._stop)
         self._spawn("kafka-delivery", self._deliver)
@@ -113,25 +118,27 @@ class CentralBus:
 
     # -- handlers (consumer threads) ----------------------------------------------------------------
 
-    def _on_request(self, key: str | None, record: Record) -> None:
+    def _on_request(self, key: str | None, record: Record, done: Done) -> None:
         if not isinstance(record, SupplyRequest):
             log.warning("ignored %s on %s", record.TYPE, self.topics.driver_requests)
-            return
+            return done()
         while not self._in_flight.acquire(timeout=0.5):
             if self._stop.is_set():
-                return
+                return  # not done: read again after the restart
         future = self._pool.submit(self.service.on_request, record)
-        future.add_done_callback(self._request_done)
+        future.add_done_callback(lambda f: self._request_done(f, done))
 
-    def _request_done(self, future) -> None:
+    def _request_done(self, future, done: Done) -> None:
         self._in_flight.release()
         if future.exception() is not None:
             log.error("deciding a request failed", exc_info=future.exception())
+        done()
 
-    def _on_telemetry(self, key: str | None, record: Record) -> None:
+    def _on_telemetry(self, key: str | None, record: Record, done: Done) -> None:
         if isinstance(record, Telemetry):
-            self.service.on_telemetry(record)
+            self.service.on_telemetry(record, done)
         elif isinstance(record, SupplyEnd):
-            self.service.on_supply_end(record)
+            self.service.on_supply_end(record, done)
         else:
             log.warning("ignored %s on %s", record.TYPE, self.topics.cp_telemetry)
+            done()

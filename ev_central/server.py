@@ -16,13 +16,13 @@ import itertools
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
 from ev_common.link import Link, LinkConfig, LinkError
 from ev_common.reactor import LinkReactor
-from ev_common.protocol import Auth, Avr, Err, Hb, Message, MessageError, Rec, Reg, Stop, Sup, Supr
+from ev_common.protocol import Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Sst, Stop, Sup, Supr
 
 from .core.network import ChargingNetwork, StateChange
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 REGISTRATION_TIMEOUT = 10.0  # a session that has not registered by then is closed
 SWEEP_INTERVAL = 0.2
+ANSWERS_KEPT = 64  # per session: supplies already answered or given up on, to tell a repeat from a late answer
+GAVE_UP = "Central gave up waiting for the CP's answer"
 
 
 class CPUnreachable(Exception):
@@ -47,6 +49,16 @@ class MonitorSession:
         self.cp_id: str | None = None
         self.opened = time.monotonic()
         self.waiting: dict[str, Future] = {}  # session_id -> the SUPR answering our SUP
+        # session_id -> True (answered: a repeat of its SUPR is ignored) or False (Central gave up:
+        # a late SUPR#OK is cancelled with CAN). Insertion-ordered, the oldest dropped first.
+        self.settled: dict[str, bool] = {}
+        self._settle_lock = threading.Lock()
+
+    def settle(self, session_id: str, answered: bool) -> None:
+        with self._settle_lock:
+            self.settled[session_id] = answered
+            while len(self.settled) > ANSWERS_KEPT:
+                del self.settled[next(iter(self.settled))]
 
     def __repr__(self) -> str:
         return f"session#{self.number}({self.cp_id or 'unregistered'} from {self.link.peer})"
@@ -66,6 +78,9 @@ class MonitorServer:
         self._sweeper: threading.Thread | None = None
         self._unregistered: set[MonitorSession] = set()
         self._lock = threading.Lock()
+        self._stopping = False  # a clean stop: closing sessions is not the CPs' failure
+        # what a CP reports of its supply after registering (SST): answered with the messages returned
+        self.on_supply_state: Callable[[str, Sst], list[Message]] = lambda cp_id, report: []
 
     @property
     def address(self) -> tuple[str, int]:
@@ -90,6 +105,9 @@ class MonitorServer:
             raise CPUnreachable(f"{cp_id} did not answer within {timeout:g} s") from None
         finally:
             session.waiting.pop(question.session_id, None)
+            if not answer.done():  # a SUPR#OK arriving from now on is cancelled (CAN)
+                answer.cancel()
+                session.settle(question.session_id, False)
 
     def command(self, cp_id: str, message: Message) -> bool:
         """Push a command (STOP, RESUME) to the CP's Monitor; False when it cannot be delivered now."""
@@ -116,6 +134,9 @@ class MonitorServer:
         return self
 
     def stop(self) -> None:
+        """A clean stop: sessions close with EOT, but no CP is marked or published DESCONECTADO
+        for it (its Monitor registers again when Central is back; supplies go on at the CPs)."""
+        self._stopping = True
         self._stop.set()
         self._server.stop("Central shutting down")
         if self._sweeper is not None:
@@ -165,7 +186,7 @@ class MonitorServer:
     def closed(self, session: MonitorSession, cause: str) -> None:
         with self._lock:
             self._unregistered.discard(session)
-        if session.cp_id is not None:
+        if session.cp_id is not None and not self._stopping:
             self._changed(self.network.session_ended(session.cp_id, session, f"Monitor connection lost: {cause}"))
 
     def _accept_registration(self, session: MonitorSession, reg: Reg, nowait: bool = False) -> None:
@@ -195,14 +216,16 @@ class MonitorServer:
         if getattr(message, "cp_id", cp_id) != cp_id:
             session.link.send(Err("UNEXPECTED", f"this session speaks for {cp_id}, not {message.cp_id}"))
             return True
+        if not self.network.heartbeat(cp_id, session):  # every message is a sign of life
+            return False  # a newer session owns the CP: this one ends
         if isinstance(message, Hb):
-            return self.network.heartbeat(cp_id, session)
+            return True
         if isinstance(message, Supr):
-            answer = session.waiting.get(message.session_id)
-            if answer is None:
-                log.warning("%s: answer for supply %s came too late; ignored", cp_id, message.session_id)
-            else:
-                answer.set_result(message)
+            self._answer(session, message)
+            return True
+        if isinstance(message, Sst):
+            for reply in self.on_supply_state(cp_id, message):
+                session.link.send(reply)
             return True
         if isinstance(message, Avr):
             log.info("%s: fault reported by its Monitor: %s", cp_id, message.reason)
@@ -214,6 +237,26 @@ class MonitorServer:
             return self.network.owner(cp_id) is session
         session.link.send(Err("UNEXPECTED", f"Central does not accept {message.OPCODE} from a Monitor"))
         return True
+
+    def _answer(self, session: MonitorSession, answer: Supr) -> None:
+        """A SUPR: the answer awaited by ``ask``, a repeat of one (ignored: every message is
+        idempotent), or one that came after Central gave up (an OK is cancelled at the CP)."""
+        waiting = session.waiting.get(answer.session_id)
+        if waiting is not None:
+            try:
+                waiting.set_result(answer)
+                session.settle(answer.session_id, True)
+                return
+            except InvalidStateError:  # answered already (this is a repeat), or given up just now
+                pass
+        if session.settled.get(answer.session_id) or (waiting is not None and not waiting.cancelled()):
+            log.debug("%s: repeated answer for supply %s ignored", session.cp_id, answer.session_id)
+        elif answer.ok:
+            log.warning("%s accepted supply %s after Central gave up on it: cancelling it at the CP",
+                        session.cp_id, answer.session_id[:8])
+            session.link.send(Can(session.cp_id, answer.session_id, GAVE_UP))
+        else:
+            log.info("%s: late refusal of supply %s ignored", session.cp_id, answer.session_id[:8])
 
     def _changed(self, change: StateChange | None) -> None:
         if change is not None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, Protocol
 
-from ev_common.protocol import Message, Resume, Stop, Sup, Supr
+from ev_common.protocol import Can, Message, Resume, Sst, Stop, Sup, Supr
 from ev_common.records import (
     CPStatus,
     Record,
@@ -44,6 +44,8 @@ live_log = logging.getLogger("ev_central.live")  # per-second figures: shown on 
 DEFAULT_REQUEST_TTL = 30.0
 CP_ANSWER_TIMEOUT = 3.0
 TICKET_RETRY = 5.0  # seconds between tries of a ticket the broker did not take
+CANCELS_KEPT = 1024  # unknown sessions already cancelled at their CP (one CAN each)
+UNKNOWN_SUPPLY = "Central has no open supply with this id"
 
 
 class CPGateway(Protocol):
@@ -104,6 +106,7 @@ class SupplyService:
         self._next_retry = 0.0
         self._say = say or (lambda text: log.info("%s", text))
         self._pending: dict[str, SupplyRequest] = {}  # driver_id -> their request being decided
+        self._cancelled: dict[str, None] = {}  # sessions cancelled at their CP, oldest first
         self._lock = threading.Lock()
 
     # -- requests ----------------------------------------------------------------------------
@@ -111,6 +114,9 @@ class SupplyService:
     def on_request(self, request: SupplyRequest) -> None:
         """Decide one request; every step is told to the driver and shown at Central."""
         r = request
+        if self.book.decided(r.request_id) is not None:  # Kafka handed it over again (after a restart)
+            log.info("request %s was decided before; not decided again", r.request_id[:8])
+            return
         self.notifier.to_driver(r.driver_id, RequestReceived(r.request_id, r.driver_id, r.cp_id))
         self._say(f"request {r.request_id[:8]} from driver {r.driver_id} for {r.cp_id}"
                   + (" (made at the CP)" if r.source == "cp" else ""))
@@ -151,6 +157,8 @@ class SupplyService:
             refusal = None if answer.ok else f"{r.cp_id} refused: {answer.reason or 'no reason given'}"
         except Exception as exc:  # CPUnreachable, or the link failing under us
             refusal = f"{r.cp_id} did not confirm: {exc}"
+            # the CP may take it late: it must never supply a session Central does not know
+            self._cancel_at_cp(r.cp_id, session_id, "Central gave up waiting for the CP's answer")
         if refusal is not None:
             self._release(r.cp_id, "supply not authorised")
             return self._deny(r, refusal)
@@ -179,22 +187,70 @@ class SupplyService:
 
     # -- telemetry ------------------------------------------------------------------------------
 
-    def on_telemetry(self, t: Telemetry) -> None:
+    def on_telemetry(self, t: Telemetry, on_durable: Callable[[], None] | None = None) -> None:
+        """Apply one telemetry record; ``on_durable`` runs once its effect is in the database
+        (at once when it has none)."""
         row = self.book.telemetry(t.session_id, t.seq, t.kwh)
         if row is None:
+            if not self.book.is_open(t.session_id):  # the CP supplies a session Central has not open
+                self._cancel_at_cp(t.cp_id, t.session_id, UNKNOWN_SUPPLY)
+            if on_durable is not None:
+                on_durable()
             return
-        self.sessions.put(row)
+        self.sessions.put(row, on_durable)
         self.notifier.to_driver(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
                                                               row.kwh, row.amount_eur, t.power_kw))
         live_log.info("%s SUMINISTRANDO to driver %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, row.driver_id,
                       row.kwh, row.amount_eur, t.power_kw)
 
-    def on_supply_end(self, e: SupplyEnd) -> None:
+    def on_supply_end(self, e: SupplyEnd, on_durable: Callable[[], None] | None = None) -> None:
+        """The Engine's final figures: the ticket, or a corrected ticket for a session Central had to
+        close without them. ``on_durable`` runs once the closed row is in the database."""
+        done = on_durable or (lambda: None)
+        if not self.book.is_open(e.session_id) and self.book.closed(e.session_id) is None:
+            self._recall(e.session_id)  # closed before a restart: read it back
         row = self.book.end(e.session_id, e.seq, e.kwh, e.reason)
         if row is None:
             log.info("%s: end of session %s already handled (or unknown); ignored", e.cp_id, e.session_id[:8])
+            return done()
+        if row.corrected:
+            self._correct(row, done)
+        else:
+            self._finish(row, done)
+
+    def _recall(self, session_id: str) -> None:
+        try:
+            row = self.store.get_session(session_id)
+        except StoreError as exc:
+            log.warning("cannot look up session %s (%s): a late end of it cannot correct its ticket now",
+                        session_id[:8], exc)
             return
-        self._finish(row)
+        if row is not None:
+            self.book.remember_closed(row)
+
+    def on_supply_state(self, cp_id: str, report: Sst) -> list[Message]:
+        """What a CP, registered again, says it holds (``SST``): Central re-adopts a supply it has
+        still open, ends one the CP no longer holds, and cancels one it does not know (the
+        returned messages go to the CP)."""
+        mine = self.book.active_for_cp(cp_id)
+        if report.phase == "IDLE" or (mine is not None and mine.session_id != report.session_id):
+            if mine is not None:
+                reason = "the CP reports it no longer holds this supply"
+                if self.book.interrupt(cp_id, reason) is not None:
+                    self._say(f"supply {mine.session_id[:8]} at {cp_id}: {reason}; waiting for its final figures")
+        if report.phase == "IDLE":
+            return []
+        row = self.book.readopt(report.session_id, cp_id, report.seq, report.kwh)
+        if row is None:
+            self._remember_cancel(report.session_id)
+            self._say(f"{cp_id} holds supply {report.session_id[:8]}, which Central has not open: cancelling it")
+            return [Can(cp_id, report.session_id, UNKNOWN_SUPPLY)]
+        self.sessions.put(row)
+        cp = self.network.get(cp_id)
+        if cp is not None and cp.state == State.ACTIVADO.value:
+            self._network_event(cp_id, Event.SUPPLY_STARTED, "the CP reports its supply goes on")
+        self._say(f"{cp_id} registered again and goes on with supply {row.session_id[:8]} ({row.kwh:.3f} kWh)")
+        return []
 
     def sweep(self) -> None:
         """Close sessions whose grace or news deadline passed, and send again the tickets the
@@ -209,22 +265,35 @@ class SupplyService:
             for row in rows:
                 self.send_ticket(row)
 
-    def _finish(self, row: SessionRow) -> None:
+    def _finish(self, row: SessionRow, on_durable: Callable[[], None] | None = None) -> None:
         """A session closed: store it, free the CP, send the ticket (once)."""
-        try:
-            self.store.save_sessions([row])  # durable before the ticket leaves, when the DB allows
-        except StoreError:
-            pass
-        self.sessions.put(row)  # also replaces any older version of the row still waiting in the writer
+        self._store_now(row, on_durable)
         self._release(row.cp_id, f"supply {row.session_id[:8]} ended: {row.end_reason}")
         self.send_ticket(row)
         self._say(f"ticket {row.session_id[:8]}: driver {row.driver_id} at {row.cp_id}, {row.kwh:.3f} kWh, "
                   f"{row.amount_eur:.2f} EUR, {row.status} ({row.end_reason})")
 
+    def _correct(self, row: SessionRow, on_durable: Callable[[], None] | None = None) -> None:
+        """The Engine's final figures came after the ticket: the row takes them, the driver gets a
+        corrected ticket (once: the row is final now)."""
+        self._store_now(row, on_durable)
+        self.send_ticket(row)
+        self._say(f"corrected ticket {row.session_id[:8]}: driver {row.driver_id} at {row.cp_id}, the Engine "
+                  f"delivered {row.kwh:.3f} kWh, {row.amount_eur:.2f} EUR")
+
+    def _store_now(self, row: SessionRow, on_durable: Callable[[], None] | None) -> None:
+        """Durable before the ticket leaves, when the database allows; the writer has it otherwise
+        (and replaces any older version of it that still waits there)."""
+        try:
+            self.store.save_sessions([row])
+        except StoreError:
+            pass
+        self.sessions.put(row, on_durable)
+
     def send_ticket(self, row: SessionRow) -> None:
         ticket = Ticket(row.session_id, row.request_id, row.driver_id, row.cp_id, row.started_at,
                         row.ended_at or self._utcnow(), row.kwh, row.price_eur_kwh, row.amount_eur, row.status,
-                        row.end_reason or "")
+                        row.end_reason or "", corrected=row.corrected)
 
         def delivered(ok: bool) -> None:
             if ok:
@@ -283,6 +352,26 @@ class SupplyService:
         change = self.network.apply(cp_id, event, cause)
         self.on_change(change)
         return change
+
+    def _cancel_at_cp(self, cp_id: str, session_id: str, reason: str) -> None:
+        """Tell the CP to end (or never start) a supply Central does not have open; once per session."""
+        if not self._remember_cancel(session_id):
+            return
+        if self.network.get(cp_id) is None:
+            return
+        delivered = self.cps.command(cp_id, Can(cp_id, session_id, reason))
+        log.warning("%s: supply %s cancelled at the CP (%s)%s", cp_id, session_id[:8], reason,
+                    "" if delivered else "; its Monitor is not connected: cancelled when it reports the supply")
+
+    def _remember_cancel(self, session_id: str) -> bool:
+        """False if this session was cancelled before."""
+        with self._lock:
+            if session_id in self._cancelled:
+                return False
+            self._cancelled[session_id] = None
+            while len(self._cancelled) > CANCELS_KEPT:
+                del self._cancelled[next(iter(self._cancelled))]
+            return True
 
     def _release(self, cp_id: str, cause: str) -> None:
         row = self.network.get(cp_id)

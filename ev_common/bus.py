@@ -17,13 +17,14 @@ clients reconnect by themselves; nothing here blocks forever.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .records import BadRecord, Record, decode, encode
@@ -259,6 +260,62 @@ def _is_fatal(exc: KafkaException) -> bool:
 
 
 Handler = Callable[[str | None, Record], None]
+Done = Callable[[], None]
+
+
+class OffsetTracker:
+    """Which offsets a consumer may commit when records finish out of order.
+
+    ``add`` hands out a ``done`` callback per record (idempotent, callable from any
+    thread); ``commit_points`` gives, per partition, the offset just past the longest run
+    of done records from the oldest one handed out: everything before it is finished, so a
+    restart re-reads exactly the records whose work may not be durable yet.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._order: dict[tuple[str, int], collections.deque[int]] = {}
+        self._done: dict[tuple[str, int], set[int]] = {}
+        self._count = 0
+
+    def add(self, topic: str, partition: int, offset: int) -> Done:
+        part = (topic, partition)
+        with self._lock:
+            self._order.setdefault(part, collections.deque()).append(offset)
+            self._done.setdefault(part, set())
+            self._count += 1
+
+        def done() -> None:
+            with self._lock:
+                if part in self._done and offset not in self._done[part]:
+                    self._done[part].add(offset)
+        return done
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._count
+
+    def commit_points(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, next offset to read) for each partition that moved on."""
+        points = []
+        with self._lock:
+            for part, order in self._order.items():
+                done, last = self._done[part], None
+                while order and order[0] in done:
+                    last = order.popleft()
+                    done.discard(last)
+                    self._count -= 1
+                if last is not None:
+                    points.append((part[0], part[1], last + 1))
+        return points
+
+    def forget(self) -> None:
+        """The partitions were taken away (a rebalance): what was not done is read again by
+        their next owner."""
+        with self._lock:
+            self._order.clear()
+            self._done.clear()
+            self._count = 0
 
 
 class RecordConsumer:
@@ -270,21 +327,35 @@ class RecordConsumer:
     ``on_assign()`` runs each time the group gives this consumer its partitions.
     A handler that raises is logged and the record is skipped: one bad record never
     stops the consumer.
+
+    With ``deferred=True`` the handler is called as ``handler(key, record, done)`` and the
+    record's offset is committed only after ``done()`` was called for it and for every
+    earlier record of its partition (for work that becomes durable later, on another
+    thread). At most ``max_in_flight`` records wait for their ``done``; beyond that the
+    consumer pauses its partitions until they drain.
     """
 
     def __init__(self, bootstrap: str, group_id: str, topics: list[str], handler: Handler,
                  client_id: str = "", commit_every: float = 0.5, commit: bool = True,
-                 on_assign: Callable[[], None] | None = None, **overrides) -> None:
+                 on_assign: Callable[[], None] | None = None, deferred: bool = False,
+                 max_in_flight: int = 100_000, **overrides) -> None:
         self._outage = _OutageReporter(client_id or group_id)
         config = {"bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id or group_id,
                   "error_cb": self._outage.error, **_CLIENT_LOG, **CONSUMER_DEFAULTS, **overrides}
         if not commit:
             config["enable.auto.offset.store"] = False
         self._consumer = Consumer(config)
-        if on_assign is None:
-            self._consumer.subscribe(topics)
-        else:
-            self._consumer.subscribe(topics, on_assign=lambda _consumer, _partitions: on_assign())
+        self._tracker = OffsetTracker() if deferred else None
+        self.max_in_flight = max_in_flight
+        self._paused = False
+
+        def assigned(_consumer, _partitions) -> None:
+            if self._tracker is not None:
+                self._tracker.forget()
+            if on_assign is not None:
+                on_assign()
+
+        self._consumer.subscribe(topics, on_assign=assigned)
         self.topics = topics
         self.handler = handler
         self.commit_every = commit_every
@@ -300,6 +371,8 @@ class RecordConsumer:
                 msg = self._consumer.poll(poll)
                 if msg is not None:
                     self._one(msg)
+                if self._tracker is not None:
+                    self._pause_if_full()
                 if self.commits and self._dirty and time.monotonic() - last_commit >= self.commit_every:
                     self._commit()
                     last_commit = time.monotonic()
@@ -308,6 +381,18 @@ class RecordConsumer:
                 self._commit()
             self._consumer.close()
 
+    def _pause_if_full(self) -> None:
+        full = self._tracker.in_flight() >= self.max_in_flight
+        if full != self._paused:
+            try:
+                assignment = self._consumer.assignment()
+                (self._consumer.pause if full else self._consumer.resume)(assignment)
+                self._paused = full
+                log.warning("%s: %d records wait for their work to be durable; %s", ",".join(self.topics),
+                            self._tracker.in_flight(), "pausing" if full else "resuming")
+            except KafkaException as exc:
+                log.warning("cannot pause/resume %s: %s", ",".join(self.topics), exc)
+
     def _one(self, msg: Message) -> None:
         if msg.error():
             if msg.error().code() != KafkaError._PARTITION_EOF:
@@ -315,25 +400,41 @@ class RecordConsumer:
             return
         self._outage.ok()
         key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
+        done = self._tracker.add(msg.topic(), msg.partition(), msg.offset()) if self._tracker else None
         try:
             record = decode(msg.value())
         except BadRecord as exc:
             self.skipped += 1
             log.warning("skipped a malformed record on %s (key %s, offset %d): %s; value %r",
                         msg.topic(), key, msg.offset(), exc, exc.raw)
+            if done is not None:
+                done()
         else:
             try:
-                self.handler(key, record)
+                if done is None:
+                    self.handler(key, record)
+                else:
+                    self.handler(key, record, done)
                 self.handled += 1
             except Exception:  # a bug in one handler must not stop the stream
                 self.skipped += 1
                 log.exception("failed to handle %s from %s (offset %d); skipped", record.TYPE, msg.topic(),
                               msg.offset())
+                if done is not None:
+                    done()
         self._dirty = True
 
     def _commit(self) -> None:
         try:
-            self._consumer.commit(asynchronous=False)
+            if self._tracker is None:
+                self._consumer.commit(asynchronous=False)
+            else:
+                points = self._tracker.commit_points()
+                if points:
+                    self._consumer.commit(offsets=[TopicPartition(t, p, o) for t, p, o in points],
+                                          asynchronous=False)
+                self._dirty = self._tracker.in_flight() > 0
+                return
             self._dirty = False
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:

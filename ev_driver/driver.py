@@ -154,7 +154,7 @@ class Driver:
         self._past: dict[str, _Request] = {}  # request_id -> requests of this run that ended
         self._past_sessions: dict[str, _Request] = {}  # session_id -> the same
         self._sessions: dict[str, _Seen] = {}  # session_id -> what was shown
-        self._tickets: set[str] = set()  # session_ids whose ticket was shown
+        self._tickets: set[tuple[str, bool]] = set()  # (session_id, corrected) of the tickets shown
         self._late_answers: set[tuple[str, str]] = set()
 
     # -- the request in progress (main thread) ------------------------------------------------------
@@ -282,11 +282,14 @@ class Driver:
         label = None if current else self._label_for_session(record)
         seen = self._sessions.setdefault(record.session_id, _Seen(record.cp_id))
         if isinstance(record, Ticket):
-            if record.session_id in self._tickets:
+            if (record.session_id, record.corrected) in self._tickets:
                 log.info("ticket of session %s already shown", record.session_id)
                 return
-            self._tickets.add(record.session_id)
+            self._tickets.add((record.session_id, record.corrected))
             self.screen.ticket(record, label)
+            past = self._past.get(record.request_id)
+            if record.corrected and past is not None and past.result is not None:
+                past.result.ticket = record  # the summary counts the Engine's final figures
             if current:
                 req.session_id = record.session_id
                 outcome = Outcome.COMPLETED if record.status == "COMPLETED" else Outcome.INTERRUPTED

@@ -232,6 +232,8 @@ class Screen:
             title = f"TICKET of {'an' if label[0] in 'aeiou' else 'a'} {label}"
         else:
             title = f"TICKET of your supply at {ticket.cp_id}"
+        if getattr(ticket, "corrected", False):
+            title = "CORRECTED " + title + " (the CP's final figures came late; this one counts)"
         status = ticket.status + (f" ({ticket.end_reason})" if ticket.end_reason else "")
         spent = (ticket.ended_at - ticket.started_at).total_seconds()
         self.block(f"===== {title}: {ticket.status} =====", [

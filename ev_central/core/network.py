@@ -5,6 +5,9 @@ table and returns ``StateChange`` records; the caller persists, logs and shows
 them. ``clock`` (monotonic seconds) drives the silence rule and ``utcnow`` the
 timestamps; both are injected so tests never sleep.
 
+Every change of a CP's row raises its ``version``: the store never replaces a newer
+row with an older one, whichever thread hands it over first.
+
 A *session* is any object standing for one Monitor connection. Only the
 session that registered a CP last may speak for it: reports from an older,
 replaced session are ignored, and its end does not disconnect the CP.
@@ -79,7 +82,7 @@ class ChargingNetwork:
             for row in rows:
                 old = State(row.state)
                 if old is not State.DESCONECTADO:
-                    row = replace(row, state=State.DESCONECTADO.value, updated_at=now)
+                    row = replace(row, state=State.DESCONECTADO.value, updated_at=now, version=row.version + 1)
                 self._cps[row.cp_id] = _CP(row)
                 if old is not State.DESCONECTADO:
                     changes.append(StateChange(row.cp_id, old, State.DESCONECTADO, row.stopped,
@@ -118,7 +121,7 @@ class ChargingNetwork:
             if cp is None:
                 cp = self._cps[cp_id] = _CP(CPRow(cp_id, location, price, State.DESCONECTADO.value, False, now))
             replaced = cp.session if cp.session is not None and cp.session != session else None
-            cp.row = replace(cp.row, location=location, price_eur_kwh=price, updated_at=now)
+            cp.row = replace(cp.row, location=location, price_eur_kwh=price, updated_at=now, version=cp.row.version + 1)
             cp.session = session
             cp.last_seen = self._clock()
             cp.fault = None
@@ -203,7 +206,8 @@ class ChargingNetwork:
         if not changed and not force:
             return None
         if changed:
-            cp.row = replace(cp.row, state=outcome.state.value, stopped=outcome.stopped, updated_at=now)
+            cp.row = replace(cp.row, state=outcome.state.value, stopped=outcome.stopped, updated_at=now,
+                             version=cp.row.version + 1)
         return StateChange(cp.row.cp_id, old, outcome.state, outcome.stopped, cause, now,
                            outcome.interrupts_supply, cp.row, event)
 

@@ -9,7 +9,14 @@ Pure domain, thread-safe, clocks injected. The rules:
 * a session closes exactly once, on the first of: the Engine's ``supply.end``;
   ``end_grace`` seconds after Central interrupted it (Stop, fault, lost Monitor)
   without hearing the Engine's end; ``stale_after`` seconds without any news.
-  A closed session *is* its ticket; copies of ``supply.end`` change nothing.
+  A closed session *is* its ticket; copies of ``supply.end`` change nothing;
+* the energy on a ticket is the energy the Engine delivered: a session Central had
+  to close without the Engine's ``supply.end`` (``engine_final`` false) takes the
+  Engine's final figures when they arrive later, once: that is a *corrected* ticket;
+* a session a CP reports after registering again (``SST``) is re-adopted while it
+  is still open: the interruption that the lost Monitor caused is forgotten;
+* every change of a row raises its ``version``, so that the store never replaces a
+  newer row with an older one, whatever thread writes it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -29,6 +37,7 @@ FOUR_PLACES = Decimal("0.0001")
 DEFAULT_END_GRACE = 5.0
 DEFAULT_STALE_AFTER = 90.0
 NORMAL_END = "unplugged"
+CLOSED_KEPT = 10_000  # recently closed sessions kept in memory, for late ends and repeated requests
 
 
 def amount_for(kwh: Decimal, price: Decimal, places: Decimal = FOUR_PLACES) -> Decimal:
@@ -55,6 +64,7 @@ class SupplyBook:
         self.stale_after = stale_after
         self._lock = threading.Lock()
         self._open: dict[str, _Open] = {}
+        self._closed: OrderedDict[str, SessionRow] = OrderedDict()  # the newest last
 
     # -- loading and reading ------------------------------------------------------------
 
@@ -84,11 +94,36 @@ class SupplyBook:
         with self._lock:
             return [s.row for s in self._open.values()]
 
+    def is_open(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self._open
+
+    def closed(self, session_id: str) -> SessionRow | None:
+        """A session closed recently (kept in memory), or None."""
+        with self._lock:
+            return self._closed.get(session_id)
+
+    def decided(self, request_id: str) -> SessionRow | None:
+        """The session a request opened (still open or closed recently): a repeated request is not
+        decided again."""
+        with self._lock:
+            for row in (*(s.row for s in self._open.values()), *self._closed.values()):
+                if row.request_id == request_id:
+                    return row
+        return None
+
+    def remember_closed(self, row: SessionRow) -> None:
+        """A closed session read back from the store (after a restart), so that a late end of
+        it can still correct its ticket."""
+        with self._lock:
+            if row.session_id not in self._open and row.status not in OPEN_STATUSES:
+                self._keep_closed(row)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self, session_id: str, request_id: str, cp_id: str, driver_id: str, price: Decimal) -> SessionRow:
         row = SessionRow(session_id, request_id, cp_id, driver_id, price, self._utcnow(), None,
-                         Decimal(0), Decimal(0), "AUTHORISED", None, False, 0)
+                         Decimal(0), Decimal(0), "AUTHORISED", None, False, 0, version=1)
         with self._lock:
             self._open[session_id] = _Open(row, self._clock())
         return row
@@ -102,22 +137,55 @@ class SupplyBook:
             s.last_news = self._clock()
             if seq <= s.row.last_seq:
                 return None
-            kwh = max(kwh, s.row.kwh)
-            s.row = replace(s.row, status="SUPPLYING", last_seq=seq, kwh=kwh,
-                            amount_eur=amount_for(kwh, s.row.price_eur_kwh))
+            self._figures(s, seq, kwh, status="SUPPLYING")
+            return s.row
+
+    def readopt(self, session_id: str, cp_id: str, seq: int, kwh: Decimal) -> SessionRow | None:
+        """The CP, registered again, reports it still holds this supply: if Central still has it
+        open there, the interruption its lost Monitor caused is forgotten and the figures taken.
+        Returns the session, or None when Central does not have it open at ``cp_id``."""
+        with self._lock:
+            s = self._open.get(session_id)
+            if s is None or s.row.cp_id != cp_id:
+                return None
+            s.last_news = self._clock()
+            s.interrupt_reason = s.interrupted_at = None
+            if seq > s.row.last_seq:
+                self._figures(s, seq, kwh, status="SUPPLYING" if seq > 0 else s.row.status)
             return s.row
 
     def end(self, session_id: str, seq: int, kwh: Decimal, reason: str) -> SessionRow | None:
-        """The Engine ended the supply: the closed row (the ticket), or None if already closed/unknown."""
+        """The Engine ended the supply: the closed row (the ticket); for a session Central had
+        already closed without the Engine's figures, the corrected row (``corrected`` set,
+        ``ticket_sent`` cleared) if the figures differ; None if there is nothing to do (already
+        final, unknown)."""
         with self._lock:
             s = self._open.get(session_id)
             if s is None:
-                return None
+                return self._correct(session_id, seq, kwh)
             if seq > s.row.last_seq:
-                s.row = replace(s.row, last_seq=seq, kwh=max(kwh, s.row.kwh))
+                self._figures(s, seq, kwh)
+            s.row = replace(s.row, engine_final=True)
             if reason == NORMAL_END and s.interrupt_reason is None:
                 return self._close(s, "COMPLETED", NORMAL_END)
             return self._close(s, "INTERRUPTED", s.interrupt_reason or reason)
+
+    def _correct(self, session_id: str, seq: int, kwh: Decimal) -> SessionRow | None:
+        row = self._closed.get(session_id)
+        if row is None or row.engine_final:
+            return None
+        kwh = max(kwh, row.kwh)
+        changed = kwh != row.kwh
+        row = replace(row, engine_final=True, last_seq=max(seq, row.last_seq), kwh=kwh,
+                      amount_eur=amount_for(kwh, row.price_eur_kwh, CENT), version=row.version + 1,
+                      **({"corrected": True, "ticket_sent": False} if changed else {}))
+        self._keep_closed(row)
+        return row if changed else None
+
+    def _figures(self, s: _Open, seq: int, kwh: Decimal, **changes) -> None:
+        kwh = max(kwh, s.row.kwh)
+        s.row = replace(s.row, last_seq=seq, kwh=kwh, amount_eur=amount_for(kwh, s.row.price_eur_kwh),
+                        version=s.row.version + 1, **changes)
 
     def interrupt(self, cp_id: str, reason: str) -> SessionRow | None:
         """Central ends the CP's supply (Stop, fault, lost Monitor); it closes on the Engine's
@@ -145,10 +213,17 @@ class SupplyBook:
         return closed
 
     def _close(self, s: _Open, status: str, reason: str) -> SessionRow:
-        s.row = replace(s.row, status=status, end_reason=reason, ended_at=self._utcnow(),
-                        amount_eur=amount_for(s.row.kwh, s.row.price_eur_kwh, CENT))
+        s.row = replace(s.row, status=status, end_reason=reason[:200], ended_at=self._utcnow(),
+                        amount_eur=amount_for(s.row.kwh, s.row.price_eur_kwh, CENT), version=s.row.version + 1)
         del self._open[s.row.session_id]
+        self._keep_closed(s.row)
         return s.row
+
+    def _keep_closed(self, row: SessionRow) -> None:
+        self._closed[row.session_id] = row
+        self._closed.move_to_end(row.session_id)
+        while len(self._closed) > CLOSED_KEPT:
+            self._closed.popitem(last=False)
 
 
 __all__ = ["SupplyBook", "amount_for", "NORMAL_END", "DEFAULT_END_GRACE", "DEFAULT_STALE_AFTER"]

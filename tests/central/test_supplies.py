@@ -79,7 +79,61 @@ def test_central_interruption_closes_after_grace_with_last_telemetry(book, clock
     clock.now = 5.0
     [ticket] = book.due()
     assert (ticket.status, ticket.end_reason, ticket.kwh) == ("INTERRUPTED", "Monitor lost", Decimal("0.7"))
-    assert book.end(row.session_id, 2, Decimal("0.8"), "monitor lost") is None  # late end: already ticketed
+    assert not ticket.engine_final
+
+
+def test_the_engines_late_final_figures_correct_the_ticket_once(book, clock):
+    row = open_one(book)
+    book.telemetry(row.session_id, 1, Decimal("0.7"))
+    book.interrupt("CP1", "Monitor lost")
+    clock.now = 5.0
+    [ticket] = book.due()
+    corrected = book.end(row.session_id, 9, Decimal("2.75"), "monitor lost")
+    assert (corrected.status, corrected.kwh, corrected.amount_eur) == ("INTERRUPTED", Decimal("2.75"), Decimal("1.32"))
+    assert corrected.corrected and corrected.engine_final and not corrected.ticket_sent
+    assert corrected.version > ticket.version
+    assert book.end(row.session_id, 9, Decimal("2.75"), "monitor lost") is None  # once
+    assert book.end(row.session_id, 10, Decimal("3.0"), "monitor lost") is None  # final is final
+
+
+def test_late_final_figures_equal_to_the_tickets_need_no_correction(book, clock):
+    row = open_one(book)
+    book.telemetry(row.session_id, 1, Decimal("0.7"))
+    book.interrupt("CP1", "CP fault")
+    clock.now = 5.0
+    book.due()
+    assert book.end(row.session_id, 2, Decimal("0.7"), "fault") is None
+    assert book.closed(row.session_id).engine_final
+
+
+def test_a_session_the_cp_reports_again_is_readopted_and_not_closed(book, clock):
+    row = open_one(book)
+    book.telemetry(row.session_id, 1, Decimal("0.7"))
+    book.interrupt("CP1", "Monitor lost")
+    clock.now = 3.0
+    again = book.readopt(row.session_id, "CP1", 4, Decimal("1.1"))
+    assert again.kwh == Decimal("1.1") and again.status == "SUPPLYING"
+    clock.now = 20.0
+    assert book.due() == []
+    assert book.running_for_cp("CP1") is not None
+    assert book.readopt(row.session_id, "CP2", 5, Decimal("1.2")) is None  # not there
+    assert book.readopt("unknown", "CP1", 5, Decimal("1.2")) is None
+
+
+def test_every_change_raises_the_rows_version(book, clock):
+    row = open_one(book)
+    versions = [row.version, book.telemetry(row.session_id, 1, Decimal("0.1")).version,
+                book.telemetry(row.session_id, 2, Decimal("0.2")).version,
+                book.end(row.session_id, 3, Decimal("0.3"), "unplugged").version]
+    assert versions == sorted(set(versions))
+
+
+def test_a_request_already_decided_is_recognised(book):
+    row = open_one(book)
+    assert book.decided(row.request_id) == row
+    book.end(row.session_id, 1, Decimal("0.1"), "unplugged")
+    assert book.decided(row.request_id).status == "COMPLETED"
+    assert book.decided("another") is None
 
 
 def test_a_normal_end_after_an_interruption_stays_interrupted(book):

@@ -20,7 +20,7 @@ from ev_central.persistence import WriteBehind
 from ev_central.server import CPUnreachable
 from ev_central.store.base import SessionRow, StoreError, StoreUnavailable
 from ev_central.supply_service import CP_ANSWER_TIMEOUT, DriverDirectory, SupplyService
-from ev_common.protocol import Message, Resume, Stop, Sup, Supr
+from ev_common.protocol import Can, Message, Resume, Sst, Stop, Sup, Supr
 from ev_common.records import (
     CPStatus,
     Record,
@@ -158,9 +158,19 @@ class RecordingWriter:
 
     def __init__(self) -> None:
         self.rows: list[SessionRow] = []
+        self.waiting: list = []  # on_durable callbacks not called yet
 
-    def put(self, row: SessionRow) -> None:
+    def put(self, row: SessionRow, on_durable=None) -> None:
         self.rows.append(row)
+        if on_durable is not None:
+            self.waiting.append(on_durable)
+
+    def make_durable(self) -> int:
+        """Play the writer saving everything put so far; returns how many callbacks ran."""
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
+        return len(waiting)
 
     def last(self, session_id: str) -> SessionRow:
         return [row for row in self.rows if row.session_id == session_id][-1]
@@ -734,3 +744,100 @@ def test_a_ticket_the_broker_did_not_take_is_sent_again(central):
     central.clock.advance(10)
     central.service.sweep()
     assert len(central.notifier.tickets()) == 2  # delivered: not sent a third time
+
+
+# -- 9. nothing lost: late answers, late figures, a CP registered again -----------------------------
+
+
+def test_a_cp_that_did_not_answer_in_time_is_told_to_cancel_the_supply(central):
+    central.gateway.answers["CP1"] = CPUnreachable("CP1 did not answer within 3 s")
+    central.request("D1", "CP1")
+    assert "did not confirm" in only_denial(central, "D1")
+    assert central.gateway.commands == [("CP1", Can("CP1", "s1", "Central gave up waiting for the CP's answer"))]
+    assert_nothing_reserved(central, "CP1")
+
+
+def test_a_cp_that_refused_is_not_sent_a_cancel(central):
+    central.gateway.answers["CP1"] = ("KO", "busy")
+    central.request("D1", "CP1")
+    assert central.gateway.commands == []
+
+
+def test_telemetry_of_a_session_central_has_not_open_cancels_it_at_the_cp_once(central):
+    central.telemetry("ghost", 1, "0.1")
+    central.telemetry("ghost", 2, "0.2")
+    assert central.gateway.commands == [("CP1", Can("CP1", "ghost", "Central has no open supply with this id"))]
+    assert central.writer.rows == []
+
+
+def test_the_engines_late_figures_correct_the_ticket_once(central):
+    auth = central.authorise()
+    central.telemetry(auth.session_id, 1, "0.7")
+    central.on_change(central.network.session_ended("CP1", "mon-CP1", "Monitor connection lost"))
+    central.clock.advance(END_GRACE)
+    central.service.sweep()
+    [first] = central.notifier.tickets()
+    assert (first.kwh, first.corrected) == (Decimal("0.7"), False)
+
+    central.end(auth.session_id, 9, "2.75", "monitor lost")
+    central.end(auth.session_id, 9, "2.75", "monitor lost")  # Kafka hands it over again
+    first_again, corrected = central.notifier.tickets()
+    assert (corrected.kwh, corrected.amount_eur, corrected.corrected) == (Decimal("2.75"), Decimal("1.32"), True)
+    stored = central.store.sessions[auth.session_id]
+    assert (stored.kwh, stored.engine_final, stored.corrected) == (Decimal("2.75"), True, True)
+    assert any("corrected ticket" in line for line in central.said)
+
+
+def test_a_cp_registered_again_with_its_supply_is_readopted(central):
+    auth = central.authorise()
+    central.telemetry(auth.session_id, 1, "0.7")
+    central.on_change(central.network.session_ended("CP1", "mon-CP1", "Monitor connection lost"))
+    assert central.state("CP1") is State.DESCONECTADO
+    change, _ = central.network.register("CP1", "Calle Mayor 1", PRICE, "mon-CP1-again")
+    central.on_change(change)
+    replies = central.service.on_supply_state("CP1", Sst("CP1", "SUPPLYING", auth.session_id, 3, Decimal("1.5")))
+    assert replies == []
+    assert central.state("CP1") is State.SUMINISTRANDO
+    central.clock.advance(END_GRACE * 3)
+    central.service.sweep()
+    assert central.notifier.tickets() == []  # not closed: the supply goes on
+    central.end(auth.session_id, 5, "2.0", "unplugged")
+    [ticket] = central.notifier.tickets()
+    assert (ticket.status, ticket.kwh) == ("COMPLETED", Decimal("2.0"))
+
+
+def test_a_cp_reporting_a_supply_central_does_not_know_is_told_to_cancel_it(central):
+    replies = central.service.on_supply_state("CP1", Sst("CP1", "SUPPLYING", "old", 3, Decimal("1.5")))
+    assert replies == [Can("CP1", "old", "Central has no open supply with this id")]
+    assert central.state("CP1") is State.ACTIVADO
+
+
+def test_a_cp_reporting_no_supply_interrupts_the_one_central_has_open(central):
+    auth = central.authorise()
+    assert central.service.on_supply_state("CP1", Sst.idle("CP1")) == []
+    central.clock.advance(END_GRACE)
+    central.service.sweep()
+    [ticket] = central.notifier.tickets()
+    assert (ticket.session_id, ticket.status) == (auth.session_id, "INTERRUPTED")
+    assert central.state("CP1") is State.ACTIVADO
+
+
+def test_a_request_handed_over_again_is_not_decided_again(central):
+    central.request("D1", "CP1", request_id="req-1")
+    before = list(central.notifier.sent)
+    central.request("D1", "CP1", request_id="req-1")
+    assert central.notifier.sent == before
+
+
+def test_telemetry_and_ends_are_acknowledged_only_once_durable(central):
+    auth = central.authorise()
+    acked = []
+    central.service.on_telemetry(Telemetry("CP1", auth.session_id, "D1", 1, Decimal("0.5"), Decimal(0),
+                                           Decimal("7")), lambda: acked.append("telemetry"))
+    central.service.on_supply_end(SupplyEnd("CP1", auth.session_id, "D1", 2, Decimal("0.6"), Decimal(0),
+                                            "unplugged"), lambda: acked.append("end"))
+    central.service.on_supply_end(SupplyEnd("CP1", auth.session_id, "D1", 2, Decimal("0.6"), Decimal(0),
+                                            "unplugged"), lambda: acked.append("repeat"))
+    assert acked == ["repeat"]  # nothing to write for a repeat
+    assert central.writer.make_durable() == 2
+    assert acked == ["repeat", "telemetry", "end"]
