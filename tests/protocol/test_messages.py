@@ -9,7 +9,19 @@ import pytest
 from ev_common.protocol import (
     MESSAGES,
     Auth,
+    Avr,
+    Can,
+    Chk,
     Err,
+    Hb,
+    Health,
+    Rec,
+    Resume,
+    Sq,
+    Sst,
+    Stop,
+    Sup,
+    Supr,
     FieldCountError,
     InvalidField,
     LocalProtocolError,
@@ -28,7 +40,27 @@ ROUND_TRIPS = [
     ("AUTH#KO#price must be >= 0", Auth("KO", "price must be >= 0")),
     ("AUTH#OK#", Auth("OK", "")),
     ("ERR#UNKNOWN_OPCODE#unknown opcode 'FOO'", Err("UNKNOWN_OPCODE", "unknown opcode 'FOO'")),
+    ("HB#CP001", Hb("CP001")),
+    ("AVR#CP001#Engine answers KO (simulated fault)", Avr("CP001", "Engine answers KO (simulated fault)")),
+    ("REC#CP001", Rec("CP001")),
+    ("CHK#CP001", Chk("CP001")),
+    ("HEALTH#OK#", Health("OK", "")),
+    ("HEALTH#KO#simulated fault", Health("KO", "simulated fault")),
+    ("SUP#CP001#s-1#D001#0.48", Sup("CP001", "s-1", "D001", Decimal("0.48"))),
+    ("SUPR#CP001#s-1#OK#", Supr("CP001", "s-1", "OK", "")),
+    ("SUPR#CP001#s-1#KO#busy", Supr("CP001", "s-1", "KO", "busy")),
+    ("STOP#CP001", Stop("CP001")),
+    ("RESUME#CP001", Resume("CP001")),
+    ("CAN#CP001#s-1#Central gave up", Can("CP001", "s-1", "Central gave up")),
+    ("SQ#CP001", Sq("CP001")),
+    ("SST#CP001#IDLE##0#0", Sst.idle("CP001")),
+    ("SST#CP001#SUPPLYING#s-1#12#2.7500", Sst("CP001", "SUPPLYING", "s-1", 12, Decimal("2.7500"))),
+    ("SST#CP001#AUTHORISED#s-1#0#0", Sst("CP001", "AUTHORISED", "s-1", 0, Decimal(0))),
 ]
+
+
+def test_every_opcode_has_a_round_trip_row():
+    assert {message.OPCODE for _, message in ROUND_TRIPS} == {cls.OPCODE for cls in MESSAGES}
 
 
 @pytest.mark.parametrize("data,message", ROUND_TRIPS, ids=[r[0] for r in ROUND_TRIPS])
@@ -57,6 +89,13 @@ BAD_CONTENT = [
     ("REG#CP1#x#0.12345", InvalidField, "more than 4 decimal places"),
     ("AUTH#MAYBE#x", InvalidField, "status"),
     ("ERR#NOPE#x", InvalidField, "code"),
+    ("SST#CP1#PAUSED##0#0", InvalidField, "phase"),
+    ("SST#CP1#IDLE#bad id#0#0", InvalidField, "session_id"),
+    ("SST#CP1#IDLE##2147483648#0", InvalidField, "above"),
+    ("SST#CP1#IDLE##1.5#0", InvalidField, "seq"),
+    ("SST#CP1#IDLE##0#100000000", InvalidField, "above"),
+    ("SST#CP1#IDLE##0#0.00001", InvalidField, "decimal places"),
+    ("CAN#CP1#s1#", InvalidField, "reason"),
 ]
 
 
@@ -106,15 +145,12 @@ def test_auth_helpers_sanitise_free_text():
     assert Auth.accepted().ok and not Auth.refused("x").ok
 
 
-def test_err_about_maps_error_kinds():
-    try:
-        MESSAGES.decode("ZAP#1")
-    except MessageError as exc:
-        assert Err.about(exc).code == "UNKNOWN_OPCODE"
-    try:
-        MESSAGES.decode("REG#1")
-    except MessageError as exc:
-        assert Err.about(exc).code == "BAD_MESSAGE"
+@pytest.mark.parametrize("data,code", [("ZAP#1", "UNKNOWN_OPCODE"), ("REG#1", "BAD_MESSAGE"),
+                                       ("REG#CP1#x#-1", "BAD_MESSAGE")])
+def test_err_about_maps_error_kinds(data, code):
+    with pytest.raises(MessageError) as info:
+        MESSAGES.decode(data)
+    assert Err.about(info.value).code == code
 
 
 def test_registry_refuses_duplicate_opcodes():
