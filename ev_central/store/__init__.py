@@ -12,12 +12,15 @@ from pathlib import Path
 
 from .base import (
     OPEN_STATUSES,
+    REJECTED_KINDS,
     SESSION_STATUSES,
     CPRow,
     DriverRow,
+    RejectedRow,
     SessionRow,
     Store,
     StoreError,
+    StoreRefused,
     StoreUnavailable,
 )
 from .url import DatabaseURL, parse_db_url
@@ -29,10 +32,13 @@ __all__ = [
     "DriverRow",
     "ENV_DATA_DIR",
     "OPEN_STATUSES",
+    "REJECTED_KINDS",
+    "RejectedRow",
     "SESSION_STATUSES",
     "SessionRow",
     "Store",
     "StoreError",
+    "StoreRefused",
     "StoreUnavailable",
     "default_sqlite_path",
     "open_store",

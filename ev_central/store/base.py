@@ -5,9 +5,14 @@ Two backends implement it with the same behaviour and the same tests:
 Table and column names are a contract documented in docs/schema.md.
 
 Every method is safe to call from several threads. A method that cannot reach
-the database raises ``StoreUnavailable`` (Central then keeps working from
-memory and retries); a method whose input the database refuses raises
+the database (or finds it too slow, or busy) raises ``StoreUnavailable``: Central then
+keeps working from memory and retries. A method whose data the database refuses (too
+long, out of range, not allowed by a constraint) raises ``StoreRefused``: the same
+data will be refused again, but other rows are not affected. Other failures raise
 ``StoreError``. SQL is always parameterised.
+
+Rows carry a ``version``: a save never replaces a stored row with one whose version
+is lower (docs/schema.md, "versions").
 """
 
 from __future__ import annotations
@@ -29,6 +34,26 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached now; the same call may succeed later."""
 
 
+class StoreRefused(StoreError):
+    """The database refused the data itself (a value too long or out of range, a broken
+    constraint...): the same row will be refused again; other rows are not affected.
+
+    ``row_id`` is the id of the refused row when it is known (the first one refused of
+    a batch), ``reason`` what was wrong, ``errno`` the database's error number if any."""
+
+    def __init__(self, reason: str, *, row_id: str | None = None, errno: int | None = None) -> None:
+        super().__init__(reason if row_id is None else f"row {row_id!r}: {reason}")
+        self.reason = reason
+        self.row_id = row_id
+        self.errno = errno
+
+    def for_row(self, row_id: str) -> "StoreRefused":
+        """The same refusal, naming ``row_id`` (unless it already names a row)."""
+        if self.row_id is not None:
+            return self
+        return StoreRefused(self.reason, row_id=row_id, errno=self.errno)
+
+
 @dataclass(frozen=True)
 class CPRow:
     """One row of ``charging_points``."""
@@ -39,6 +64,7 @@ class CPRow:
     state: str  # one of CP_STATES
     stopped: bool  # set by an operator's Stop, cleared by Resume; survives restarts
     updated_at: datetime  # timezone-aware, UTC
+    version: int = 0  # a save never replaces a stored row of a higher version
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,24 @@ class SessionRow:
     end_reason: str | None
     ticket_sent: bool  # the ticket reached the broker
     last_seq: int  # the highest telemetry seq applied
+    engine_final: bool = False  # the figures came from the Engine's supply.end
+    corrected: bool = False  # a corrected ticket was issued
+    version: int = 0  # a save never replaces a stored row of a higher version
+
+
+REJECTED_KINDS = ("cp", "session")
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """One row of ``rejected_rows``: a CP or session row the database refused, set aside."""
+
+    id: int
+    at: datetime  # timezone-aware, UTC: when it was set aside
+    kind: str  # one of REJECTED_KINDS
+    row_id: str  # the CP's or session's id (cut to 200 characters)
+    reason: str  # why it was refused (cut to 1000 characters)
+    row_json: str  # the row as JSON (long texts cut)
 
 
 class Store(abc.ABC):
@@ -97,7 +141,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_charging_points(self, rows: Iterable[CPRow]) -> None:
-        """Insert or update these CPs (every column), all in one transaction."""
+        """Insert or update these CPs (every column), all in one transaction; a stored row
+        whose version is higher than the given one's is kept as it is. ``StoreRefused``
+        (naming the first refused row) when the database refuses a row: nothing is saved."""
 
     @abc.abstractmethod
     def mark_all_disconnected(self, at: datetime) -> int:
@@ -130,7 +176,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save_sessions(self, rows: Iterable[SessionRow]) -> None:
-        """Insert or update these sessions (every column), all in one transaction."""
+        """Insert or update these sessions (every column), all in one transaction; a stored
+        row whose version is higher than the given one's is kept as it is. ``StoreRefused``
+        (naming the first refused row) when the database refuses a row: nothing is saved."""
 
     @abc.abstractmethod
     def get_session(self, session_id: str) -> SessionRow | None:
@@ -148,6 +196,18 @@ class Store(abc.ABC):
     def list_sessions(self, cp_id: str | None = None, driver_id: str | None = None,
                       limit: int = 100) -> list[SessionRow]:
         """Sessions, newest first (by started_at), optionally of one CP and/or one driver."""
+
+    # rows the database refused
+
+    @abc.abstractmethod
+    def add_rejected(self, kind: str, row_id: str, reason: str, row_json: str,
+                     at: datetime | None = None) -> None:
+        """Keep a refused row in ``rejected_rows``; texts too long for their column are cut
+        (``row_json`` to 60,000 characters), so the database always takes it."""
+
+    @abc.abstractmethod
+    def list_rejected(self, limit: int = 100) -> list[RejectedRow]:
+        """The rows set aside, newest first."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -7,6 +7,15 @@ and a new one is opened by the next call; a call that finds its reused connectio
 before anything was committed is retried once on a new connection, so a stale
 connection is replaced transparently.
 
+Nothing waits without a bound (docs/schema.md, "timeouts"): connecting
+(``connect_timeout``), each read and write on the socket (``io_timeout``), each
+statement on the server (``statement_timeout``: MariaDB's ``max_statement_time``,
+MySQL's ``max_execution_time`` for SELECTs; row locks wait at most
+``innodb_lock_wait_timeout``) and the wait for the connection, held by another thread's
+call (``lock_timeout``). After a call finds the database unreachable, a circuit breaker
+(``breaker.py``) makes the following calls fail at once until one probe call finds it
+back.
+
 The session runs in UTC (``time_zone = '+00:00'``) so ``CURRENT_TIMESTAMP(6)`` defaults
 are UTC too, and with strict SQL mode so that a value that does not fit is refused, as
 SQLite's CHECKs refuse it.
@@ -14,31 +23,53 @@ SQLite's CHECKs refuse it.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import mysql.connector
 from mysql.connector import errorcode, errors
-from mysql.connector.constants import DEFAULT_CONFIGURATION, ClientFlag
+from mysql.connector.constants import ClientFlag
 
-from .base import StoreError, StoreUnavailable
+from ev_common.retry import Backoff
+
+from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
+from .breaker import CircuitBreaker
 from .sql import (
+    CP_COLUMNS,
     CP_STATES_SQL,
+    INSERT_CP,
     INSERT_SESSION,
+    REJECTED_REASON_MAX,
+    REJECTED_ROW_ID_MAX,
     SESSION_COLUMNS,
     SESSION_STATUSES_SQL,
     Cursor,
+    DatabaseBusy,
     SQLStore,
     T,
     add_column,
     create_index,
+    sql_list,
+    upsert_assignments,
 )
 from .url import DatabaseURL, parse_db_url
 
-CONNECT_TIMEOUT_S = 5
-IO_TIMEOUT_S = 15  # read and write timeouts, where the connector has them (>= 9.2)
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5  # connecting, handshake and login included
+IO_TIMEOUT_S = 10  # each read and each write on the socket (mysql-connector-python >= 9.2)
+LOCK_TIMEOUT_S = 5.0  # the longest a caller waits for the connection held by another call
+#: The server's limit on one statement: 80 % of io_timeout unless given, so the server
+#: stops a slow statement (and the connection stays usable) before the client gives up.
+STATEMENT_TIMEOUT_SHARE = 0.8
+BREAKER_INITIAL_S, BREAKER_CAP_S = 1.0, 10.0  # fail-fast period after a failure, doubling
 MIGRATION_LOCK_WAIT_S = 10
+#: While migrating (DDL on a large table may take minutes): the socket timeouts, and no
+#: server statement limit.
+MIGRATION_IO_TIMEOUT_S = 600
 
 _TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
@@ -117,6 +148,8 @@ _UNAVAILABLE_ERRNOS = {
     errorcode.ER_NET_WRITE_INTERRUPTED,  # 1161
     errorcode.ER_LOCK_WAIT_TIMEOUT,  # 1205
     errorcode.ER_LOCK_DEADLOCK,  # 1213
+    1969,  # MariaDB ER_STATEMENT_TIMEOUT (max_statement_time)
+    3024,  # MySQL ER_QUERY_TIMEOUT (max_execution_time); also the connector's read timeout
     1927,  # MariaDB ER_CONNECTION_KILLED
     3169,  # MySQL ER_SESSION_WAS_KILLED
     4031,  # MySQL ER_CLIENT_INTERACTION_TIMEOUT
@@ -166,6 +199,61 @@ class _Cursor:
         return self._cursor.fetchall()
 
 
+_DDL_V3 = (
+    add_column(_COLUMN_EXISTS, "charging_points", "version", "BIGINT NOT NULL DEFAULT 0"),
+    add_column(_COLUMN_EXISTS, "charging_sessions", "version", "BIGINT NOT NULL DEFAULT 0"),
+    add_column(
+        _COLUMN_EXISTS, "charging_sessions", "engine_final", "BOOLEAN NOT NULL DEFAULT FALSE"
+    ),
+    add_column(_COLUMN_EXISTS, "charging_sessions", "corrected", "BOOLEAN NOT NULL DEFAULT FALSE"),
+    f"""CREATE TABLE IF NOT EXISTS rejected_rows (
+    id BIGINT NOT NULL AUTO_INCREMENT,
+    at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    kind VARCHAR(16) NOT NULL,
+    row_id VARCHAR({REJECTED_ROW_ID_MAX}) NOT NULL,
+    reason VARCHAR({REJECTED_REASON_MAX}) NOT NULL,
+    row_json TEXT NOT NULL,
+    PRIMARY KEY (id),
+    CONSTRAINT ck_rejected_rows_kind CHECK (kind IN ({sql_list(REJECTED_KINDS)}))
+) {_TABLE_OPTIONS}""",
+)
+
+# Errors about the data itself: the same row is refused again, other rows are not.
+_REFUSED_ERRNOS = {
+    errorcode.ER_BAD_NULL_ERROR,  # 1048 column cannot be null
+    errorcode.ER_DUP_ENTRY,  # 1062
+    errorcode.ER_WARN_DATA_OUT_OF_RANGE,  # 1264
+    errorcode.WARN_DATA_TRUNCATED,  # 1265
+    errorcode.ER_TRUNCATED_WRONG_VALUE,  # 1292 incorrect datetime value...
+    errorcode.ER_INVALID_CHARACTER_STRING,  # 1300
+    errorcode.ER_NO_DEFAULT_FOR_FIELD,  # 1364
+    errorcode.ER_TRUNCATED_WRONG_VALUE_FOR_FIELD,  # 1366 incorrect string value
+    errorcode.ER_ILLEGAL_VALUE_FOR_TYPE,  # 1367
+    errorcode.ER_DATA_TOO_LONG,  # 1406
+    errorcode.ER_WRONG_VALUE_FOR_TYPE,  # 1411
+    errorcode.ER_ROW_IS_REFERENCED_2,  # 1451
+    errorcode.ER_NO_REFERENCED_ROW_2,  # 1452
+    errorcode.ER_DATA_OUT_OF_RANGE,  # 1690
+    3819,  # MySQL ER_CHECK_CONSTRAINT_VIOLATED
+    4025,  # MariaDB ER_CONSTRAINT_FAILED (a CHECK)
+}
+
+
+def _refused(exc: BaseException) -> bool:
+    errno = getattr(exc, "errno", None) or 0
+    if errno in _REFUSED_ERRNOS or isinstance(exc, (errors.DataError, errors.IntegrityError)):
+        return True
+    # a value the connector cannot convert for the server (no server errno)
+    return isinstance(exc, errors.ProgrammingError) and errno <= 0
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(
+        exc, (errors.ReadTimeoutError, errors.WriteTimeoutError, errors.ConnectionTimeoutError,
+              TimeoutError)
+    )
+
+
 class MySQLStore(SQLStore):
     """Central's store in a MySQL or MariaDB database (which must exist)."""
 
@@ -176,20 +264,21 @@ class MySQLStore(SQLStore):
     applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (version)
 ) {_TABLE_OPTIONS}"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2}
-    UPSERT_CP = """INSERT INTO charging_points
-    (cp_id, location, price_eur_kwh, state, stopped, updated_at)
-VALUES (:cp_id, :location, :price_eur_kwh, :state, :stopped, :updated_at)
-ON DUPLICATE KEY UPDATE
-    location = :location, price_eur_kwh = :price_eur_kwh,
-    state = :state, stopped = :stopped, updated_at = :updated_at"""
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3}
+    # A stored row is replaced only by one of the same or a higher version; ``version`` is
+    # assigned last (upsert_assignments).
+    UPSERT_CP = (
+        f"{INSERT_CP}\nON DUPLICATE KEY UPDATE "
+        + upsert_assignments(CP_COLUMNS, lambda c: f":{c}", lambda c: c)
+    )
     # Without CLIENT_FOUND_ROWS the no-op update counts 0 rows, an insert 1.
     INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)
 VALUES (:driver_id, :name, :registered_at)
 ON DUPLICATE KEY UPDATE driver_id = driver_id"""
-    UPSERT_SESSION = f"""{INSERT_SESSION}
-ON DUPLICATE KEY UPDATE
-    {", ".join(f"{c} = :{c}" for c in SESSION_COLUMNS[1:])}"""
+    UPSERT_SESSION = (
+        f"{INSERT_SESSION}\nON DUPLICATE KEY UPDATE "
+        + upsert_assignments(SESSION_COLUMNS, lambda c: f":{c}", lambda c: c)
+    )
     STRICT_MODE = (
         "SET SESSION sql_mode = IF(@@SESSION.sql_mode LIKE '%STRICT_ALL_TABLES%',"
         " @@SESSION.sql_mode, CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'))"
@@ -203,15 +292,32 @@ ON DUPLICATE KEY UPDATE
         *,
         connect_timeout: int = CONNECT_TIMEOUT_S,
         io_timeout: int = IO_TIMEOUT_S,
+        statement_timeout: float | None = None,
+        lock_timeout: float = LOCK_TIMEOUT_S,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
-        super().__init__()
+        """``connect_timeout`` and ``io_timeout`` are whole seconds (as the connector takes
+        them), ``statement_timeout`` (default: 80 % of ``io_timeout``) and ``lock_timeout``
+        seconds; ``breaker`` defaults to 1 s of failing fast after a failure, doubling up
+        to 10 s, with jitter."""
+        super().__init__(lock_timeout)
         self.url = parse_db_url(url) if isinstance(url, str) else url
         if self.url.scheme != "mysql":
             raise ValueError(f"not a MySQL URL: {self.url.redacted()}")
+        for name, value in (("connect_timeout", connect_timeout), ("io_timeout", io_timeout)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of seconds >= 1, not {value!r}")
         self.description = self.url.describe()
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
+        self.statement_timeout = (
+            io_timeout * STATEMENT_TIMEOUT_SHARE if statement_timeout is None else statement_timeout
+        )
+        self.breaker = breaker or CircuitBreaker(
+            self.description, Backoff(initial=BREAKER_INITIAL_S, cap=BREAKER_CAP_S)
+        )
         self._conn: Any = None
+        self._migrating = False
 
     # -- connection -----------------------------------------------------------------------
 
@@ -223,6 +329,8 @@ ON DUPLICATE KEY UPDATE
             "password": self.url.password or "",
             "database": self.url.database,
             "connection_timeout": self.connect_timeout,
+            "read_timeout": self._io_timeout(),
+            "write_timeout": self._io_timeout(),
             "autocommit": False,
             "time_zone": "+00:00",
             "charset": "utf8mb4",
@@ -232,10 +340,10 @@ ON DUPLICATE KEY UPDATE
             # rowcount counts changed rows (INSERT_DRIVER relies on it).
             "client_flags": [-ClientFlag.FOUND_ROWS],
         }
-        if "read_timeout" in DEFAULT_CONFIGURATION:  # mysql-connector-python >= 9.2
-            kwargs["read_timeout"] = self.io_timeout
-            kwargs["write_timeout"] = self.io_timeout
         return kwargs
+
+    def _io_timeout(self) -> int:
+        return MIGRATION_IO_TIMEOUT_S if self._migrating else self.io_timeout
 
     def _open(self) -> Any:
         try:
@@ -248,6 +356,7 @@ ON DUPLICATE KEY UPDATE
             cur = conn.cursor()
             cur.execute(self.STRICT_MODE)
             cur.close()
+            self._set_limits(conn)
         except (errors.Error, OSError) as exc:
             _close_quietly(conn)
             raise StoreUnavailable(
@@ -256,6 +365,22 @@ ON DUPLICATE KEY UPDATE
             ) from None
         return conn
 
+    def _set_limits(self, conn: Any) -> None:
+        """The socket timeouts and the server's statement limits of the current mode
+        (normal, or migrating: long timeouts and no statement limit)."""
+        conn.read_timeout = conn.write_timeout = self._io_timeout()
+        statement = 0.0 if self._migrating else self.statement_timeout
+        cur = conn.cursor()
+        try:
+            if "mariadb" in (conn.server_info or "").lower():
+                cur.execute("SET SESSION max_statement_time = %s", (statement,))
+            else:  # MySQL limits SELECTs only
+                cur.execute("SET SESSION max_execution_time = %s", (int(statement * 1000),))
+            lock_wait = max(1, math.ceil(statement)) if statement else 50
+            cur.execute("SET SESSION innodb_lock_wait_timeout = %s", (lock_wait,))
+        finally:
+            cur.close()
+
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -263,21 +388,40 @@ ON DUPLICATE KEY UPDATE
 
     def connection_id(self) -> int | None:
         """The server's id of the current connection (None when not connected)."""
-        with self._lock:
+        with self._locked():
             return self._conn.connection_id if self._conn is not None else None
 
     # -- transactions ---------------------------------------------------------------------
 
     def _run(self, work: Callable[[Cursor], T], *, write: bool = True) -> T:
-        with self._lock:
-            self._check_open()
-            reused = self._conn is not None
-            try:
-                return self._attempt(work)
-            except _Lost as lost:
-                if not reused or not lost.retryable:
-                    raise lost.error from None
-            return self._attempt(work)  # once more, on a new connection
+        self.breaker.before()  # fails at once while the database is known to be away
+        try:
+            with self._locked():
+                self._check_open()
+                result = self._run_locked(work)
+        except DatabaseBusy:
+            self.breaker.released()
+            raise
+        except StoreUnavailable as exc:
+            self.breaker.failed(exc)
+            raise
+        except StoreError:
+            self.breaker.succeeded()  # the database answered: it refused
+            raise
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.succeeded()
+        return result
+
+    def _run_locked(self, work: Callable[[Cursor], T]) -> T:
+        reused = self._conn is not None
+        try:
+            return self._attempt(work)
+        except _Lost as lost:
+            if not reused or not lost.retryable:
+                raise lost.error from None
+        return self._attempt(work)  # once more, on a new connection
 
     def _attempt(self, work: Callable[[Cursor], T]) -> T:
         if self._conn is None:
@@ -294,7 +438,12 @@ ON DUPLICATE KEY UPDATE
                 _close_quietly(cursor)
         except (errors.Error, OSError) as exc:
             # A failed commit may still have reached the server: never repeat that work.
-            raise self._failure(exc, retryable=not committing) from None
+            # Nor a call that timed out: the database is slow or away, not just the
+            # connection stale, and a retry would double the wait.
+            raise self._failure(exc, retryable=not committing and not _timed_out(exc)) from None
+        except UnicodeError as exc:  # text the connector cannot encode
+            self._rollback()
+            raise StoreRefused(f"{self.description}: {exc}") from None
         except BaseException:
             self._rollback()
             raise
@@ -309,6 +458,8 @@ ON DUPLICATE KEY UPDATE
             )
             return _Lost(error, retryable)
         self._rollback()
+        if _refused(exc):
+            return StoreRefused(_reason(exc), errno=getattr(exc, "errno", None))
         return StoreError(f"{self.description}: {_reason(exc)}")
 
     def _rollback(self) -> None:
@@ -324,24 +475,44 @@ ON DUPLICATE KEY UPDATE
     def migrate(self) -> int:
         """Migrate under a server-side named lock, so concurrent Centrals take turns."""
         name = f"ev_central.migrate.{self.url.database}"[:64]
-        with self._lock:
-            wait = {"name": name, "wait": MIGRATION_LOCK_WAIT_S}
-            got = self._run(lambda cur: _scalar(cur, self.GET_LOCK, wait))
-            if got != 1:
-                raise StoreUnavailable(
-                    f"{self.description}: another process has been migrating the schema for "
-                    f"{MIGRATION_LOCK_WAIT_S} s; try again"
-                )
+        with self._locked():
+            self._migration_mode(True)
             try:
-                return super().migrate()
+                return self._migrate_locked(name)
             finally:
-                try:
-                    self._run(lambda cur: _scalar(cur, self.RELEASE_LOCK, {"name": name}))
-                except StoreError:
-                    pass  # a lost connection has released it already
+                self._migration_mode(False)
+
+    def _migration_mode(self, on: bool) -> None:
+        """Long socket timeouts and no statement limit while migrating; on the current
+        connection, and on the next one opened."""
+        self._migrating = on
+        if self._conn is None:
+            return
+        try:
+            self._set_limits(self._conn)
+        except (errors.Error, OSError) as exc:
+            log.warning("dropping the connection to %s: cannot set its limits (%s)",
+                        self.url.redacted(), _reason(exc))
+            self._drop()
+
+    def _migrate_locked(self, name: str) -> int:
+        wait = {"name": name, "wait": MIGRATION_LOCK_WAIT_S}
+        got = self._run(lambda cur: _scalar(cur, self.GET_LOCK, wait))
+        if got != 1:
+            raise StoreUnavailable(
+                f"{self.description}: another process has been migrating the schema for "
+                f"{MIGRATION_LOCK_WAIT_S} s; try again"
+            )
+        try:
+            return super().migrate()
+        finally:
+            try:
+                self._run(lambda cur: _scalar(cur, self.RELEASE_LOCK, {"name": name}))
+            except StoreError:
+                pass  # a lost connection has released it already
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # waits for a call in progress (bounded by its timeouts)
             self._closed = True
             self._drop()
 

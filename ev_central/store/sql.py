@@ -4,7 +4,8 @@ A backend (``SQLiteStore``, ``MySQLStore``) supplies its dialect: the DDL of eac
 version, the statements whose syntax differs (CP and session upserts, insert-if-absent of
 a driver, the catalogue queries that tell whether a column or an index exists), the text
 form of a UTC time, and ``_run``, which executes one unit of work in one transaction under
-the store's lock and turns driver exceptions into ``StoreError`` / ``StoreUnavailable``.
+the store's lock and turns driver exceptions into ``StoreError`` / ``StoreUnavailable`` /
+``StoreRefused``.
 
 Shared SQL uses named parameters (``:name``), the form sqlite3 takes as is; the MySQL
 backend rewrites them to ``%(name)s``.
@@ -14,19 +15,24 @@ from __future__ import annotations
 
 import abc
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, Union
 
 from .base import (
     CP_STATES,
     OPEN_STATUSES,
+    REJECTED_KINDS,
     SESSION_STATUSES,
     CPRow,
     DriverRow,
+    RejectedRow,
     SessionRow,
     Store,
     StoreError,
+    StoreRefused,
+    StoreUnavailable,
 )
 
 T = TypeVar("T")
@@ -39,6 +45,7 @@ ENDED_STATUSES = tuple(s for s in SESSION_STATUSES if s not in OPEN_STATUSES)
 MIGRATIONS: dict[int, str] = {
     1: "charging_points, drivers and charging_sessions",
     2: "charging_sessions.request_id and index ix_charging_sessions_status",
+    3: "row versions, charging_sessions.engine_final and .corrected, table rejected_rows",
 }
 LATEST_VERSION = max(MIGRATIONS)
 
@@ -75,10 +82,14 @@ INSERT_VERSION = (
     "INSERT INTO schema_version (version, description, applied_at)"
     " VALUES (:version, :description, :applied_at)"
 )
-SELECT_CPS = (
-    "SELECT cp_id, location, price_eur_kwh, state, stopped, updated_at"
-    " FROM charging_points ORDER BY cp_id"
+#: charging_points' columns written by the upsert, in CPRow's order; the primary key first
+#: and ``version`` last (MySQL assigns ON DUPLICATE KEY UPDATE's columns left to right).
+CP_COLUMNS = ("cp_id", "location", "price_eur_kwh", "state", "stopped", "updated_at", "version")
+INSERT_CP = (
+    f"INSERT INTO charging_points ({', '.join(CP_COLUMNS)})"
+    f" VALUES ({', '.join(':' + c for c in CP_COLUMNS)})"
 )
+SELECT_CPS = f"SELECT {', '.join(CP_COLUMNS)} FROM charging_points ORDER BY cp_id"
 MARK_ALL_DISCONNECTED = "UPDATE charging_points SET state = 'DESCONECTADO', updated_at = :at"
 COUNT_CPS = "SELECT COUNT(*) FROM charging_points"
 DELETE_DRIVER = "DELETE FROM drivers WHERE driver_id = :driver_id"
@@ -86,10 +97,12 @@ SELECT_DRIVERS = "SELECT driver_id, name, registered_at FROM drivers ORDER BY dr
 SELECT_DRIVER = "SELECT 1 FROM drivers WHERE driver_id = :driver_id"
 SELECT_ONE = "SELECT 1"
 
-#: charging_sessions' columns, in SessionRow's order; the primary key first.
+#: charging_sessions' columns, in SessionRow's order; the primary key first and
+#: ``version`` last.
 SESSION_COLUMNS = (
     "session_id", "request_id", "cp_id", "driver_id", "price_eur_kwh", "started_at",
     "ended_at", "kwh", "amount_eur", "status", "end_reason", "ticket_sent", "last_seq",
+    "engine_final", "corrected", "version",
 )  # fmt: skip
 #: The insert both backends' session upserts start with (params: SESSION_COLUMNS).
 INSERT_SESSION = (
@@ -119,6 +132,30 @@ SELECT_UNSENT_TICKETS = (
 UNSENT_PARAMS = {**ENDED_PARAMS, "unsent": 0}
 
 INT_MAX = 2**31 - 1  # INTEGER in MySQL
+VERSION_MAX = 2**63 - 1  # BIGINT
+
+REJECTED_ROW_ID_MAX, REJECTED_REASON_MAX, REJECTED_JSON_MAX = 200, 1000, 60_000
+INSERT_REJECTED = (
+    "INSERT INTO rejected_rows (at, kind, row_id, reason, row_json)"
+    " VALUES (:at, :kind, :row_id, :reason, :row_json)"
+)
+SELECT_REJECTED = (
+    "SELECT id, at, kind, row_id, reason, row_json FROM rejected_rows"
+    " ORDER BY id DESC LIMIT :limit"
+)
+
+
+def upsert_assignments(columns: Sequence[str], value: Callable[[str], str],
+                       current: Callable[[str], str]) -> str:
+    """MySQL's ``ON DUPLICATE KEY UPDATE`` list that replaces a stored row only by one of
+    the same or a higher version: ``col = IF(new version >= version, new col, col)`` for
+    every column but the key, ``version`` last, since the assignments run left to right
+    and each one sees the columns already assigned."""
+    assert columns[-1] == "version"
+    keep = f"{value('version')} >= {current('version')}"
+    return ", ".join(
+        f"{c} = IF({keep}, {value(c)}, {current(c)})" for c in columns[1:]
+    )
 
 
 # -- values -------------------------------------------------------------------------------
@@ -133,12 +170,14 @@ def to_decimal(value: Any, name: str, digits: int = PRICE_DIGITS) -> str:
     try:
         number = Decimal(value) if not isinstance(value, float) else Decimal(str(value))
     except (InvalidOperation, TypeError, ValueError):
-        raise StoreError(f"{name} is not a number: {value!r}") from None
+        raise StoreRefused(f"{name} is not a number: {value!r}") from None
     if not number.is_finite():
-        raise StoreError(f"{name} is not a finite number: {value!r}")
+        raise StoreRefused(f"{name} is not a finite number: {value!r}")
+    if abs(number) >= Decimal(10) ** (digits - MONEY_PLACES):
+        raise StoreRefused(f"{name} {value} does not fit DECIMAL({digits},{MONEY_PLACES})")
     number = number.quantize(Decimal(1).scaleb(-MONEY_PLACES), rounding=ROUND_HALF_UP)
     if abs(number) >= Decimal(10) ** (digits - MONEY_PLACES):
-        raise StoreError(f"{name} {value} does not fit DECIMAL({digits},{MONEY_PLACES})")
+        raise StoreRefused(f"{name} {value} does not fit DECIMAL({digits},{MONEY_PLACES})")
     return str(number)
 
 
@@ -146,8 +185,23 @@ def to_count(value: Any, name: str) -> int:
     """``value`` as a non-negative INTEGER; ``StoreError`` otherwise (on both backends,
     although SQLite's INTEGER would take more)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT_MAX:
-        raise StoreError(f"{name} is not an integer from 0 to {INT_MAX}: {value!r}")
+        raise StoreRefused(f"{name} is not an integer from 0 to {INT_MAX}: {value!r}")
     return value
+
+
+def to_version(value: Any, name: str) -> int:
+    """``value`` as a row version: a BIGINT from 0; ``StoreRefused`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= VERSION_MAX:
+        raise StoreRefused(f"{name} is not an integer from 0 to {VERSION_MAX}: {value!r}")
+    return value
+
+
+def storable(text: Any, limit: int) -> str:
+    """``text`` as a string any text column takes: at most ``limit`` characters, and what
+    UTF-8 cannot encode (lone surrogates) escaped."""
+    text = text if isinstance(text, str) else str(text)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
 
 
 def from_decimal(value: Any) -> Decimal:
@@ -183,6 +237,10 @@ def now_utc() -> datetime:
 # -- the store ----------------------------------------------------------------------------
 
 
+class DatabaseBusy(StoreUnavailable):
+    """A call waited ``lock_timeout`` for the store's connection, held by a slow call."""
+
+
 class SQLStore(Store):
     """The ``Store`` methods written once over a backend's ``_run`` and dialect."""
 
@@ -194,11 +252,28 @@ class SQLStore(Store):
     INSERT_DRIVER: str  # params: driver_id, name, registered_at; rowcount 0 if present
     UPSERT_SESSION: str  # INSERT_SESSION plus the dialect's update of every other column
 
-    def __init__(self) -> None:
+    def __init__(self, lock_timeout: float) -> None:
         if set(self.DDL) != set(MIGRATIONS):
             raise RuntimeError(f"{type(self).__name__}.DDL does not cover {sorted(MIGRATIONS)}")
+        if not lock_timeout > 0:
+            raise ValueError(f"lock_timeout must be > 0, not {lock_timeout!r}")
         self._lock = threading.RLock()
+        self.lock_timeout = lock_timeout
         self._closed = False
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's lock, waiting at most ``lock_timeout`` seconds for it: a caller
+        never queues for long behind a slow call; it gets ``StoreUnavailable`` instead."""
+        if not self._lock.acquire(timeout=self.lock_timeout):
+            raise DatabaseBusy(
+                f"{self.description}: database busy (waited {self.lock_timeout:g} s for the"
+                " connection)"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @abc.abstractmethod
     def _run(self, work: Callable[[Cursor], T], *, write: bool = True) -> T:
@@ -263,30 +338,46 @@ class SQLStore(Store):
                 state=state,
                 stopped=bool(stopped),
                 updated_at=from_time(updated_at),
+                version=int(version),
             )
-            for cp_id, location, price, state, stopped, updated_at in rows
+            for cp_id, location, price, state, stopped, updated_at, version in rows
         ]
 
     def save_charging_points(self, rows: Iterable[CPRow]) -> None:
-        params = [self._cp_params(row) for row in rows]
-        if not params:
+        self._save(self.UPSERT_CP, [(row.cp_id, self._cp_params(row)) for row in rows])
+
+    def _save(self, sql: str, keyed: list[tuple[str, dict[str, Any]]]) -> None:
+        """Run ``sql`` with each row's parameters in one transaction; a refusal names the
+        row the database refused."""
+        if not keyed:
             return
+        current: list[str | None] = [None]
 
         def work(cur: Cursor) -> None:
-            for one in params:
-                cur.execute(self.UPSERT_CP, one)
+            for key, params in keyed:
+                current[0] = key
+                cur.execute(sql, params)
 
-        self._run(work)
+        try:
+            self._run(work)
+        except StoreRefused as exc:
+            if current[0] is None:
+                raise
+            raise exc.for_row(current[0]) from None
 
     def _cp_params(self, row: CPRow) -> dict[str, Any]:
-        return {
-            "cp_id": row.cp_id,
-            "location": row.location,
-            "price_eur_kwh": to_decimal(row.price_eur_kwh, f"price of CP {row.cp_id!r}"),
-            "state": row.state,
-            "stopped": 1 if row.stopped else 0,
-            "updated_at": self._time(row.updated_at),
-        }
+        try:
+            return {
+                "cp_id": row.cp_id,
+                "location": row.location,
+                "price_eur_kwh": to_decimal(row.price_eur_kwh, "price_eur_kwh"),
+                "state": row.state,
+                "stopped": 1 if row.stopped else 0,
+                "updated_at": self._time(row.updated_at),
+                "version": to_version(row.version, "version"),
+            }
+        except StoreRefused as exc:
+            raise exc.for_row(row.cp_id) from None
 
     def mark_all_disconnected(self, at: datetime) -> int:
         params = {"at": self._time(at)}
@@ -331,37 +422,35 @@ class SQLStore(Store):
     # -- charging sessions ----------------------------------------------------------------
 
     def save_sessions(self, rows: Iterable[SessionRow]) -> None:
-        params = [self._session_params(row) for row in rows]  # every row checked first
-        if not params:
-            return
-
-        def work(cur: Cursor) -> None:
-            for one in params:
-                cur.execute(self.UPSERT_SESSION, one)
-
-        self._run(work)
+        # every row checked before the database is used
+        self._save(self.UPSERT_SESSION, [(r.session_id, self._session_params(r)) for r in rows])
 
     def _session_params(self, row: SessionRow) -> dict[str, Any]:
-        what = f"session {row.session_id!r}"
-        if row.status not in SESSION_STATUSES:
-            raise StoreError(
-                f"{what}: unknown status {row.status!r} (one of {', '.join(SESSION_STATUSES)})"
-            )
-        return {
-            "session_id": row.session_id,
-            "request_id": row.request_id,
-            "cp_id": row.cp_id,
-            "driver_id": row.driver_id,
-            "price_eur_kwh": to_decimal(row.price_eur_kwh, f"price of {what}"),
-            "started_at": self._time(row.started_at),
-            "ended_at": None if row.ended_at is None else self._time(row.ended_at),
-            "kwh": to_decimal(row.kwh, f"kwh of {what}", ENERGY_DIGITS),
-            "amount_eur": to_decimal(row.amount_eur, f"amount of {what}", ENERGY_DIGITS),
-            "status": row.status,
-            "end_reason": row.end_reason,
-            "ticket_sent": 1 if row.ticket_sent else 0,
-            "last_seq": to_count(row.last_seq, f"last_seq of {what}"),
-        }
+        try:
+            if row.status not in SESSION_STATUSES:
+                raise StoreRefused(
+                    f"unknown status {row.status!r} (one of {', '.join(SESSION_STATUSES)})"
+                )
+            return {
+                "session_id": row.session_id,
+                "request_id": row.request_id,
+                "cp_id": row.cp_id,
+                "driver_id": row.driver_id,
+                "price_eur_kwh": to_decimal(row.price_eur_kwh, "price_eur_kwh"),
+                "started_at": self._time(row.started_at),
+                "ended_at": None if row.ended_at is None else self._time(row.ended_at),
+                "kwh": to_decimal(row.kwh, "kwh", ENERGY_DIGITS),
+                "amount_eur": to_decimal(row.amount_eur, "amount_eur", ENERGY_DIGITS),
+                "status": row.status,
+                "end_reason": row.end_reason,
+                "ticket_sent": 1 if row.ticket_sent else 0,
+                "last_seq": to_count(row.last_seq, "last_seq"),
+                "engine_final": 1 if row.engine_final else 0,
+                "corrected": 1 if row.corrected else 0,
+                "version": to_version(row.version, "version"),
+            }
+        except StoreRefused as exc:
+            raise exc.for_row(row.session_id) from None
 
     def get_session(self, session_id: str) -> SessionRow | None:
         rows = self._run(
@@ -398,6 +487,31 @@ class SQLStore(Store):
         rows = self._run(lambda cur: _rows(cur, sql, params), write=False)
         return [_session(row) for row in rows]
 
+    # -- rows the database refused --------------------------------------------------------
+
+    def add_rejected(self, kind: str, row_id: str, reason: str, row_json: str,
+                     at: datetime | None = None) -> None:
+        if kind not in REJECTED_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(REJECTED_KINDS)}, not {kind!r}")
+        params = {
+            "at": self._time(at if at is not None else now_utc()),
+            "kind": kind,
+            "row_id": storable(row_id, REJECTED_ROW_ID_MAX),
+            "reason": storable(reason, REJECTED_REASON_MAX),
+            "row_json": storable(row_json, REJECTED_JSON_MAX),
+        }
+        self._run(lambda cur: cur.execute(INSERT_REJECTED, params))
+
+    def list_rejected(self, limit: int = 100) -> list[RejectedRow]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an integer >= 0, not {limit!r}")
+        rows = self._run(lambda cur: _rows(cur, SELECT_REJECTED, {"limit": limit}), write=False)
+        return [
+            RejectedRow(id=int(id_), at=from_time(at), kind=kind, row_id=row_id, reason=reason,
+                        row_json=row_json)
+            for id_, at, kind, row_id, reason, row_json in rows
+        ]
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
 
@@ -431,7 +545,7 @@ def create_index(exists_sql: str, table: str, index: str, columns: str) -> Step:
 
 def _session(row: Sequence[Any]) -> SessionRow:
     (session_id, request_id, cp_id, driver_id, price, started_at, ended_at, kwh, amount,
-     status, end_reason, ticket_sent, last_seq) = row  # fmt: skip
+     status, end_reason, ticket_sent, last_seq, engine_final, corrected, version) = row  # fmt: skip
     return SessionRow(
         session_id=session_id,
         request_id=request_id,
@@ -446,6 +560,9 @@ def _session(row: Sequence[Any]) -> SessionRow:
         end_reason=end_reason,
         ticket_sent=bool(ticket_sent),
         last_seq=int(last_seq),
+        engine_final=bool(engine_final),
+        corrected=bool(corrected),
+        version=int(version),
     )
 
 

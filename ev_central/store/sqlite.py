@@ -13,19 +13,28 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
-from .base import StoreError, StoreUnavailable
+from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
 from .sql import (
+    CP_COLUMNS,
     CP_STATES_SQL,
+    INSERT_CP,
     INSERT_SESSION,
+    REJECTED_JSON_MAX,
+    REJECTED_REASON_MAX,
+    REJECTED_ROW_ID_MAX,
     SESSION_COLUMNS,
     SESSION_STATUSES_SQL,
     Cursor,
     SQLStore,
     T,
     add_column,
+    sql_list,
 )
 
 BUSY_TIMEOUT_MS = 5000
+#: How long a caller waits for the store's lock (another thread's call) before it gets
+#: StoreUnavailable("database busy"): the busy timeout plus a margin.
+LOCK_TIMEOUT_S = 10.0
 
 # The text form of "now" used in column defaults: the same shape as TIME_FORMAT.
 _NOW = "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000+00:00')"
@@ -79,6 +88,42 @@ _DDL_V2 = (
 )
 
 
+_DDL_V3 = (
+    add_column(_COLUMN_EXISTS, "charging_points", "version", "INTEGER NOT NULL DEFAULT 0"),
+    add_column(_COLUMN_EXISTS, "charging_sessions", "version", "INTEGER NOT NULL DEFAULT 0"),
+    add_column(
+        _COLUMN_EXISTS,
+        "charging_sessions",
+        "engine_final",
+        "INTEGER NOT NULL DEFAULT 0 CHECK (engine_final IN (0, 1))",
+    ),
+    add_column(
+        _COLUMN_EXISTS,
+        "charging_sessions",
+        "corrected",
+        "INTEGER NOT NULL DEFAULT 0 CHECK (corrected IN (0, 1))",
+    ),
+    f"""CREATE TABLE IF NOT EXISTS rejected_rows (
+    id INTEGER NOT NULL PRIMARY KEY,
+    at TEXT NOT NULL DEFAULT {_NOW},
+    kind TEXT NOT NULL CONSTRAINT ck_rejected_rows_kind CHECK (kind IN ({sql_list(REJECTED_KINDS)})),
+    row_id TEXT NOT NULL CHECK (length(row_id) <= {REJECTED_ROW_ID_MAX}),
+    reason TEXT NOT NULL CHECK (length(reason) <= {REJECTED_REASON_MAX}),
+    row_json TEXT NOT NULL CHECK (length(row_json) <= {REJECTED_JSON_MAX})
+)""",
+)
+
+
+def _keep_newer(table: str, columns: tuple[str, ...]) -> str:
+    """The upsert's update of every column but the key, only by a row of the same or a
+    higher version."""
+    return (
+        f"ON CONFLICT ({columns[0]}) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        + f" WHERE excluded.version >= {table}.version"
+    )
+
+
 class SQLiteStore(SQLStore):
     """Central's store in one SQLite file (created, with its directory, if missing)."""
 
@@ -88,22 +133,15 @@ class SQLiteStore(SQLStore):
     description TEXT NOT NULL DEFAULT '',
     applied_at TEXT NOT NULL DEFAULT {_NOW}
 )"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2}
-    UPSERT_CP = """INSERT INTO charging_points
-    (cp_id, location, price_eur_kwh, state, stopped, updated_at)
-VALUES (:cp_id, :location, :price_eur_kwh, :state, :stopped, :updated_at)
-ON CONFLICT (cp_id) DO UPDATE SET
-    location = excluded.location, price_eur_kwh = excluded.price_eur_kwh,
-    state = excluded.state, stopped = excluded.stopped, updated_at = excluded.updated_at"""
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3}
+    UPSERT_CP = f"{INSERT_CP}\n{_keep_newer('charging_points', CP_COLUMNS)}"
     INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)
 VALUES (:driver_id, :name, :registered_at)
 ON CONFLICT (driver_id) DO NOTHING"""
-    UPSERT_SESSION = f"""{INSERT_SESSION}
-ON CONFLICT (session_id) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[1:])}"""
+    UPSERT_SESSION = f"{INSERT_SESSION}\n{_keep_newer('charging_sessions', SESSION_COLUMNS)}"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+        super().__init__(lock_timeout)
         self.path = Path(path).expanduser().absolute()
         self.description = f"SQLite {self.path}"
         self._conn = self._connect()
@@ -130,7 +168,7 @@ ON CONFLICT (session_id) DO UPDATE SET
         return conn
 
     def _run(self, work: Callable[[Cursor], T], *, write: bool = True) -> T:
-        with self._lock:
+        with self._locked():
             self._check_open()
             conn = self._conn
             try:
@@ -141,6 +179,9 @@ ON CONFLICT (session_id) DO UPDATE SET
             except sqlite3.Error as exc:
                 self._rollback()
                 raise self._error(exc) from None
+            except (UnicodeError, OverflowError) as exc:  # a value sqlite3 cannot bind
+                self._rollback()
+                raise StoreRefused(f"{self.description}: {exc}") from None
             except BaseException:
                 self._rollback()
                 raise
@@ -157,10 +198,19 @@ ON CONFLICT (session_id) DO UPDATE SET
         busy = ("locked", "busy", "unable to open", "disk i/o error", "readonly database")
         if isinstance(exc, sqlite3.OperationalError) and any(w in text.lower() for w in busy):
             return StoreUnavailable(f"{self.description}: {text}")
+        # The data itself: a CHECK, NOT NULL or UNIQUE constraint (IntegrityError), a
+        # value too big (DataError, "string or blob too big"), a value it cannot bind.
+        if (
+            isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError))
+            or "too big" in text.lower()
+            or (isinstance(exc, (sqlite3.InterfaceError, sqlite3.ProgrammingError))
+                and "binding parameter" in text.lower())
+        ):
+            return StoreRefused(text, errno=getattr(exc, "sqlite_errorcode", None))
         return StoreError(f"{self.description}: {text}")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # waits for a call in progress: closing is never refused
             if self._closed:
                 return
             self._closed = True

@@ -64,12 +64,15 @@ EXPECTED_COLUMNS = {
     "schema_version": {"version", "description", "applied_at"},
     "charging_points": {
         "cp_id", "location", "price_eur_kwh", "state", "stopped", "updated_at", "created_at",
+        "version",
     },
     "drivers": {"driver_id", "name", "registered_at"},
     "charging_sessions": {
         "session_id", "request_id", "cp_id", "driver_id", "price_eur_kwh", "started_at",
         "ended_at", "kwh", "amount_eur", "status", "end_reason", "ticket_sent", "last_seq",
+        "engine_final", "corrected", "version",
     },
+    "rejected_rows": {"id", "at", "kind", "row_id", "reason", "row_json"},
 }  # fmt: skip
 
 
@@ -85,27 +88,31 @@ def test_schema_has_the_documented_tables_columns_and_indexes(store: SQLStore) -
 
 
 def test_migrate_is_idempotent(store: SQLStore) -> None:
-    assert store.migrate() == LATEST_VERSION == 2
+    assert store.migrate() == LATEST_VERSION == 3
     assert store.migrate() == LATEST_VERSION
     again = same_kind(store)
     try:
         assert again.migrate() == LATEST_VERSION
     finally:
         again.close()
-    assert store.schema_versions() == [1, 2]
+    assert store.schema_versions() == [1, 2, 3]
     assert raw(store, "SELECT version, description FROM schema_version ORDER BY version") == [
         (1, "charging_points, drivers and charging_sessions"),
         (2, "charging_sessions.request_id and index ix_charging_sessions_status"),
+        (3, "row versions, charging_sessions.engine_final and .corrected, table rejected_rows"),
     ]
     assert columns(store) == EXPECTED_COLUMNS
 
 
 def test_concurrent_migrations_apply_each_version_once(store: SQLStore) -> None:
-    for table in ("schema_version", "charging_points", "drivers", "charging_sessions"):
+    for table in ("schema_version", "charging_points", "drivers", "charging_sessions",
+                  "rejected_rows"):  # fmt: skip
         raw(store, f"DROP TABLE {table}")
     results = migrate_at_once(store, 4)
     assert results == [LATEST_VERSION] * 4
-    assert raw(store, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+    assert raw(store, "SELECT version FROM schema_version ORDER BY version") == [
+        (1,), (2,), (3,)
+    ]
     assert columns(store) == EXPECTED_COLUMNS
 
 
