@@ -4,17 +4,28 @@ faults and recoveries once per change, reconnect by itself.
 Runs in its own thread (``run``). The health-check loop hands it the Engine's
 latest verdict with ``set_health``; the client reports it as soon as it sees a
 change (within ``poll`` seconds), and again right after every registration.
+
+Whatever needs the Engine runs on a second thread per session (``EngineRelay``),
+so that waiting for a slow Engine never delays a sign of life: Central's
+``SUP``, ``STOP``, ``RESUME`` and ``CAN`` are queued (bounded) and relayed one at
+a time, in order, and their answers sent to Central when they come. The same
+thread asks the Engine which supply it holds (``SQ``) after every registration
+and after every new link to the Engine, and passes the ``SST`` on to Central;
+an Engine that cannot answer is asked again, with backoff, while it is
+reachable, and at once when a new link to it opens.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Callable
 
 from ev_common.link import Link, LinkConfig, LinkError
-from ev_common.protocol import Auth, Avr, Err, Hb, Message, MessageError, Rec, Reg, Resume, Stop, Sup, Supr
+from ev_common.protocol import (Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Resume, Sq, Sst, Stop,
+                                Sup, Supr)
 from ev_common.retry import Backoff
 from ev_common.words import CANNOT_CONNECT
 
@@ -22,6 +33,11 @@ from .engine_probe import EngineProbe, Verdict
 
 log = logging.getLogger(__name__)
 
+RELAY_QUEUE = 32  # Central's requests waiting for the Engine; beyond it a SUP is refused at once
+SUP_TIMEOUT = 2.0  # the Engine's SUPR, within Central's 3 s
+SQ_TIMEOUT = 1.0  # the Engine's SST
+ENGINE_LATE = "the Engine did not answer"
+BUSY = "the Monitor is busy with earlier requests"
 
 
 class RegistrationRefused(Exception):
@@ -46,6 +62,7 @@ class CentralClient:
         self._lock = threading.Lock()
         self.registered = threading.Event()
         self.refused: str | None = None
+        self._relay: EngineRelay | None = None
 
     def set_health(self, verdict: Verdict) -> None:
         with self._lock:
@@ -78,7 +95,10 @@ class CentralClient:
                 down_said = True
             finally:
                 self.registered.clear()
-                link.close("Monitor stopping" if stop.is_set() else "reconnecting")
+                link.close("Monitor stopping" if stop.is_set() else "reconnecting")  # EOT
+                if self._relay is not None:  # after the close: an answer it was sending fails at once
+                    self._relay.join(SUP_TIMEOUT + 1.0)
+                    self._relay = None
             stop.wait(self._backoff.next())
 
     def _register(self, link: Link) -> None:
@@ -101,6 +121,14 @@ class CentralClient:
             log.warning("Central sent %s before AUTH; ignored", answer.OPCODE)
 
     def _session(self, link: Link, stop: threading.Event) -> None:
+        self._relay = EngineRelay(link, self.engine, self.registration.cp_id, self._say, poll=self.poll).start()
+        try:
+            self._serve(link, stop)
+        finally:
+            self._relay.stop()
+
+    def _serve(self, link: Link, stop: threading.Event) -> None:
+        """Signs of life and state changes on time; Central's messages read and handed on."""
         cp_id = self.registration.cp_id
         reported_ok = True  # a fresh registration presumes the Engine healthy
         next_beat = time.monotonic()
@@ -126,22 +154,119 @@ class CentralClient:
                 self._from_central(link, message)
 
     def _from_central(self, link: Link, message: Message) -> None:
-        """Serve one message from Central: pass requests and commands on to the Engine."""
-        cp_id = self.registration.cp_id
+        """Serve one message from Central: requests and commands for the Engine go to the relay."""
         if isinstance(message, Err):
             log.warning("Central answered an error: %s %s", message.code, message.text)
-        elif isinstance(message, Sup):
-            self._say(f"Central asks to authorise a supply for driver {message.driver_id} "
-                      f"(session {message.session_id[:8]})")
-            answer = self.engine.relay(message, Supr) if self.engine is not None else None
-            if answer is None:
-                answer = Supr(cp_id, message.session_id, "KO", "the Engine did not answer")
-            link.send(answer)
-            self._say(f"Engine {'accepted' if answer.ok else 'refused'} the supply"
-                      + ("" if answer.ok else f": {answer.reason}"))
-        elif isinstance(message, (Stop, Resume)):
-            self._say(f"Central: {'STOP (out of service)' if isinstance(message, Stop) else 'RESUME'}")
-            if self.engine is not None:
-                self.engine.relay(message)
+        elif isinstance(message, (Sup, Stop, Resume, Can)):
+            if isinstance(message, Sup):
+                self._say(f"Central asks to authorise a supply for driver {message.driver_id} "
+                          f"(session {message.session_id[:8]})")
+            elif isinstance(message, Can):
+                self._say(f"Central cancels the supply of session {message.session_id[:8]}: {message.reason}")
+            else:
+                self._say(f"Central: {'STOP (out of service)' if isinstance(message, Stop) else 'RESUME'}")
+            if self._relay.submit(message):
+                return
+            log.error("%s from Central not relayed: %d requests already wait for the Engine",
+                      message.OPCODE, RELAY_QUEUE)
+            if isinstance(message, Sup):
+                link.send(Supr(message.cp_id, message.session_id, "KO", BUSY))
         else:
             link.send(Err("UNEXPECTED", f"a Monitor does not accept {message.OPCODE}"))
+
+
+class EngineRelay:
+    """One Central session's work with the Engine, on its own thread, one exchange at a time.
+
+    ``submit`` queues a message from Central (never blocks; False when the queue is full).
+    The thread relays each in order and sends the answer to Central on the session's link;
+    between them it reports the Engine's supply (``SQ`` -> ``SST``) when one is due.
+    """
+
+    def __init__(self, link: Link, engine: EngineProbe | None, cp_id: str, say: Callable[[str], None], *,
+                 poll: float = 0.1, size: int = RELAY_QUEUE, sup_timeout: float = SUP_TIMEOUT,
+                 sq_timeout: float = SQ_TIMEOUT, backoff: Backoff | None = None) -> None:
+        self.link, self.engine, self.cp_id = link, engine, cp_id
+        self._say = say
+        self.poll = poll
+        self.sup_timeout, self.sq_timeout = sup_timeout, sq_timeout
+        self._queue: queue.Queue[Message] = queue.Queue(maxsize=size)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-relay", daemon=True)
+        self._sq_backoff = backoff or Backoff(initial=0.5, cap=5.0)
+        self._sst_due = True  # after every registration...
+        self._sq_at = 0.0
+        self._links_seen: int | None = None  # ...and after every new link to the Engine
+        self.sst_sent = 0
+
+    def start(self) -> "EngineRelay":
+        self._thread.start()
+        return self
+
+    def submit(self, message: Message) -> bool:
+        try:
+            self._queue.put_nowait(message)
+            return True
+        except queue.Full:
+            return False
+
+    def stop(self) -> None:
+        """Stop taking work; what is queued is dropped (Central repeats what matters)."""
+        self._done.set()
+
+    def join(self, timeout: float) -> None:
+        self._done.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._done.is_set():
+                self._report_supply_if_due()
+                try:
+                    message = self._queue.get(timeout=self.poll)
+                except queue.Empty:
+                    continue
+                if not self._done.is_set():
+                    self._relay(message)
+        except LinkError as exc:  # the session with Central is over: its loop notices and reconnects
+            log.info("relay to the Engine stopped: %s", exc)
+        except Exception:
+            log.exception("relaying to the Engine failed")
+
+    def _relay(self, message: Message) -> None:
+        engine = self.engine
+        if isinstance(message, Sup):
+            answer = None
+            if engine is not None:
+                answer = engine.relay(message, Supr, self.sup_timeout,
+                                      match=lambda a: a.session_id == message.session_id)
+            late = answer is None
+            if late:
+                answer = Supr(self.cp_id, message.session_id, "KO", ENGINE_LATE)
+            self.link.send(answer)
+            self._say(f"Engine {'accepted' if answer.ok else 'refused'} the supply"
+                      + ("" if answer.ok else f": {answer.reason}"))
+            if late and engine is not None:  # it may still accept late: it must not keep that supply
+                engine.relay(Can(self.cp_id, message.session_id, f"{ENGINE_LATE} in time"))
+        elif engine is not None:
+            engine.relay(message)
+
+    def _report_supply_if_due(self) -> None:
+        engine = self.engine
+        if engine is None or not engine.connected:
+            return  # unreachable: asked again once a new link to it is open
+        if engine.links_opened != self._links_seen:  # a new link: the Engine may have restarted
+            self._links_seen = engine.links_opened
+            self._sst_due, self._sq_at = True, 0.0
+        if not self._sst_due or time.monotonic() < self._sq_at:
+            return
+        answer = engine.relay(Sq(self.cp_id), Sst, self.sq_timeout)
+        if answer is None:  # nothing to Central: its AVR says the Engine is faulty
+            self._sq_at = time.monotonic() + self._sq_backoff.next()
+            log.info("the Engine did not tell its supply; asking again")
+            return
+        self.link.send(answer)
+        self._sst_due = False
+        self._sq_backoff.reset()
+        self.sst_sent += 1
+        log.info("told Central the supply at the CP: %s %s", answer.phase, answer.session_id or "-")

@@ -2,10 +2,13 @@
 
 ``check()`` sends ``CHK#<cp_id>`` and waits (less than a second) for ``HEALTH``;
 it never raises: every outcome is a ``Verdict``. ``relay()`` carries Central's
-requests (``SUP``, answered ``SUPR``) and commands (``STOP``, ``RESUME``) to the
-Engine. One exchange at a time (a lock), so answers never cross. A broken link
-is dropped and reopened on a later call, after a capped, jittered backoff; on
-every new link the Engine is told again if Central has stopped the CP.
+requests (``SUP``, answered ``SUPR``) and commands (``STOP``, ``RESUME``, ``CAN``)
+to the Engine, and the Monitor's own ``SQ`` (answered ``SST``). One exchange at a
+time (a lock), so answers never cross; an answer that arrives after its exchange
+gave up is skipped by the next one (``match`` tells a late ``SUPR`` from the right
+one). A broken link is dropped and reopened on a later call, after a capped,
+jittered backoff; on every new link the Engine is told again if Central has
+stopped the CP, and ``links_opened`` counts up (the Engine may have restarted).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from ev_common.link import Link, LinkConfig, LinkError, SessionRefused
 from ev_common.protocol import Chk, Health, Message, MessageError, Resume, Stop
@@ -45,6 +49,12 @@ class EngineProbe:
         self.stopped = False  # Central's Stop, replayed to every new Engine link
         self._retry_at = 0.0
         self._last_failure = Verdict(False, "Engine not checked yet")
+        self.links_opened = 0  # how many links to the Engine were opened so far
+
+    @property
+    def connected(self) -> bool:
+        """True while a link to the Engine is open (it was reachable at its last exchange)."""
+        return self._link is not None
 
     def check(self) -> Verdict:
         with self._lock:
@@ -60,8 +70,8 @@ class EngineProbe:
             return Verdict(True, "OK") if answer.ok else Verdict(False, f"Engine answers KO ({answer.detail or 'no detail'})")
 
     def relay(self, message: Message, answer_type: type[Message] | None = None,
-              timeout: float = 2.0) -> Message | None:
-        """Pass a message from Central to the Engine; its answer (``answer_type``) or None."""
+              timeout: float = 2.0, match: Callable[[Message], bool] | None = None) -> Message | None:
+        """Pass a message to the Engine; its answer (``answer_type``, and ``match`` if given) or None."""
         with self._lock:
             if isinstance(message, (Stop, Resume)):
                 self.stopped = isinstance(message, Stop)
@@ -73,24 +83,27 @@ class EngineProbe:
                 if answer_type is None:
                     link.send(message)
                     return None
-                return self._exchange(link, message, answer_type, timeout)
+                return self._exchange(link, message, answer_type, timeout, match)
             except (LinkError, MessageError) as exc:
                 self._drop(f"Engine link lost: {exc}")
                 return None
 
-    def _exchange(self, link: Link, message: Message, answer_type: type[Message], timeout: float):
+    def _exchange(self, link: Link, message: Message, answer_type: type[Message], timeout: float,
+                  match: Callable[[Message], bool] | None = None):
         link.send(message)
         deadline = self._clock() + timeout
         while True:
             answer = link.recv(timeout=max(0.0, deadline - self._clock()))
-            if answer is None or isinstance(answer, answer_type):
+            if answer is None or (isinstance(answer, answer_type) and (match is None or match(answer))):
                 return answer
-            log.warning("Engine sent %s while %s was awaited; ignored", answer.OPCODE, answer_type.OPCODE)
+            log.warning("Engine sent %s while %s was awaited (a late answer?); ignored",
+                        answer.OPCODE, answer_type.OPCODE)
 
     def close(self) -> None:
-        if self._link is not None:
-            self._link.close("Monitor stopping")
-            self._link = None
+        with self._lock:  # waits for an exchange under way (bounded by its timeout)
+            if self._link is not None:
+                self._link.close("Monitor stopping")
+                self._link = None
 
     def _connected(self) -> Link | Verdict:
         if self._link is not None:
@@ -104,6 +117,7 @@ class EngineProbe:
         except LinkError as exc:
             return self._unreachable(f"Engine unreachable: {exc}")
         self._backoff.reset()
+        self.links_opened += 1
         log.info("connected to Engine at %s:%d", self.host, self.port)
         if self.stopped:
             try:
