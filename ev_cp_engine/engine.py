@@ -1,18 +1,22 @@
 """The Engine: the charging point itself, as a state machine driven by its inputs.
 
 Inputs: health checks and commands from its Monitor (``health``, ``authorise``,
-``stop``, ``resume``, the Monitor's arrival and loss), the person at the CP
+``cancel``, ``supply_state``, ``stop``, ``resume``, the Monitor's arrival and loss), the person at the CP
 (``plug``, ``unplug``, ``toggle_fault``, ``request_supply``) and ``tick()``
 every second. Outputs: records through ``emit`` (telemetry every second while
 supplying, the end of each supply, requests made at the CP) and lines for
 people through ``say``. Pure and thread-safe; the clock is injected.
 
     IDLE --authorise--> AUTHORISED --plug--> SUPPLYING --unplug--> IDLE (supply.end "unplugged")
-    AUTHORISED/SUPPLYING --fault | stop | Monitor lost | plug timeout--> IDLE (supply.end, interrupted)
+    AUTHORISED/SUPPLYING --fault | stop | Monitor lost | plug timeout | cancel--> IDLE (supply.end, interrupted)
+
+A cancelled session id is remembered (the last ``CANCELLED_KEPT``): Central gave up on it,
+so a ``SUP`` for it that arrives later is refused.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -34,6 +38,7 @@ DEFAULT_AUTO_SECONDS = 10.0
 DEFAULT_TIME_SCALE = Decimal(60)  # one real second simulates one minute of charging
 AUTO_PLUG_AFTER = 1.0
 FOUR = Decimal("0.0001")
+CANCELLED_KEPT = 256  # cancelled session ids remembered, to refuse a late SUP for them
 
 
 class Phase(str, Enum):
@@ -63,7 +68,7 @@ class Engine:
                  plug_timeout: float = DEFAULT_PLUG_TIMEOUT, auto_seconds: float | None = None,
                  time_scale: Decimal = Decimal(1), journal: SupplyJournal | None = None,
                  clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None) -> None:
-        self._emit = emit or (lambda record: None)
+        self._emit = emit if emit is not None else (lambda record, on_delivery=None: None)
         self.power_kw = power_kw
         self.time_scale = time_scale  # simulated seconds of charging per real second
         self.journal = journal
@@ -77,6 +82,7 @@ class Engine:
         self.stopped = False
         self.monitor: str | None = None  # peer address of the connected Monitor
         self.supply: Supply | None = None
+        self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     @property
     def phase(self) -> Phase:
@@ -110,7 +116,11 @@ class Engine:
     def authorise(self, session_id: str, driver_id: str, price: Decimal) -> tuple[bool, str]:
         """Central authorised a supply here; the CP accepts it or says why not."""
         with self._lock:
+            if self.supply is not None and self.supply.session_id == session_id:
+                return True, ""  # the same SUP again (a retransmission): already accepted
             refusal = self._cannot_supply()
+            if session_id in self._cancelled:
+                refusal = "the supply was cancelled by Central"
             if refusal is None and self.supply is not None:
                 refusal = f"busy with the supply of driver {self.supply.driver_id}"
             if refusal is not None:
@@ -121,6 +131,27 @@ class Engine:
         self._say(f"supply AUTHORISED for driver {driver_id} at {price} EUR/kWh: "
                   + ("plugging in shortly (auto)" if self.auto_seconds is not None else "plug in the vehicle [p]"))
         return True, ""
+
+    def cancel(self, session_id: str, reason: str) -> str:
+        """Central gave up on ``session_id``: end it now if held; refuse it from now on. Idempotent."""
+        with self._lock:
+            self._cancelled[session_id] = None
+            self._cancelled.move_to_end(session_id)
+            while len(self._cancelled) > CANCELLED_KEPT:
+                self._cancelled.popitem(last=False)
+            if self.supply is not None and self.supply.session_id == session_id:
+                return self._end(f"cancelled by Central: {reason}")
+        log.info("session %s cancelled by Central (%s); not held here", session_id, reason)
+        return ""
+
+    def supply_state(self) -> tuple[str, str, int, Decimal]:
+        """(phase, session id, seq, kWh) of the supply held, as of its last telemetry; for ``SST``."""
+        with self._lock:
+            supply = self.supply
+            if supply is None:
+                return "IDLE", "", 0, Decimal(0)
+            phase = "SUPPLYING" if supply.plugged_at is not None else "AUTHORISED"
+            return phase, supply.session_id, supply.seq, supply.kwh.quantize(FOUR)
 
     def stop(self) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
-"""The Engine's socket: one Monitor at a time: health checks, supplies to accept, Stop and Resume.
+"""The Engine's socket: one Monitor at a time: health checks, supplies to accept or cancel, the
+supply it holds (``SQ`` -> ``SST``), Stop and Resume.
 
 A second Monitor is refused at session opening (NACK). A Monitor silent for
 ``silence_timeout`` seconds is considered lost and its session closed.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ev_common.link import Link, LinkConfig, LinkError, LinkServer
-from ev_common.protocol import Chk, Err, Health, MessageError, Resume, Stop, Sup, Supr
+from ev_common.protocol import Can, Chk, Err, Health, MessageError, Resume, Sq, Sst, Stop, Sup, Supr
 
 from .engine import Engine
 
@@ -57,6 +58,11 @@ class HealthServer:
                     ok, reason = self.engine.authorise(message.session_id, message.driver_id,
                                                        message.price_eur_kwh)
                     link.send(Supr(message.cp_id, message.session_id, "OK" if ok else "KO", reason[:200]))
+                elif isinstance(message, Sq):
+                    phase, session_id, seq, kwh = self.engine.supply_state()
+                    link.send(Sst(message.cp_id, phase, session_id, seq, kwh))
+                elif isinstance(message, Can):
+                    self.engine.cancel(message.session_id, message.reason)
                 elif isinstance(message, Stop):
                     self.engine.stop()
                 elif isinstance(message, Resume):

@@ -16,13 +16,26 @@ def clock():
     return FakeClock(100.0)
 
 
+class Emitted(list):
+    """A fake ``emit``: keeps the records, and the delivery callbacks to call when the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callbacks: list = []  # (record, on_delivery)
+
+    def __call__(self, record, on_delivery=None) -> None:
+        self.append(record)
+        if on_delivery is not None:
+            self.callbacks.append((record, on_delivery))
+
+
 @pytest.fixture
 def emitted():
-    return []
+    return Emitted()
 
 
 def make(clock, emitted, **kwargs):
-    engine = Engine(emitted.append, power_kw=Decimal("36"), clock=clock, **kwargs)
+    engine = Engine(emitted, power_kw=Decimal("36"), clock=clock, **kwargs)
     engine.monitor_connected("127.0.0.1:1")
     engine.health("CP1")
     return engine
@@ -153,3 +166,94 @@ def test_damaged_journal_is_set_aside(tmp_path, caplog):
     path.write_text("{not json")
     assert SupplyJournal(path).read() is None
     assert (tmp_path / "j.json.damaged").exists() and "damaged" in caplog.text
+
+
+# -- the supply it holds (SQ -> SST) and cancellations (CAN) ----------------------------------------
+
+
+def test_supply_state_idle_authorised_supplying(clock, emitted):
+    engine = make(clock, emitted)
+    assert engine.supply_state() == ("IDLE", "", 0, Decimal(0))
+    engine.authorise("s1", "D1", Decimal("0.5"))
+    assert engine.supply_state() == ("AUTHORISED", "s1", 0, Decimal(0))
+    engine.plug()
+    clock.now += 1.3
+    engine.tick()
+    phase, session_id, seq, kwh = engine.supply_state()
+    assert (phase, session_id, seq) == ("SUPPLYING", "s1", 1)
+    assert kwh == Decimal("0.0130") and kwh.as_tuple().exponent == -4  # quantised to 4 places
+
+
+def test_cancel_ends_the_supply_held_and_refuses_it_later(clock, emitted):
+    engine = make(clock, emitted)
+    engine.authorise("s1", "D1", Decimal("0.5"))
+    engine.plug()
+    clock.now += 1
+    engine.tick()
+    engine.cancel("s1", "not known to Central")
+    [end] = [r for r in emitted if isinstance(r, SupplyEnd)]
+    assert (end.session_id, end.reason) == ("s1", "cancelled by Central: not known to Central")
+    assert end.kwh == Decimal("0.0100") and engine.phase is Phase.IDLE
+    ok, why = engine.authorise("s1", "D1", Decimal("0.5"))
+    assert not ok and "cancelled" in why
+    engine.cancel("s1", "again")  # idempotent: nothing more happens
+    assert len([r for r in emitted if isinstance(r, SupplyEnd)]) == 1 and engine.phase is Phase.IDLE
+
+
+def test_cancel_before_the_late_sup_refuses_it_and_leaves_other_supplies_alone(clock, emitted):
+    engine = make(clock, emitted)
+    engine.authorise("s2", "D2", Decimal("0.5"))
+    engine.cancel("s1", "Central gave up")  # not held: only remembered
+    assert engine.supply_state()[1] == "s2" and not [r for r in emitted if isinstance(r, SupplyEnd)]
+    engine.unplug()
+    engine.cancel("s2", "x")
+    ok, why = engine.authorise("s1", "D1", Decimal("0.5"))
+    assert not ok and "cancelled" in why
+
+
+def test_cancelled_sessions_are_remembered_up_to_a_bound(clock, emitted):
+    from ev_cp_engine.engine import CANCELLED_KEPT
+
+    engine = make(clock, emitted)
+    for n in range(CANCELLED_KEPT + 1):
+        engine.cancel(f"c{n}", "gone")
+    assert engine.authorise("c0", "D1", Decimal("0.5"))[0]  # the oldest was forgotten
+    engine.cancel("c0", "gone")
+    assert not engine.authorise(f"c{CANCELLED_KEPT}", "D1", Decimal("0.5"))[0]
+
+
+def test_the_same_sup_twice_is_accepted_once(clock, emitted):
+    engine = make(clock, emitted)
+    assert engine.authorise("s1", "D1", Decimal("0.5")) == (True, "")
+    assert engine.authorise("s1", "D1", Decimal("0.5")) == (True, "")  # a retransmission
+    assert not engine.authorise("s2", "D2", Decimal("0.5"))[0]
+
+
+def test_the_engine_answers_sq_and_serves_can_over_its_socket(clock, emitted):
+    from ev_common.link import Link
+    from ev_common.protocol import Can, Chk, Health, Sq, Sst, Sup, Supr
+    from ev_cp_engine.health_server import HealthServer
+    from tests.cp.fakes import FAST, HOST
+
+    engine = Engine(emitted, clock=clock, say=lambda text: None)
+    server = HealthServer(engine, HOST, 0, config=FAST).start()
+    link = Link.connect(HOST, server.address[1], FAST)
+    try:
+        link.send(Chk("CP1"))
+        assert isinstance(link.recv(timeout=2), Health)
+        link.send(Sq("CP1"))
+        assert link.recv(timeout=2) == Sst.idle("CP1")
+        link.send(Sup("CP1", "s1", "D1", Decimal("0.5")))
+        assert link.recv(timeout=2).ok
+        link.send(Sq("CP1"))
+        assert link.recv(timeout=2) == Sst("CP1", "AUTHORISED", "s1", 0, Decimal(0))
+        link.send(Can("CP1", "s1", "the Engine did not answer in time"))
+        link.send(Sq("CP1"))
+        assert link.recv(timeout=2).phase == "IDLE"
+        assert emitted[-1].reason == "cancelled by Central: the Engine did not answer in time"
+        link.send(Sup("CP1", "s1", "D1", Decimal("0.5")))
+        late = link.recv(timeout=2)
+        assert isinstance(late, Supr) and not late.ok and "cancelled" in late.reason
+    finally:
+        link.close()
+        server.stop()
