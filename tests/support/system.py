@@ -48,13 +48,16 @@ class EVSystem:
         assert self.central.proc.poll() is None, f"Central exited:\n{self.central.output()[-3000:]}"
         return self.central
 
-    def start_cp(self, cp_id: str, *engine_args: str, price: str = "0.50", location: str = "Calle Mayor 1") -> CP:
+    def start_cp(self, cp_id: str, *engine_args: str, price: str = "0.50", location: str = "Calle Mayor 1",
+                 central_port: int | None = None) -> CP:
+        """Start an Engine and its Monitor; ``central_port`` points the Monitor elsewhere than
+        Central's port (a proxy that cuts the link)."""
         port = free_port()
         argv = ["--port", str(port), "--host", "127.0.0.1", "--kafka", self.kafka, "--topic-prefix", self.prefix,
                 "--data-dir", str(self.runner.log_dir / cp_id), *engine_args]
         engine = self.start_engine(cp_id, argv)
         monitor = self.runner.start(f"monitor-{cp_id}", [
-            "--cp_id", cp_id, "--central_ip", "127.0.0.1", "--central_port", str(self.central_port),
+            "--cp_id", cp_id, "--central_ip", "127.0.0.1", "--central_port", str(central_port or self.central_port),
             "--engine_ip", "127.0.0.1", "--engine_port", str(port), "--location", location, "--price", price],
             script="ev_cp_monitor/EV_CP_M.py")
         self.cps[cp_id] = cp = CP(cp_id, engine, monitor, port, argv)
