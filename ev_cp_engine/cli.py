@@ -15,6 +15,7 @@ import threading
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Callable
 
 from ev_common.config import env, host_port, port_number
 from ev_common.lifecycle import Shutdown
@@ -118,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     kafka = "%s:%d" % args.kafka
     publisher = Publisher(kafka, "ev-cp-engine")
 
-    def emit(record: Record) -> None:
+    def emit(record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
         if isinstance(record, SupplyRequest):
-            publisher.publish(topics.driver_requests, record.driver_id, record)
+            publisher.publish(topics.driver_requests, record.driver_id, record, on_delivery)
         else:
-            publisher.publish(topics.cp_telemetry, getattr(record, "cp_id", ""), record)
+            publisher.publish(topics.cp_telemetry, getattr(record, "cp_id", ""), record, on_delivery)
 
     journal = SupplyJournal(Path(args.data_dir) / f"ev_cp_engine-{args.port}.journal.json")
     engine = Engine(emit, power_kw=args.power_kw, plug_timeout=args.plug_timeout, time_scale=args.time_scale,

@@ -10,6 +10,11 @@ people through ``say``. Pure and thread-safe; the clock is injected.
     IDLE --authorise--> AUTHORISED --plug--> SUPPLYING --unplug--> IDLE (supply.end "unplugged")
     AUTHORISED/SUPPLYING --fault | stop | Monitor lost | plug timeout | cancel--> IDLE (supply.end, interrupted)
 
+Every ``supply.end`` is kept (in the journal, if any) until the broker confirms it
+(``emit(record, on_delivery)``); one reported undelivered is sent again from ``tick``
+after a capped, jittered backoff, and ``recover`` sends again at start what an
+earlier run left unconfirmed. ``shut_down`` ends the supply as "engine stopped".
+
 A cancelled session id is remembered (the last ``CANCELLED_KEPT``): Central gave up on it,
 so a ``SUP`` for it that arrives later is refused.
 """
@@ -17,6 +22,7 @@ so a ``SUP`` for it that arrives later is refused.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -26,9 +32,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
 from typing import Callable
 
-from ev_common.records import Record, SupplyEnd, SupplyRequest, Telemetry
+from ev_common.records import BadRecord, Record, SupplyEnd, SupplyRequest, Telemetry, decode
+from ev_common.retry import Backoff
 
-from .journal import SupplyJournal
+from .journal import MAX_ENDS, SupplyJournal
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +70,11 @@ class Supply:
         return (self.kwh * self.price).quantize(FOUR, rounding=ROUND_HALF_UP)
 
 
+Emit = Callable[..., None]  # emit(record, on_delivery=None); on_delivery(ok) once the broker answered
+
+
 class Engine:
-    def __init__(self, emit: Callable[[Record], None] | None = None, *, power_kw: Decimal = DEFAULT_POWER_KW,
+    def __init__(self, emit: Emit | None = None, *, power_kw: Decimal = DEFAULT_POWER_KW,
                  plug_timeout: float = DEFAULT_PLUG_TIMEOUT, auto_seconds: float | None = None,
                  time_scale: Decimal = Decimal(1), journal: SupplyJournal | None = None,
                  clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None) -> None:
@@ -83,6 +93,11 @@ class Engine:
         self.monitor: str | None = None  # peer address of the connected Monitor
         self.supply: Supply | None = None
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.closing = False  # shut_down(): no more supplies
+        # supply ends the broker has not confirmed: session id -> (record, when to send again; None in flight)
+        self._ends_lock = threading.Lock()  # a leaf lock: delivery callbacks take it from any thread
+        self._unconfirmed: collections.OrderedDict[str, tuple[SupplyEnd, float | None]] = collections.OrderedDict()
+        self._resend_backoff = Backoff(initial=5.0, cap=60.0)
 
     @property
     def phase(self) -> Phase:
@@ -208,7 +223,9 @@ class Engine:
     # -- time ------------------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Every second: telemetry while supplying; --auto plugging and unplugging; plug timeout."""
+        """Every second: telemetry while supplying; --auto plugging and unplugging; plug timeout;
+        supply ends the broker refused, sent again when their time comes."""
+        self._resend_due_ends()
         with self._lock:
             supply, now = self.supply, self._clock()
             if supply is None:
@@ -228,25 +245,57 @@ class Engine:
                 self.unplug()
 
     def recover(self) -> str | None:
-        """At start: report a supply an earlier run of this Engine left in its journal."""
-        entry = self.journal.read() if self.journal is not None else None
-        if entry is None:
+        """At start: send again what an earlier run of this Engine left in its journal: the
+        supply that was running (ended now as "engine restarted") and the ends not confirmed."""
+        if self.journal is None:
             return None
-        try:
-            end = SupplyEnd(entry["cp_id"], entry["session_id"], entry["driver_id"], int(entry["seq"]) + 1,
-                            Decimal(entry["kwh"]), Decimal(entry["amount_eur"]), "engine restarted")
-        except (KeyError, ValueError, ArithmeticError) as exc:
-            self._say(f"the supply journal could not be used ({exc}); ignored")
-            self.journal.clear()
-            return None
-        self._emit(end)
-        self.journal.clear()
-        return self._tell(f"reported the supply interrupted by the last stop: driver {end.driver_id}, "
-                          f"{end.kwh:.3f} kWh, {end.amount_eur:.2f} EUR")
+        said = []
+        entry = self.journal.read()
+        if entry is not None:
+            try:
+                end = SupplyEnd(entry["cp_id"], entry["session_id"], entry["driver_id"], int(entry["seq"]) + 1,
+                                Decimal(entry["kwh"]), Decimal(entry["amount_eur"]), "engine restarted")
+            except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
+                self._say(f"the supply journal could not be used ({exc}); ignored")
+                self.journal.clear()
+            else:
+                self.journal.ended(end.session_id, end.to_json())
+                said.append(f"reported the supply interrupted by the last stop: driver {end.driver_id}, "
+                            f"{end.kwh:.3f} kWh, {end.amount_eur:.2f} EUR")
+        ends = []
+        for raw in self.journal.ends():
+            try:
+                record = decode(json.dumps(raw).encode("utf-8"))
+                if not isinstance(record, SupplyEnd):
+                    raise BadRecord(f"a {record.TYPE}, not a supply.end")
+            except BadRecord as exc:
+                log.error("a supply end in the journal could not be used (%s); dropped", exc)
+                self.journal.confirmed(str(raw.get("session_id")))
+                continue
+            ends.append(record)
+        earlier = len(ends) - len(said)
+        if earlier > 0:
+            said.append(f"sending again {earlier} supply end(s) the broker had not confirmed before the last stop")
+        for end in ends:
+            self._send_end(end)
+        return self._tell("; ".join(said)) if said else None
+
+    def shut_down(self) -> str:
+        """A clean stop of the Engine: end the supply (reason "engine stopped") and take no other."""
+        with self._lock:
+            self.closing = True
+            return self._end("engine stopped")
+
+    def unconfirmed_ends(self) -> int:
+        """How many supply ends the broker has not confirmed yet."""
+        with self._ends_lock:
+            return len(self._unconfirmed)
 
     # -- internals ---------------------------------------------------------------------------------------
 
     def _cannot_supply(self) -> str | None:
+        if self.closing:
+            return "the Engine is stopping"
         if self.monitor is None:
             return "no Monitor connected (the CP cannot reach Central)"
         if self.faulty:
@@ -267,12 +316,47 @@ class Engine:
         if supply is None:
             return ""
         self.supply = None
-        if self.journal is not None:
-            self.journal.clear()
-        self._emit(SupplyEnd(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq + 1,
-                             supply.kwh.quantize(FOUR), supply.amount, reason))
+        end = SupplyEnd(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq + 1,
+                        supply.kwh.quantize(FOUR), supply.amount, reason)
+        if self.journal is not None:  # kept until the broker confirms it
+            self.journal.ended(end.session_id, end.to_json())
+        self._send_end(end)
         return self._tell(f"supply of driver {supply.driver_id} ended ({reason}): "
                           f"{supply.kwh:.3f} kWh, {supply.amount:.2f} EUR")
+
+    def _send_end(self, end: SupplyEnd) -> None:
+        """Emit ``end``; it is forgotten (here and in the journal) only once the broker confirms it."""
+        session_id = end.session_id
+
+        def delivered(ok: bool) -> None:
+            with self._ends_lock:
+                if ok:
+                    self._unconfirmed.pop(session_id, None)
+                    self._resend_backoff.reset()
+                elif session_id in self._unconfirmed:
+                    self._unconfirmed[session_id] = (end, self._clock() + self._resend_backoff.next())
+            if ok:
+                if self.journal is not None:
+                    self.journal.confirmed(session_id)
+            else:
+                log.warning("the end of session %s was not delivered; it will be sent again", session_id)
+
+        with self._ends_lock:
+            self._unconfirmed.pop(session_id, None)
+            self._unconfirmed[session_id] = (end, None)
+            while len(self._unconfirmed) > MAX_ENDS:
+                lost, _ = self._unconfirmed.popitem(last=False)
+                log.error("%d supply ends not confirmed: no longer sending the end of session %s again",
+                          MAX_ENDS, lost)
+        self._emit(end, delivered)
+
+    def _resend_due_ends(self) -> None:
+        now = self._clock()
+        with self._ends_lock:
+            due = [end for end, at in self._unconfirmed.values() if at is not None and at <= now]
+        for end in due:
+            log.info("sending the end of session %s again", end.session_id)
+            self._send_end(end)
 
     def _journal(self) -> None:
         supply = self.supply

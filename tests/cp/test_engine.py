@@ -138,16 +138,18 @@ def test_journal_survives_a_crash_and_is_reported_once(clock, emitted, tmp_path)
     last = [r for r in emitted if isinstance(r, Telemetry)][-1]
     assert journal.read()["seq"] == 2  # written every second
     # the process dies here: a new Engine with the same journal reports the supply
-    after = []
-    restarted = Engine(after.append, clock=clock, journal=SupplyJournal(tmp_path / "engine.journal.json"))
+    after = Emitted()
+    restarted = Engine(after, clock=clock, journal=SupplyJournal(tmp_path / "engine.journal.json"))
     assert "reported the supply" in restarted.recover()
     [end] = after
     assert isinstance(end, SupplyEnd) and end.reason == "engine restarted"
     assert (end.session_id, end.seq, end.kwh) == ("s1", 3, last.kwh)
+    [(_, confirm)] = after.callbacks
+    confirm(True)  # the broker has it: it leaves the journal
     assert restarted.recover() is None and not (tmp_path / "engine.journal.json").exists()
 
 
-def test_journal_is_removed_when_the_supply_ends(clock, emitted, tmp_path):
+def test_journal_keeps_the_end_until_the_broker_confirms_it(clock, emitted, tmp_path):
     from ev_cp_engine.journal import SupplyJournal
 
     journal = SupplyJournal(tmp_path / "j.json")
@@ -155,8 +157,96 @@ def test_journal_is_removed_when_the_supply_ends(clock, emitted, tmp_path):
     engine.authorise("s1", "D1", Decimal("0.50"))
     assert journal.read()["session_id"] == "s1"
     engine.plug()
+    clock.now += 1
     engine.unplug()
-    assert journal.read() is None
+    assert journal.read() is None  # no longer in progress...
+    assert [e["session_id"] for e in SupplyJournal(tmp_path / "j.json").ends()] == ["s1"]  # ...but kept, on disk
+    assert engine.unconfirmed_ends() == 1
+    [(end, confirm)] = emitted.callbacks
+    assert end.reason == "unplugged"
+    confirm(True)
+    assert journal.ends() == [] and engine.unconfirmed_ends() == 0 and not (tmp_path / "j.json").exists()
+
+
+def test_an_end_the_broker_refused_is_sent_again_and_survives_a_restart(clock, emitted, tmp_path):
+    from ev_cp_engine.journal import SupplyJournal
+
+    path = tmp_path / "j.json"
+    engine = make(clock, emitted, journal=SupplyJournal(path))
+    engine.authorise("s1", "D1", Decimal("0.50"))
+    engine.toggle_fault()  # ends it: supply.end "fault"
+    [(end, refused)] = emitted.callbacks
+    refused(False)  # undelivered
+    clock.now += 0.01
+    engine.tick()
+    assert len(emitted.callbacks) == 1  # not at once: after a backoff
+    clock.now += 61  # past the largest backoff
+    engine.tick()
+    assert len(emitted.callbacks) == 2 and emitted.callbacks[1][0] == end  # sent again, same record
+    # the Engine dies before the broker answers: a new one sends it again at start
+    again = Emitted()
+    restarted = Engine(again, clock=clock, journal=SupplyJournal(path))
+    assert "sending again 1 supply end" in restarted.recover()
+    [(resent, confirm)] = again.callbacks
+    assert (resent.session_id, resent.reason, resent.kwh) == ("s1", "fault", end.kwh)
+    assert SupplyJournal(path).ends() != []  # still kept until confirmed
+    confirm(True)
+    assert SupplyJournal(path).ends() == [] and not path.exists()
+
+
+def test_restart_sends_the_running_supply_and_the_unconfirmed_ends(clock, emitted, tmp_path):
+    from ev_cp_engine.journal import SupplyJournal
+
+    path = tmp_path / "j.json"
+    engine = make(clock, emitted, journal=SupplyJournal(path))
+    for n in range(3):
+        engine.authorise(f"s{n}", "D1", Decimal("0.50"))
+        engine.plug()
+        clock.now += 1
+        engine.tick()
+        if n < 2:
+            engine.unplug()  # never confirmed: the broker is away
+    again = Emitted()
+    restarted = Engine(again, clock=clock, journal=SupplyJournal(path))
+    said = restarted.recover()
+    assert "reported the supply interrupted by the last stop" in said and "sending again 2" in said
+    assert sorted((e.session_id, e.reason) for e in again) == [
+        ("s0", "unplugged"), ("s1", "unplugged"), ("s2", "engine restarted")]
+    for _, confirm in again.callbacks[:2]:
+        confirm(True)
+    assert [e["session_id"] for e in SupplyJournal(path).ends()] == [again.callbacks[2][0].session_id]
+
+
+def test_the_journal_keeps_a_bounded_number_of_ends(tmp_path):
+    from ev_cp_engine.journal import SupplyJournal
+
+    journal = SupplyJournal(tmp_path / "j.json", max_ends=3)
+    for n in range(5):
+        journal.ended(f"s{n}", {"session_id": f"s{n}"})
+    assert [e["session_id"] for e in SupplyJournal(tmp_path / "j.json").ends()] == ["s2", "s3", "s4"]
+
+
+def test_a_journal_of_the_earlier_form_is_still_reported(clock, tmp_path):
+    import json
+
+    from ev_cp_engine.journal import SupplyJournal
+
+    path = tmp_path / "j.json"
+    path.write_text(json.dumps({"cp_id": "CP1", "session_id": "s1", "driver_id": "D1", "price": "0.5",
+                                "seq": 4, "kwh": "0.0400", "amount_eur": "0.0200"}))
+    out = Emitted()
+    assert "reported the supply" in Engine(out, clock=clock, journal=SupplyJournal(path)).recover()
+    assert (out[0].session_id, out[0].seq, out[0].kwh) == ("s1", 5, Decimal("0.0400"))
+
+
+def test_shut_down_ends_the_supply_as_engine_stopped_and_takes_no_other(clock, emitted):
+    engine = make(clock, emitted)
+    engine.authorise("s1", "D1", Decimal("0.50"))
+    engine.plug()
+    assert "engine stopped" in engine.shut_down()
+    assert emitted[-1].reason == "engine stopped" and engine.phase is Phase.IDLE
+    ok, why = engine.authorise("s2", "D1", Decimal("0.50"))
+    assert not ok and "stopping" in why
 
 
 def test_damaged_journal_is_set_aside(tmp_path, caplog):
