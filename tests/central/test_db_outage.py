@@ -4,19 +4,28 @@ memory, says so, and writes the latest state of every CP when the database is ba
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 
 from ev_central.app import Central
-from ev_central.store import open_store
+from ev_central.persistence import session_writer
+from ev_central.store import SessionRow, StoreUnavailable, open_store
+from ev_central.store.breaker import CircuitBreaker
+from ev_central.store.mysql import MySQLStore
+from ev_common.retry import Backoff
 from ev_common.link import Link, LinkConfig
 from ev_common.protocol import Auth, Avr, Reg
+from tests.support.clock import FakeClock
 from tests.support.proxy import CuttableProxy
 from tests.support.services import parse_mysql_url
 from tests.support.waiting import wait_until
 
 FAST = LinkConfig(ack_timeout=0.5)
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
@@ -70,3 +79,113 @@ def test_central_serves_through_a_database_outage(proxied, caplog):
             link.close()
         proxy.restore()
         central.stop()
+
+
+# -- a database that hangs (answers nothing, closes nothing) -------------------------------
+
+IO_TIMEOUT = 1  # seconds: the store's connect and read/write timeouts in this test
+BOUND = IO_TIMEOUT + 2  # the longest any call may take while the database hangs
+
+
+def session_row(session_id: str) -> SessionRow:
+    return SessionRow(session_id, "r1", "CP1", "D1", Decimal("0.4"), T0, None, Decimal("0"), Decimal("0"),
+                      "SUPPLYING", None, False, 0)
+
+
+def test_a_hanging_database_fails_calls_fast_and_the_writer_catches_up(proxied):
+    direct_url, proxied_url, proxy = proxied
+    clock = FakeClock(1000.0)
+    breaker = CircuitBreaker("test database", Backoff(initial=5, cap=5, floor=5), clock=clock)
+    store = MySQLStore(proxied_url, connect_timeout=IO_TIMEOUT, io_timeout=IO_TIMEOUT, lock_timeout=0.5,
+                       breaker=breaker)
+    writer = session_writer(store, Backoff(initial=0.05, cap=0.2, floor=0.01))
+    try:
+        store.migrate()
+        writer.start()
+        writer.put(session_row("S0"))
+        assert writer.wait_idle(5)
+
+        proxy.freeze()
+        took: list[float] = []
+        failures: list[BaseException] = []
+        barrier = threading.Barrier(6)
+
+        def call(n: int) -> None:
+            barrier.wait(timeout=5)
+            started = time.monotonic()
+            try:
+                store.driver_exists("D1") if n % 2 else store.get_session("S0")
+            except StoreUnavailable as exc:
+                failures.append(exc)
+            took.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=BOUND + 5)
+        assert len(failures) == 6, failures
+        assert max(took) <= BOUND, took
+        assert breaker.is_open
+
+        # while open, calls fail at once, without touching the connection
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="retrying in"):
+            store.ping()
+        assert time.monotonic() - started < 0.5
+
+        for n in range(1, 6):
+            writer.put(session_row(f"S{n}"))
+        wait_until(lambda: not writer.db_ok, BOUND, "the writer to notice the hang")
+        assert writer.pending() >= 5
+
+        proxy.thaw()
+        clock.advance(5)  # the breaker lets one probe through: the writer's next try
+        assert writer.wait_idle(BOUND + 5)
+        assert writer.db_ok and not breaker.is_open
+        check = open_store(direct_url)
+        try:
+            assert {row.session_id for row in check.list_sessions()} == {f"S{n}" for n in range(6)}
+        finally:
+            check.close()
+    finally:
+        proxy.thaw()
+        writer.stop()
+        store.close()
+
+
+def test_a_caller_never_waits_on_the_lock_longer_than_its_bound(proxied):
+    _, proxied_url, proxy = proxied
+    store = MySQLStore(proxied_url, connect_timeout=3, io_timeout=3, lock_timeout=0.3)
+    outcome: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            store.ping()  # hangs until the read timeout, holding the connection
+        except StoreUnavailable as exc:
+            outcome.append(exc)
+
+    try:
+        store.migrate()
+        proxy.freeze()
+        holder = threading.Thread(target=hold)
+        holder.start()
+        wait_until(lambda: _held(store), 2, "the first call to hold the connection")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="database busy"):
+            store.driver_exists("D1")
+        assert time.monotonic() - started < 1.5
+        assert not store.breaker.is_open  # waiting for the lock is no outage
+        holder.join(timeout=10)
+        assert len(outcome) == 1 and store.breaker.is_open  # the hang itself is
+    finally:
+        proxy.thaw()
+        store.close()
+
+
+def _held(store) -> bool:
+    """True while another thread holds the store's lock."""
+    if store._lock.acquire(blocking=False):
+        store._lock.release()
+        return False
+    return True

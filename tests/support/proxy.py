@@ -2,6 +2,10 @@
 
 While cut, it drops every open connection and closes each new one at once, so the
 client sees exactly what a dead server or network looks like.
+
+While frozen, it keeps every connection open (and accepts new ones) but forwards
+nothing, as a hung server or a silent network does: the client waits until its own
+timeouts fire. Thawed, it forwards again, what it held first.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ class CuttableProxy:
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
+        self._thawed = threading.Event()
+        self._thawed.set()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -34,8 +40,21 @@ class CuttableProxy:
     def restore(self) -> None:
         self._up.set()
 
+    def freeze(self) -> None:
+        """Stop forwarding, in both directions, keeping the connections open."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        """Forward again (what was held while frozen first)."""
+        self._thawed.set()
+
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed.is_set()
+
     def close(self) -> None:
         self._closed.set()
+        self.thaw()
         self.cut()
         self._thread.join(2)
         self._listener.close()
@@ -68,6 +87,7 @@ class CuttableProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._thawed.wait()  # held while frozen
                 dst.sendall(data)
         except OSError:
             pass
