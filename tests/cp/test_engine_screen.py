@@ -56,7 +56,8 @@ def said():
 
 
 def make(clock, emitted, said, monitor=True, **kwargs):
-    engine = Engine(emitted.append, power_kw=Decimal("36"), clock=clock, say=said.append, **kwargs)
+    engine = Engine(lambda record, on_delivery=None: emitted.append(record), power_kw=Decimal("36"), clock=clock,
+                    say=said.append, **kwargs)
     if monitor:
         engine.monitor_connected("127.0.0.1:5555")
         engine.health("CP001")
@@ -189,7 +190,7 @@ def test_the_menu_drives_the_engine_and_shows_live_figures(clock, emitted, said)
 
     messages = Messages(PlainScreen(io.StringIO()))
     messages.attach()
-    engine = Engine(emitted.append, power_kw=Decimal("36"), clock=clock, say=messages)
+    engine = Engine(lambda record, on_delivery=None: emitted.append(record), power_kw=Decimal("36"), clock=clock, say=messages)
     engine.monitor_connected("127.0.0.1:5555")
     engine.health("CP001")
     stop = threading.Event()
