@@ -233,11 +233,10 @@ class SupplyService:
         still open, ends one the CP no longer holds, and cancels one it does not know (the
         returned messages go to the CP)."""
         mine = self.book.active_for_cp(cp_id)
-        if report.phase == "IDLE" or (mine is not None and mine.session_id != report.session_id):
-            if mine is not None:
-                reason = "the CP reports it no longer holds this supply"
-                if self.book.interrupt(cp_id, reason) is not None:
-                    self._say(f"supply {mine.session_id[:8]} at {cp_id}: {reason}; waiting for its final figures")
+        if mine is not None and mine.session_id != report.session_id:  # ended at the CP meanwhile
+            why = "the CP ended it; its final figures did not arrive"
+            if self.book.expect_end(cp_id, why) is not None:
+                self._say(f"{cp_id} no longer holds supply {mine.session_id[:8]}: waiting for its final figures")
         if report.phase == "IDLE":
             return []
         row = self.book.readopt(report.session_id, cp_id, report.seq, report.kwh)

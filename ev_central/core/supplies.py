@@ -36,6 +36,7 @@ CENT = Decimal("0.01")
 FOUR_PLACES = Decimal("0.0001")
 DEFAULT_END_GRACE = 5.0
 DEFAULT_STALE_AFTER = 90.0
+END_EXPECTED_WITHIN = 30.0  # a CP said it ended a supply: its supply.end should be read by then
 NORMAL_END = "unplugged"
 CLOSED_KEPT = 10_000  # recently closed sessions kept in memory, for late ends and repeated requests
 
@@ -50,6 +51,8 @@ class _Open:
     last_news: float
     interrupted_at: float | None = None
     interrupt_reason: str | None = None
+    end_expected_by: float | None = None  # the CP said it no longer holds the supply
+    end_expected_why: str = ""
 
 
 class SupplyBook:
@@ -149,7 +152,7 @@ class SupplyBook:
             if s is None or s.row.cp_id != cp_id:
                 return None
             s.last_news = self._clock()
-            s.interrupt_reason = s.interrupted_at = None
+            s.interrupt_reason = s.interrupted_at = s.end_expected_by = None
             if seq > s.row.last_seq:
                 self._figures(s, seq, kwh, status="SUPPLYING" if seq > 0 else s.row.status)
             return s.row
@@ -199,6 +202,18 @@ class SupplyBook:
                 s.interrupted_at = self._clock()
             return s.row
 
+    def expect_end(self, cp_id: str, why: str, within: float = END_EXPECTED_WITHIN) -> SessionRow | None:
+        """The CP says it no longer holds its supply: its ``supply.end`` (which decides the
+        ticket, ``COMPLETED`` or not) is on its way; if it is not read within ``within``
+        seconds the session closes ``INTERRUPTED`` with ``why``. Returns the session, or None."""
+        with self._lock:
+            s = next((s for s in self._open.values() if s.row.cp_id == cp_id), None)
+            if s is None:
+                return None
+            if s.end_expected_by is None:
+                s.end_expected_by, s.end_expected_why = self._clock() + within, why
+            return s.row
+
     def due(self) -> list[SessionRow]:
         """Close the sessions whose grace or news deadline passed; returns their tickets."""
         now = self._clock()
@@ -207,6 +222,8 @@ class SupplyBook:
             for s in list(self._open.values()):
                 if s.interrupted_at is not None and now - s.interrupted_at >= self.end_grace:
                     closed.append(self._close(s, "INTERRUPTED", s.interrupt_reason or "interrupted"))
+                elif s.end_expected_by is not None and now >= s.end_expected_by:
+                    closed.append(self._close(s, "INTERRUPTED", s.end_expected_why))
                 elif now - s.last_news >= self.stale_after:
                     closed.append(self._close(s, "INTERRUPTED",
                                               f"no news from the CP for {self.stale_after:g} s"))

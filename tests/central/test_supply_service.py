@@ -633,8 +633,10 @@ def test_fault_during_a_supply_alerts_and_closes_after_the_end_grace(central):
     assert central.store.sessions[sid].status == "INTERRUPTED"
     assert central.state("CP1") is State.AVERIADO
     central.service.sweep()
-    central.end(sid, 3, "0.9", "fault")  # the Engine's late end
-    assert len(central.notifier.tickets()) == 1
+    central.end(sid, 3, "0.9", "fault")  # the Engine's late end: its figures count
+    central.end(sid, 3, "0.9", "fault")
+    first, corrected = central.notifier.tickets()
+    assert (corrected.corrected, corrected.kwh, corrected.amount_eur) == (True, Decimal("0.9"), Decimal("0.43"))
 
 
 def test_lost_monitor_during_a_supply_is_an_interruption(central):
@@ -812,13 +814,27 @@ def test_a_cp_reporting_a_supply_central_does_not_know_is_told_to_cancel_it(cent
     assert central.state("CP1") is State.ACTIVADO
 
 
-def test_a_cp_reporting_no_supply_interrupts_the_one_central_has_open(central):
+def test_a_cp_reporting_no_supply_gets_its_ticket_from_its_supply_end(central):
     auth = central.authorise()
     assert central.service.on_supply_state("CP1", Sst.idle("CP1")) == []
-    central.clock.advance(END_GRACE)
+    central.clock.advance(END_GRACE * 2)
+    central.service.sweep()
+    assert central.notifier.tickets() == []  # the end is on its way through Kafka
+    central.end(auth.session_id, 4, "1.0", "unplugged")
+    [ticket] = central.notifier.tickets()
+    assert (ticket.status, ticket.kwh) == ("COMPLETED", Decimal("1.0"))
+    assert central.state("CP1") is State.ACTIVADO
+
+
+def test_a_cp_reporting_no_supply_whose_end_never_comes_is_closed_later(central):
+    auth = central.authorise()
+    central.telemetry(auth.session_id, 1, "0.4")
+    central.service.on_supply_state("CP1", Sst.idle("CP1"))
+    central.clock.advance(30)
     central.service.sweep()
     [ticket] = central.notifier.tickets()
-    assert (ticket.session_id, ticket.status) == (auth.session_id, "INTERRUPTED")
+    assert (ticket.status, ticket.kwh) == ("INTERRUPTED", Decimal("0.4"))
+    assert "did not arrive" in ticket.end_reason
     assert central.state("CP1") is State.ACTIVADO
 
 
