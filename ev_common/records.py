@@ -5,8 +5,16 @@ Every record value is a JSON object::
     {"type": "supply.request", "v": 1, "ts": "2026-11-21T10:00:00.123456+00:00", ...fields}
 
 ``encode(record)`` gives the bytes; ``decode(bytes)`` gives the record or raises
-``BadRecord`` (malformed JSON, unknown type, newer schema version, missing or
-mistyped field), which consumers log and skip. Decimals travel as strings
+``BadRecord`` (malformed JSON, unknown type, newer schema version, missing,
+mistyped or out-of-range field), which consumers log and skip.
+
+Every record checks its fields when it is built (so also when it is decoded), against
+what the protocol and the database take (docs/schema.md): ids are
+``[A-Za-z0-9_-]{1,64}``; texts have no control characters and fit their column
+(reasons 200 characters); energy and money are finite, >= 0, with at most 4 decimal
+places and below 10^8 (``DECIMAL(12,4)``); prices are 0 to 1000 with 4 places; ``seq``
+is 0 to 2^31-1; ``power_kw`` 0 to 1000. A field out of range raises ``ValueError``
+naming it. Decimals travel as strings
 ("0.4800") so that no amount is rounded through a float. docs/topics.md lists
 every topic, type and field; keep it in step with this file.
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -51,10 +60,76 @@ def record_type(name: str):
     return register
 
 
+# -- field rules, by field name (the same name means the same thing in every record) --------
+
+ID_FIELDS = frozenset({"driver_id", "cp_id", "session_id", "request_id"})
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Free text and its longest length: the database column's (docs/schema.md).
+TEXT_LIMITS = {"reason": 200, "end_reason": 200, "location": 200, "state": 16, "status": 16,
+               "source": 16}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+ENERGY_FIELDS = frozenset({"kwh", "amount_eur"})  # DECIMAL(12,4)
+ENERGY_LIMIT = Decimal(10) ** 8
+PRICE_MAX = Decimal(1000)  # the protocol's price (ev_common/protocol/messages.py)
+POWER_MAX = Decimal(1000)
+SEQ_MAX = 2**31 - 1  # INTEGER
+PLACES = 4
+
+
+def _check_field(name: str, value: Any) -> None:
+    """Raise ValueError (what is wrong) unless ``value`` is allowed in field ``name``."""
+    if name in ID_FIELDS:
+        if value is None and name == "driver_id":  # CPStatus: no driver
+            return
+        if not isinstance(value, str) or not _ID.fullmatch(value):
+            raise ValueError(f"{value!r:.80} is not an id of 1-64 characters from A-Z a-z 0-9 _ -")
+    elif name in TEXT_LIMITS:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
+        if len(value) > TEXT_LIMITS[name]:
+            raise ValueError(f"longer than {TEXT_LIMITS[name]} characters ({len(value)})")
+        if _CONTROL.search(value):
+            raise ValueError(f"{value!r:.80} contains a control character")
+    elif name in ENERGY_FIELDS:
+        _check_number(value, Decimal(0), ENERGY_LIMIT, PLACES, below=True)
+    elif name == "price_eur_kwh":
+        _check_number(value, Decimal(0), PRICE_MAX, PLACES)
+    elif name == "power_kw":
+        _check_number(value, Decimal(0), POWER_MAX, None)
+    elif name == "seq":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEQ_MAX:
+            raise ValueError(f"{value!r:.40} is not an integer from 0 to {SEQ_MAX}")
+    elif isinstance(value, datetime) and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"{value!r} has no time zone")
+
+
+def _check_number(value: Any, low: Decimal, high: Decimal, places: int | None, *,
+                  below: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, float)):
+        raise ValueError(f"expected a decimal number, got {type(value).__name__}")
+    number = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not number.is_finite():
+        raise ValueError(f"{value!r:.40} is not finite")
+    if number < low or number > high or (below and number >= high):
+        bound = f"below {high}" if below else f"at most {high}"
+        raise ValueError(f"{value!r:.40} is out of range (from {low}, {bound})")
+    if places is not None and number != number.quantize(Decimal(1).scaleb(-places)):
+        raise ValueError(f"{value!r:.40} has more than {places} decimal places")
+
+
 @dataclass(frozen=True)
 class Record:
     TYPE: ClassVar[str] = ""
     ts: datetime = field(default_factory=utcnow, kw_only=True)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            try:
+                _check_field(f.name, getattr(self, f.name))
+            except ValueError as exc:
+                raise ValueError(f"{self.TYPE}.{f.name}: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.TYPE, "v": SCHEMA_VERSION}
@@ -99,7 +174,10 @@ def decode(raw: bytes | None) -> Record:
             values[f.name] = _from_wire(hints[f.name], data[f.name])
         except (TypeError, ValueError, InvalidOperation) as exc:
             raise BadRecord(f"{cls.TYPE}.{f.name}: {exc}", raw) from None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:  # a field out of range: the message names it
+        raise BadRecord(str(exc), raw) from None
 
 
 def _from_wire(hint: Any, value: Any) -> Any:
