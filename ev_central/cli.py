@@ -2,6 +2,7 @@
 
     EV_Central --port 5000 --kafka HOST:PORT [--db URL]     run Central
     EV_Central drivers add|remove|list [ID] [--db URL]      manage registered drivers
+    EV_Central rejected [--db URL] [--json] [--limit N]     rows the database refused, set aside
 
 ``--ui panel`` shows the full-screen monitoring panel (ev_central/panel); its logs go
 to the panel's message list and to ``--log-file``, never to the terminal. ``--ui log``
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["drivers"]:
         return drivers_main(argv[1:])
+    if argv[:1] == ["rejected"]:
+        return rejected_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.ui not in UI_CHOICES:  # a bad $EV_UI (argparse checks only what is typed)
@@ -241,3 +244,58 @@ def drivers_main(argv: list[str]) -> int:
     finally:
         store.close()
     return 0
+
+
+def build_rejected_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="EV_Central rejected",
+        description="List the CP and session rows the database refused (table rejected_rows), newest first.")
+    parser.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
+    parser.add_argument("--json", action="store_true", help="one JSON array, each row's JSON included")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many rows (default: %(default)s)")
+    return parser
+
+
+def rejected_main(argv: list[str]) -> int:
+    import json
+
+    parser = build_rejected_parser()
+    args = parser.parse_args(argv)
+    if args.limit < 0:
+        parser.error("--limit must be >= 0")
+    setup_logging("EV_Central rejected", "WARNING")
+    from .store import StoreError, open_store
+
+    try:
+        store = open_store(args.db)
+    except (StoreError, ValueError) as exc:
+        print(f"cannot open the database: {exc}", file=sys.stderr)
+        return 1
+    try:
+        rows = store.list_rejected(args.limit)
+    except StoreError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if args.json:
+        out = []
+        for row in rows:
+            try:
+                data = json.loads(row.row_json)
+            except ValueError:  # cut: shown as the text it is
+                data = row.row_json
+            out.append({"id": row.id, "at": row.at.isoformat(), "kind": row.kind, "row_id": row.row_id,
+                        "reason": row.reason, "row": data})
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    if not rows:
+        print("no rejected rows")
+    for row in rows:
+        print(f"{row.id}\t{row.at:%Y-%m-%d %H:%M:%S}\t{row.kind}\t{_shown(row.row_id)}\t{_shown(row.reason)}")
+    return 0
+
+
+def _shown(text: str) -> str:
+    """``text`` safe on a terminal: characters that are not printable become '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
