@@ -4,55 +4,87 @@
 few sessions (an Engine serves one Monitor). Central holds thousands of Monitors, and
 thousands of Python threads waking every second fight over the interpreter lock: the
 threads that matter (Kafka, the database writer) wait behind them. ``LinkReactor``
-keeps every idle session in one selector instead:
+keeps every session in one selector instead, and runs each one's ``LinkState`` (the
+same state machine as ``Link``: one handshake, one ACK wait):
 
-* the reactor thread accepts connections, answers the ENQ handshake (ACK, or NACK past
-  ``max_sessions``) and watches every idle session's socket;
-* when a session's socket is readable, the reactor reads what arrived
-  (``Link.take_ready``: frames ACKed, messages decoded) and offers each message to
-  ``handler.inline``, which serves the quick ones that never wait (signs of life) on the
-  reactor thread. From the first one it declines, the session leaves the selector and a
-  worker hands the rest to ``handler.message``; then the session comes back. A session
-  is served by one thread at a time, so its messages are handled in order. The optional
-  ``handler.lane`` puts some messages on a lane of one thread (registrations), so that a
-  storm of them never takes the interpreter from the reactor;
+* the reactor thread accepts connections, answers ENQ (ACK, or NACK past
+  ``max_sessions``), reads every session's socket whenever it is readable, ACKs its
+  frames, runs its timers (ACK timeouts, retransmissions, the handshake deadline) and is
+  the only thread that writes to the sockets. A session's frames are read and ACKed
+  also while a worker serves one of its messages: signs of life are never late because
+  of other work;
+* each message is offered to ``handler.inline`` on the reactor thread (quick ones that
+  never wait: signs of life). From the first one it declines, the session's messages go,
+  in order, to a worker that calls ``handler.message`` for each; messages read meanwhile
+  queue behind them (at most ``max_inbound``, then NACK) for the same worker, so a session's
+  messages are served one at a time, in order. The optional ``handler.lane`` sends a
+  session's turn to a lane of one thread ("register"), so that a storm of registrations
+  never takes the interpreter from the reactor;
+* ``handler.message`` returns what to answer (see ``Reply``); the reactor sends it.
+  Any thread may also call ``send(link, message, on_done)``: it never blocks, the message
+  queues behind the frame in flight and the reactor writes it;
 * ``handler.opened(link)`` runs when a session opens, ``handler.closed(state, cause)``
   exactly once when it ends (closed by the peer, broken, closed by anyone with
-  ``Link.close``, or at ``stop``), after the messages read before the end were served.
-
-A thread that sends on a link (``Link.send`` waits for the ACK) reads the socket itself
-while it waits, exactly as with ``LinkServer``; messages it read meanwhile are served
-after it calls ``kick(link)``. ``send_nowait`` writes without waiting: the reactor reads
-the ACK and retransmits a late frame.
+  ``link.close``, or at ``stop``), after the messages read before the end were served.
 """
 
 from __future__ import annotations
 
+import collections
+import heapq
+import itertools
 import logging
 import selectors
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
 
-from .link import Link, LinkConfig, LinkError
-from .protocol import ACK, ENQ, MESSAGES, NACK, Registry
+from .linkstate import (
+    Acked,
+    Ended,
+    LinkBroken,
+    LinkClosed,
+    LinkConfig,
+    LinkError,
+    LinkState,
+    Opened,
+    Received,
+    Refused,
+    Role,
+)
+from .protocol import MESSAGES, Message, Registry
 
 log = logging.getLogger(__name__)
 
-SCAN_INTERVAL = 0.2  # how often late handshakes, late ACKs and links closed elsewhere are looked for
+SCAN_INTERVAL = 0.2  # the longest the selector waits (timers due sooner wake it sooner)
+
+OnDone = Callable[[bool], None]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What ``handler.message`` may return to answer: ``messages`` sent in order; with
+    ``keep_open`` False the session ends once they are acknowledged (at once when there are
+    none). A handler may also return True (go on), False (end the session), one ``Message``
+    or a sequence of them (sent in order, the session goes on)."""
+
+    messages: tuple[Message, ...] = ()
+    keep_open: bool = True
 
 
 class SessionHandler(Protocol):
-    def opened(self, link: Link) -> Any: ...
+    def opened(self, link: "ReactorLink") -> Any: ...
 
     def inline(self, state: Any, message: Any) -> bool | None:
-        """Serve a message on the reactor thread if that is quick and never blocks (True, or
-        False to end the session); None sends it, and the session's next ones, to a worker."""
+        """Serve a message on the reactor thread if that is quick and never blocks nor sends
+        (True, or False to end the session); None sends it, and the session's next ones, to a worker."""
 
-    def message(self, state: Any, message: Any) -> bool:
-        """One message (or a ``MessageError``) of a session, on a worker; False ends the session."""
+    def message(self, state: Any, message: Any) -> "bool | Message | Iterable[Message] | Reply":
+        """One message (or a ``MessageError``) of a session, on a worker; returns its answer
+        (see ``Reply``), False to end the session."""
 
     def lane(self, state: Any, message: Any) -> str:
         """Optional: which workers serve this message, "main" (the default) or "register" (one
@@ -61,16 +93,85 @@ class SessionHandler(Protocol):
     def closed(self, state: Any, cause: str) -> None: ...
 
 
-class _Session:
-    __slots__ = ("link", "fd", "state", "busy", "parked", "ended")
+class ReactorLink:
+    """One session of a ``LinkReactor`` (what ``handler.opened`` receives). Any thread may call
+    ``close`` and ``send`` (or ``LinkReactor.send``); the reactor thread does the I/O."""
 
-    def __init__(self, link: Link, state: Any) -> None:
-        self.link = link
-        self.fd = link.socket.fileno()  # kept: a closed socket no longer tells its number
-        self.state = state
-        self.busy = False  # a worker serves it (out of the selector)
-        self.parked = False  # out of the selector while another thread reads its socket
-        self.ended = False
+    __slots__ = ("peer", "config", "state", "_reactor", "_sock", "_fd", "_link", "_lock", "_inbox", "_busy",
+                 "_stop_serving", "_outgoing", "_outstanding", "_callbacks", "_close_request", "_cause",
+                 "_reason", "_opened", "_finished", "_timer_at", "__weakref__")
+
+    def __init__(self, reactor: "LinkReactor", sock: socket.socket, peer: str, link: LinkState) -> None:
+        self.peer = peer
+        self.config = link.config
+        self.state: Any = None  # the handler's, from opened()
+        self._reactor = reactor
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._link = link  # touched by the reactor thread only
+        self._lock = threading.Lock()
+        self._inbox: collections.deque = collections.deque()  # messages waiting for the worker
+        self._busy = False  # a worker serves this session
+        self._stop_serving = False  # the handler ended the session: drop what is left
+        self._outgoing: list[tuple[Message, OnDone | None]] = []  # sends for the reactor to hand to the link
+        self._outstanding = 0  # sends accepted, not done yet
+        self._callbacks: dict[int, OnDone | None] = {}  # tag -> on_done (reactor thread)
+        self._close_request: tuple[str, bool] | None = None
+        self._cause: LinkError | None = None  # set once ended
+        self._reason = ""  # the cause given to handler.closed
+        self._opened = False
+        self._finished = False  # handler.closed called
+        self._timer_at: float | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._close_request is not None or self._cause is not None
+
+    @property
+    def stats(self):
+        return self._link.stats
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    def close_cause(self) -> LinkError | None:
+        return self._cause
+
+    def close(self, reason: str = "closed locally", send_eot: bool = True) -> None:
+        """End the session (EOT, then the socket closes); from any thread, never blocks. Idempotent."""
+        self._reactor._request_close(self, reason, send_eot)
+
+    def send(self, message: Message, timeout: float | None = None) -> None:
+        """Send and wait for the ACK, for threads that may wait (never the reactor thread):
+        raises ``LinkClosed``/``LinkBroken`` when it could not be delivered."""
+        if threading.get_ident() == self._reactor._ident:
+            raise RuntimeError("the reactor thread must not wait for an ACK: return the reply instead")
+        done = threading.Event()
+        outcome: list[bool] = []
+
+        def finished(ok: bool) -> None:
+            outcome.append(ok)
+            done.set()
+
+        if not self._reactor.send(self, message, finished):
+            raise self._error("the session is closed" if self.closed else "too many messages queued")
+        # every frame ends ACKed or given up within (1 + max_retries) ACK timeouts, each queued one too
+        cfg = self.config
+        bound = timeout if timeout is not None else (cfg.max_outbound + 1) * (cfg.max_retries + 1) * cfg.ack_timeout
+        if not done.wait(bound) or not outcome[0]:
+            raise self._error("not acknowledged")
+
+    def _error(self, why: str) -> LinkError:
+        cause = self._cause
+        if cause is not None:
+            return type(cause)(str(cause))
+        if self._close_request is not None:
+            return LinkClosed(f"{self.peer}: {self._close_request[0]}")
+        return LinkBroken(f"{self.peer}: {why}")
+
+    def __repr__(self) -> str:
+        return f"ReactorLink({self.peer})"
 
 
 class LinkReactor:
@@ -90,15 +191,19 @@ class LinkReactor:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._lock = threading.Lock()
-        self._sessions: dict[Link, _Session] = {}
-        self._handshakes: dict[socket.socket, float] = {}  # accepted, no ENQ yet -> deadline
-        self._rearm: list[_Session] = []
-        self._unacked: set[Link] = set()  # links with a frame of send_nowait not yet ACKed (reactor thread)
+        self._sessions: dict[ReactorLink, None] = {}  # open sessions (insertion-ordered set)
+        self._links: set[ReactorLink] = set()  # every link with a socket: opening or open (reactor thread)
+        self._pending: list[ReactorLink] = []  # links with sends or a close request for the reactor
+        self._timers: list[tuple[float, int, ReactorLink]] = []  # heap (reactor thread)
+        self._seq = itertools.count()
+        self._tags = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
         self._lanes = {"main": self._pool,
                        "register": ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-register")}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ident: int | None = None
+        self._lane_of = getattr(handler, "lane", None)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -122,41 +227,61 @@ class LinkReactor:
         self._wake()
         if self._thread is not None:
             self._thread.join(grace)
-        with self._lock:
-            sessions = list(self._sessions.values())
-        for session in sessions:
-            session.link.close(reason)
+            if self._thread.is_alive():
+                log.warning("%s: the reactor thread did not stop within %g s", self.name, grace)
+        self._ident = None  # from here on this thread does the I/O
+        for link in list(self._links):
+            self._request_close(link, reason, True)
+        self._apply_pending(time.monotonic())
         for pool in self._lanes.values():
             pool.shutdown(wait=True, cancel_futures=False)
-        for session in sessions:
-            self._end(session, reason)
-        for sock in list(self._handshakes):
-            sock.close()
-        self._listener.close()
+        if self._listener.fileno() >= 0:
+            self._listener.close()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
 
-    def send_nowait(self, link: Link, message) -> bool:
-        """Write ``message`` without waiting for its ACK (the reactor reads the ACK and
-        retransmits when it is late). False when it must be sent with ``Link.send`` instead
-        (another frame is in flight)."""
-        if not link.send_nowait(message):
-            return False
-        with self._lock:
-            self._unacked.add(link)
+    def send(self, link: ReactorLink, message: Message, on_done: OnDone | None = None) -> bool:
+        """Queue ``message`` on ``link`` behind the frame in flight; never blocks, any thread.
+        ``on_done(ok)`` is called once (on the reactor thread: keep it quick) when the message
+        was acknowledged (True) or the session ended first (False). Returns False, and never
+        calls ``on_done``, when the session is closed or ``max_outbound`` messages are queued."""
+        with link._lock:
+            if link._close_request is not None or link._cause is not None:
+                return False
+            if link._outstanding >= self.config.max_outbound:
+                log.warning("%s: %d messages queued for %s; %s not sent", self.name, link._outstanding, link.peer,
+                            message.OPCODE)
+                return False
+            link._outstanding += 1
+            link._outgoing.append((message, on_done))
+        self._schedule(link)
         return True
 
-    def kick(self, link: Link) -> None:
-        """Serve what a sending thread read from this link meanwhile (call after ``Link.send``)."""
-        with self._lock:
-            session = self._sessions.get(link)
-            if session is None or session.busy or session.ended:
-                return
-            self._rearm.append(session)
-        self._wake()
+    def send_nowait(self, link: ReactorLink, message: Message) -> bool:
+        """The earlier name of ``send`` without a callback."""
+        return self.send(link, message)
 
-    # -- reactor thread -------------------------------------------------------------------
+    def kick(self, link: ReactorLink) -> None:
+        """Nothing to do any more: the reactor reads every session all the time."""
+
+    # -- any thread -------------------------------------------------------------------------
+
+    def _schedule(self, link: ReactorLink) -> None:
+        with self._lock:
+            self._pending.append(link)
+        if threading.get_ident() != self._ident:
+            self._wake()
+
+    def _request_close(self, link: ReactorLink, reason: str, send_eot: bool) -> None:
+        with link._lock:
+            if link._close_request is not None or link._cause is not None:
+                return
+            link._close_request = (reason, send_eot)
+        if self._ident is None and self._thread is not None and not self._thread.is_alive():
+            self._apply(link, time.monotonic())  # stopped: nobody else does the I/O
+            return
+        self._schedule(link)
 
     def _wake(self) -> None:
         try:
@@ -164,35 +289,41 @@ class LinkReactor:
         except OSError:
             pass  # the pipe is full: the reactor is awake anyway
 
+    # -- reactor thread -------------------------------------------------------------------
+
     def _run(self) -> None:
-        next_scan = time.monotonic() + SCAN_INTERVAL
+        self._ident = threading.get_ident()
+        select = self._selector.select
+        timers = self._timers
         while not self._stopping.is_set():
+            now = time.monotonic()
+            wait = SCAN_INTERVAL if not timers else min(SCAN_INTERVAL, max(0.0, timers[0][0] - now))
             try:
-                events = self._selector.select(max(0.0, next_scan - time.monotonic()))
+                events = select(wait)
             except OSError as exc:
                 log.error("%s: selector failed (%s); going on", self.name, exc)
-                time.sleep(0.05)
+                self._stopping.wait(0.05)
                 events = []
             for key, _mask in events:
                 what = key.data
-                if what == "accept":
+                if what.__class__ is ReactorLink:
+                    self._read(what)
+                elif what == "accept":
                     self._accept()
-                elif what == "wake":
+                else:
                     try:
                         while self._wake_r.recv(4096):
                             pass
                     except (BlockingIOError, InterruptedError):
                         pass
-                elif what == "handshake":
-                    self._handshake(key.fileobj)
-                else:
-                    self._dispatch(what)
-            self._apply_rearms()
-            if time.monotonic() >= next_scan:
-                self._scan()
-                next_scan = time.monotonic() + SCAN_INTERVAL
+            now = time.monotonic()
+            if self._pending:
+                self._apply_pending(now)
+            if timers and timers[0][0] <= now:
+                self._run_timers(now)
 
     def _accept(self) -> None:
+        now = time.monotonic()
         for _ in range(256):  # a burst at a time; the rest on the next round
             try:
                 sock, address = self._listener.accept()
@@ -202,197 +333,260 @@ class LinkReactor:
                 log.error("%s: cannot accept a connection: %s", self.name, exc)
                 return
             sock.setblocking(False)
-            self._register(sock, "handshake")
-            self._handshakes[sock] = time.monotonic() + self.config.handshake_timeout
-
-    def _register(self, sock: socket.socket, data: Any) -> None:
-        stale = self._selector.get_map().get(sock.fileno())
-        if stale is not None:  # a link closed elsewhere left its number behind
-            self._forget_key(stale)
-        self._selector.register(sock, selectors.EVENT_READ, data)
-
-    def _forget_key(self, key: selectors.SelectorKey) -> None:
-        self._selector.unregister(key.fd)
-        if isinstance(key.data, _Session):
-            self._finish(key.data)
-        else:
-            self._handshakes.pop(key.fileobj, None)
-
-    def _handshake(self, sock: socket.socket) -> None:
-        peer = _peer(sock)
-        try:
-            first = sock.recv(1)
-        except (BlockingIOError, InterruptedError):
-            return  # nothing after all: still waiting
-        except OSError as exc:
-            log.warning("%s: session with %s failed to open: %s", self.name, peer, exc)
-            first = None
-        self._selector.unregister(sock)
-        self._handshakes.pop(sock, None)
-        if first is None:
-            sock.close()
-            return
-        if first != bytes((ENQ,)):
-            what = "closed the connection" if not first else f"sent {first!r}"
-            log.warning("%s: %s %s instead of ENQ", self.name, peer, what)
-            sock.close()
-            return
-        with self._lock:
-            admitted = len(self._sessions) < self.max_sessions
-        try:
-            sock.send(bytes((ACK if admitted else NACK,)))  # one byte into an empty buffer: never blocks
-        except OSError as exc:
-            log.warning("%s: session with %s failed to open: %s", self.name, peer, exc)
-            sock.close()
-            return
-        if not admitted:
-            log.warning("%s: refused session from %s: %s", self.name, peer, self.busy_reason)
-            sock.close()
-            return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        link = Link(sock, peer, self.config, self.registry, nonblocking=True)
-        try:
-            state = self.handler.opened(link)
-        except Exception:
-            log.exception("%s: opening the session with %s failed", self.name, peer)
-            link.close("internal error")
-            return
-        session = _Session(link, state)
-        with self._lock:
-            self._sessions[link] = session
-        self._register(sock, session)
-
-    def _dispatch(self, session: _Session) -> None:
-        """The session's socket is readable (or messages wait): read, ACK, serve what is quick."""
-        link = session.link
-        if link.pumping:  # a thread waiting for its ACK reads this socket: it kicks us when done
-            self._unregister(session)
-            session.parked = True
-            return
-        try:
-            items = link.take_ready()
-        except LinkError as exc:
-            self._drop(session, str(exc))
-            return
-        if link.unacked:
-            link.check_unacked()
-        for i, item in enumerate(items):
             try:
-                keep = self.handler.inline(session.state, item)
-            except LinkError as exc:
-                self._drop(session, str(exc))
-                return
-            except Exception:
-                log.exception("%s: serving %s failed", self.name, link.peer)
-                keep = False
-            if keep is None:  # this one and the rest go to a worker, in order
-                self._unregister(session)
-                with self._lock:
-                    session.busy = True
-                lane = getattr(self.handler, "lane", None)
-                pool = self._lanes.get(lane(session.state, item) if lane else "main", self._pool)
-                pool.submit(self._serve, session, items[i:])
-                return
-            if not keep:
-                link.close("session ended by the server")
-                self._drop(session, "session ended by the server")
-                return
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            peer = f"{address[0]}:{address[1]}"
+            state = LinkState(Role.SERVER, self.config, self.registry, peer)
+            link = ReactorLink(self, sock, peer, state)
+            state.start(now)
+            stale = self._selector.get_map().get(link._fd)
+            if stale is not None:  # a socket closed without unregistering left its number behind
+                self._selector.unregister(link._fd)
+            self._selector.register(sock, selectors.EVENT_READ, link)
+            self._links.add(link)
+            self._arm(link)
 
-    def _drop(self, session: _Session, cause: str) -> None:
-        self._unregister(session)
-        self._end(session, cause)
-
-    def _unregister(self, session: _Session) -> None:
-        key = self._selector.get_map().get(session.fd)
-        if key is not None and key.data is session:
-            self._selector.unregister(session.fd)
-
-    def _apply_rearms(self) -> None:
-        with self._lock:
-            rearm, self._rearm = self._rearm, []
-        seen: set[int] = set()
-        for session in rearm:
-            if session.ended or session.busy or id(session) in seen:  # a worker serves it: it comes back
-                continue
-            seen.add(id(session))
-            session.parked = False
-            if not session.link.closed and self._selector.get_map().get(session.fd) is None:
-                try:
-                    self._register(session.link.socket, session)
-                except (ValueError, OSError):  # closed by another thread just now
-                    pass
-            if session.link.closed:
-                self._unregister(session)
-                if session.link.has_inbound():  # read by a sending thread before the end: serve it
-                    self._dispatch(session)
-                if not session.busy and not session.ended:
-                    self._finish(session)
-                continue
-            if session.link.has_inbound():  # read by another thread meanwhile
-                self._dispatch(session)
-
-    def _scan(self) -> None:
-        with self._lock:
-            unacked = list(self._unacked)
-        for link in unacked:  # ACKed by now, or retransmitted, or given up
-            link.check_unacked()
-            if not link.unacked or link.closed:
-                with self._lock:
-                    self._unacked.discard(link)
+    def _read(self, link: ReactorLink) -> None:
+        try:
+            chunk = link._sock.recv(self.config.recv_chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            link._link.fail(LinkBroken(f"{link.peer}: read failed: {exc.strerror or exc}"))
+            self._process(link, time.monotonic())
+            return
+        state = link._link
+        if not state.is_open and state.refuse is None:
+            with self._lock:
+                if len(self._sessions) >= self.max_sessions:
+                    state.refuse = self.busy_reason
+        state.backlog = len(link._inbox)
         now = time.monotonic()
-        for sock, deadline in list(self._handshakes.items()):
-            if now >= deadline:
-                log.warning("%s: %s sent no ENQ within %g s", self.name, _peer(sock), self.config.handshake_timeout)
-                self._selector.unregister(sock)
-                self._handshakes.pop(sock, None)
-                sock.close()
-        with self._lock:  # parked sessions nobody kicked, and sessions closed by another thread
-            self._rearm.extend(s for s in self._sessions.values()  # (their messages served first)
-                               if not s.busy and ((s.parked and not s.link.pumping) or s.link.closed))
+        out = state.feed(chunk, now)
+        if out:
+            self._write(link, out)
+        self._process(link, now)
 
-    def _finish(self, session: _Session) -> None:
-        cause = str(session.link.close_cause() or "session over")
-        self._end(session, cause)
+    def _write(self, link: ReactorLink, data: bytes) -> None:
+        try:
+            sent = link._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            link._link.fail(LinkBroken(f"{link.peer}: write failed: {exc.strerror or exc}"))
+            return
+        if sent < len(data):  # the peer's window and our buffer are full: it does not read
+            link._link.fail(LinkBroken(f"{link.peer}: does not read what it is sent (send buffer full)"))
+
+    def _process(self, link: ReactorLink, now: float) -> None:
+        """What the link's state machine decided: serve messages, report ACKs, the end."""
+        state = link._link
+        while events := state.events():  # (a handler's failure may add more)
+            for event in events:
+                kind = event.__class__
+                if kind is Received:
+                    self._deliver(link, event.message)
+                elif kind is Acked:
+                    self._done(link, event.tag, True)
+                elif kind is Opened:
+                    self._open(link)
+                else:  # Ended: the last event
+                    self._ended(link, event)
+                    return
+        if state.next_deadline() is not None:
+            self._arm(link)
+
+    def _open(self, link: ReactorLink) -> None:
+        try:
+            link.state = self.handler.opened(link)
+        except Exception:
+            log.exception("%s: opening the session with %s failed", self.name, link.peer)
+            link._stop_serving = True
+            link._link.fail(LinkClosed(f"{link.peer}: internal error"))
+            return
+        link._opened = True
+        with self._lock:
+            self._sessions[link] = None
+
+    def _deliver(self, link: ReactorLink, item: Any) -> None:
+        if link._stop_serving:
+            return
+        with link._lock:
+            if link._busy:  # a worker serves this session: behind what it has
+                link._inbox.append(item)
+                return
+        try:
+            keep = self.handler.inline(link.state, item)
+        except Exception:
+            log.exception("%s: serving %s failed", self.name, link.peer)
+            keep = False
+        if keep is None:  # this one and the next ones go to a worker, in order
+            lane = self._lanes.get(self._lane_of(link.state, item), self._pool) if self._lane_of else self._pool
+            with link._lock:
+                link._inbox.append(item)
+                link._busy = True
+            lane.submit(self._serve, link)
+        elif not keep:
+            link._stop_serving = True
+            self._request_close(link, "session ended by the server", True)
+
+    def _done(self, link: ReactorLink, tag: int, ok: bool) -> None:
+        on_done = link._callbacks.pop(tag, None)
+        with link._lock:
+            link._outstanding -= 1
+        if on_done is not None:
+            try:
+                on_done(ok)
+            except Exception:
+                log.exception("%s: a send's callback failed (%s)", self.name, link.peer)
+
+    def _apply_pending(self, now: float) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for link in pending:
+            self._apply(link, now)
+
+    def _apply(self, link: ReactorLink, now: float) -> None:
+        """Hand the link's queued sends and close request to its state machine, write, process."""
+        with link._lock:
+            outgoing, link._outgoing = link._outgoing, []
+            close = link._close_request
+        state = link._link
+        out = b""
+        for message, on_done in outgoing:
+            tag = next(self._tags)
+            link._callbacks[tag] = on_done
+            if state.closed:
+                self._done(link, tag, False)
+                continue
+            try:
+                out += state.send(message, now, tag)
+            except Exception as exc:  # LocalProtocolError, OutboundFull: this message only
+                log.error("%s: cannot send %s to %s: %s", self.name, message.OPCODE, link.peer, exc)
+                self._done(link, tag, False)
+        if close is not None and not state.closed:
+            reason, send_eot = close
+            out += state.close(reason, send_eot)
+            link._reason = reason
+        if out and link._cause is None:
+            self._write(link, out)
+        self._process(link, now)
+
+    def _arm(self, link: ReactorLink) -> None:
+        deadline = link._link.next_deadline()
+        if deadline is not None and (link._timer_at is None or deadline < link._timer_at):
+            link._timer_at = deadline
+            heapq.heappush(self._timers, (deadline, next(self._seq), link))
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, link = heapq.heappop(timers)
+            if deadline != link._timer_at or link._cause is not None:
+                continue  # moved earlier (another entry), or over
+            link._timer_at = None
+            out = link._link.on_timer(now)
+            if out:
+                self._write(link, out)
+            self._process(link, now)
+            self._arm(link)
+
+    def _ended(self, link: ReactorLink, event: Ended) -> None:
+        """The session is over: close the socket, fail what was not delivered, tell the handler."""
+        cause = event.cause
+        keys = self._selector.get_map()  # (None once the selector is closed)
+        key = keys.get(link._fd) if keys is not None else None
+        if key is not None and key.data is link:
+            self._selector.unregister(link._fd)
+        try:
+            link._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        link._sock.close()
+        self._links.discard(link)
+        reason = link._reason or str(cause)
+        with link._lock:
+            link._cause = cause
+            link._reason = reason
+            outgoing, link._outgoing = link._outgoing, []
+            tell = link._opened and not link._busy and not link._finished
+            if tell:
+                link._finished = True
+        for tag in list(link._callbacks):
+            self._done(link, tag, False)
+        for _message, on_done in outgoing:
+            with link._lock:
+                link._outstanding -= 1
+            if on_done is not None:
+                on_done(False)
+        if not link._opened:
+            if isinstance(event, Refused):
+                log.warning("%s: refused session from %s: %s", self.name, link.peer, self.busy_reason)
+            elif not isinstance(cause, LinkClosed):
+                log.warning("%s: %s", self.name, cause)
+            return
+        with self._lock:
+            self._sessions.pop(link, None)
+        if tell:
+            self._tell_closed(link)
+
+    def _tell_closed(self, link: ReactorLink) -> None:
+        try:
+            self.handler.closed(link.state, link._reason)
+        except Exception:
+            log.exception("%s: closing the session with %s failed", self.name, link.peer)
 
     # -- workers --------------------------------------------------------------------------
 
-    def _serve(self, session: _Session, items: list) -> None:
-        cause = None
-        try:
-            for item in items:
-                if not self.handler.message(session.state, item):
-                    cause = "session ended by the server"
+    def _serve(self, link: ReactorLink) -> None:
+        """A worker's turn with one session: its queued messages, in order, one at a time."""
+        handler = self.handler
+        while True:
+            with link._lock:
+                if not link._inbox or link._stop_serving:
+                    link._inbox.clear()
+                    link._busy = False
+                    tell = link._cause is not None and not link._finished
+                    if tell:
+                        link._finished = True
                     break
-        except LinkError as exc:
-            cause = str(exc)
-        except Exception:
-            log.exception("%s: serving %s failed", self.name, session.link.peer)
-            cause = "internal error"
-        if cause is not None:
-            session.link.close(cause)
-            self._end(session, cause)
-            return
-        with self._lock:
-            session.busy = False
-            self._rearm.append(session)
-        self._wake()
+                item = link._inbox.popleft()
+            try:
+                answer = handler.message(link.state, item)
+            except LinkError as exc:
+                log.info("%s: session with %s: %s", self.name, link.peer, exc)
+                answer = False
+            except Exception:
+                log.exception("%s: serving %s failed", self.name, link.peer)
+                answer = False
+            if not self._answer(link, answer):
+                link._stop_serving = True
+        if tell:
+            self._tell_closed(link)
 
-    def _end(self, session: _Session, cause: str) -> None:
-        with self._lock:
-            if session.ended:
-                return
-            session.ended = True
-            self._sessions.pop(session.link, None)
-        session.link.close("session over")
-        try:
-            self.handler.closed(session.state, cause)
-        except Exception:
-            log.exception("%s: closing the session with %s failed", self.name, session.link.peer)
-
-
-def _peer(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
-        return "a closed connection"
+    def _answer(self, link: ReactorLink, answer: Any) -> bool:
+        """Send a handler's answer; False when the session ends."""
+        if answer is True or answer is None:
+            return True
+        if answer is False:
+            self._request_close(link, "session ended by the server", True)
+            return False
+        if isinstance(answer, Reply):
+            messages, keep = answer.messages, answer.keep_open
+        elif isinstance(answer, Message):
+            messages, keep = (answer,), True
+        else:
+            messages, keep = tuple(answer), True
+        for i, message in enumerate(messages):
+            last = i == len(messages) - 1
+            on_done = None
+            if last and not keep:
+                def on_done(_ok: bool) -> None:
+                    self._request_close(link, "session ended by the server", True)
+            if not self.send(link, message, on_done) and last and not keep:
+                self._request_close(link, "session ended by the server", True)
+        if not messages and not keep:
+            self._request_close(link, "session ended by the server", True)
+        return keep

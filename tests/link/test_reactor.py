@@ -1,8 +1,9 @@
 """LinkReactor over real loopback sockets (port 0): sessions opening and ending (closed by
 the client, by another server thread, by the handler, at stop), the session limit, the ENQ
 deadline, NACK for malformed frames, bad content handed to the handler, messages served in
-order (inline on the reactor thread or on a worker), answers from a worker, ``kick`` after a
-server thread sends (also when kicks and a peer's EOT race the reactor), and many clients at once."""
+order (inline on the reactor thread or on a worker), replies returned by the handler,
+frames read and ACKed while a worker serves the session, ``send`` from any thread (its
+callback, its order, its bound, retransmission by the reactor), and many clients at once."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from ev_common.protocol import (
     encode_frame,
     lrc,
 )
-from ev_common.reactor import SCAN_INTERVAL, LinkReactor
+from ev_common.reactor import SCAN_INTERVAL, LinkReactor, Reply
 from tests.link.test_link import read_exactly, read_frame
 from tests.support.waiting import wait_until
 
@@ -61,8 +62,9 @@ class Recorder:
     """A ``SessionHandler`` that records everything, safe to call from any thread.
 
     ``inline`` serves HB (False, ending the session, for cp_id "BYE") and sends the rest to
-    ``message``, which answers REG with AUTH#OK, ends the session on AVR "bye" and waits for
-    ``slow`` on AVR "slow". ``overlaps`` lists messages served while the same session was
+    ``message``, which answers REG with AUTH#OK (returned), ends the session on AVR "bye",
+    answers AVR "two" with two messages, AVR "last" with a reply that ends the session, and
+    waits for ``slow`` on AVR "slow". ``overlaps`` lists messages served while the same session was
     still inside ``message`` (a session is served by one thread at a time)."""
 
     def __init__(self) -> None:
@@ -72,6 +74,7 @@ class Recorder:
         self.closes: list[tuple[int, str]] = []
         self.overlaps: list[Served] = []
         self.slow = threading.Event()
+        self.serving_slow = threading.Event()
         self.holding = threading.Event()
         self._gate: threading.Event | None = None
         self._active: set[int] = set()
@@ -94,15 +97,18 @@ class Recorder:
         self._record(state, message, "inline")
         return message.cp_id != "BYE"
 
-    def message(self, state: int, message: Message | MessageError) -> bool:
+    def message(self, state: int, message: Message | MessageError):
         self._record(state, message, "worker", enter=True)
         try:
             if isinstance(message, Avr) and message.reason == "slow":
+                self.serving_slow.set()
                 self.slow.wait(10)
             if isinstance(message, Reg):
-                with self.lock:
-                    link = self.links[state]
-                link.send(Auth.accepted(f"hello {message.cp_id}"))
+                return Auth.accepted(f"hello {message.cp_id}")
+            if isinstance(message, Avr) and message.reason == "two":
+                return [Auth.accepted("one"), Auth.accepted("two")]
+            if isinstance(message, Avr) and message.reason == "last":
+                return Reply((Auth.refused("last words"),), keep_open=False)
             return not (isinstance(message, Hb) and message.cp_id == "BYE"
                         or isinstance(message, Avr) and message.reason == "bye")
         finally:
@@ -269,7 +275,7 @@ def test_many_messages_of_one_session_keep_their_order(net: Net) -> None:
     assert all(s.thread.endswith("-reactor") for s in served if s.where == "inline")
     assert all("-worker" in s.thread for s in served if s.where == "worker")
     assert {s.where for s in served if isinstance(s.message, Avr)} == {"worker"}
-    assert {s.where for s in served if isinstance(s.message, Hb)} == {"inline"}  # each came alone
+    assert served[0].where == "inline"  # an HB is served inline unless it came while a worker served an AVR
     assert handler.overlaps == []
     assert link.stats["retransmitted"] == 0
 
@@ -448,37 +454,199 @@ def test_bad_content_reaches_the_handler_as_message_error(net: Net) -> None:
     assert reactor.session_count() == 1 and not handler.closes
 
 
-# -- a server thread sending on a session -------------------------------------------------------
+# -- a session's frames are read while a worker serves it ------------------------------------------
 
 
-def test_messages_read_by_a_sending_thread_are_served_after_kick(net: Net) -> None:
-    """The server pushes while the client sends HB: the pusher reads some of them while it
-    waits for its ACKs; after kick every HB is served, once, in order."""
-    n = 40
+def test_frames_are_read_and_acked_while_a_worker_serves_the_session(net: Net) -> None:
+    """A slow message holds the worker: the session's next frames are ACKed at once all the
+    same, and served after it, in order, by the same worker."""
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    opened_session(reactor, handler)
+    try:
+        sender, errors = in_thread(lambda: link.send(Avr("CP001", "slow")))
+        joined(sender)
+        assert handler.serving_slow.wait(3)
+        beats = [Hb(f"CP{i:03d}") for i in range(3)]
+        for beat in beats:
+            link.send(beat)  # returns once ACKed: while the worker still holds "slow"
+        assert handler.messages(0) == [Avr("CP001", "slow")] and not handler.slow.is_set()
+    finally:
+        handler.slow.set()
+    served = handler.wait_served(4)
+    assert [s.message for s in served] == [Avr("CP001", "slow"), *beats]
+    assert {s.where for s in served} == {"worker"} and handler.overlaps == [] and errors == []
+    assert link.stats["retransmitted"] == 0
+
+
+def test_a_session_closed_while_a_worker_serves_it_ends_once_after_what_was_read(net: Net) -> None:
     handler = Recorder()
     reactor = net.serve(handler)
     link = net.connect(reactor)
     server_link = opened_session(reactor, handler)
-    received: list[Message | None] = []
+    try:
+        link.send(Avr("CP001", "slow"))
+        assert handler.serving_slow.wait(3)
+        link.send(Hb("CP001"))  # read and ACKed, waits for the worker
+        server_link.close("kicked out by the test")
+        with pytest.raises(LinkClosed, match="EOT"):
+            link.recv(timeout=3)
+        assert handler.closes_of(0) == []  # not before the worker is done
+    finally:
+        handler.slow.set()
+    wait_until(lambda: handler.closes_of(0), 3, "the session to end")
+    assert handler.messages(0) == [Avr("CP001", "slow"), Hb("CP001")]
+    reactor.stop()
+    assert handler.closes_of(0) == ["kicked out by the test"]
 
-    def push() -> None:
-        for i in range(n):
-            server_link.send(Auth.accepted(f"push {i}"))
-            reactor.kick(server_link)
 
-    pusher, push_errors = in_thread(push)
-    reader, read_errors = in_thread(lambda: [received.append(link.recv(timeout=5)) for _ in range(n)])
-    beats = [Hb(f"CP{i:03d}") for i in range(n)]
+# -- replies returned by the handler ---------------------------------------------------------------
+
+
+def test_replies_returned_by_the_handler_are_sent_in_order(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+
+    link.send(Avr("CP001", "two"))
+
+    assert [link.recv(timeout=3), link.recv(timeout=3)] == [Auth.accepted("one"), Auth.accepted("two")]
+    assert reactor.session_count() == 1
+
+
+def test_a_reply_that_ends_the_session_is_delivered_first(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+
+    link.send(Avr("CP001", "last"))
+
+    assert link.recv(timeout=3) == Auth.refused("last words")
+    with pytest.raises(LinkClosed, match="EOT"):
+        link.recv(timeout=3)
+    wait_until(lambda: handler.closes_of(0), SETTLE, "the session to end")
+    assert handler.closes_of(0) == ["session ended by the server"]
+
+
+# -- send from any thread ---------------------------------------------------------------------------
+
+
+class Outcomes:
+    """``on_done`` callbacks that record what they were told, in order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.got: list[tuple[str, bool]] = []
+
+    def callback(self, name: str) -> Callable[[bool], None]:
+        def done(ok: bool) -> None:
+            with self.lock:
+                self.got.append((name, ok))
+
+        return done
+
+    def __call__(self) -> list[tuple[str, bool]]:
+        with self.lock:
+            return list(self.got)
+
+
+def test_send_never_waits_and_reports_each_ack_in_order(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    sock = net.raw(reactor)
+    server_link = opened_session(reactor, handler)
+    outcomes = Outcomes()
+
+    started = time.monotonic()
+    assert reactor.send(server_link, Auth.accepted("first"), outcomes.callback("first"))
+    assert reactor.send(server_link, Auth.accepted("second"), outcomes.callback("second"))
+    assert time.monotonic() - started < FAST.ack_timeout
+
+    assert read_frame(sock) == frame(Auth.accepted("first"))
+    assert outcomes() == []  # nothing is ACKed before we say so
+    sock.sendall(bytes((ACK,)))
+    assert read_frame(sock) == frame(Auth.accepted("second"))  # only after the first's ACK
+    sock.sendall(bytes((ACK,)))
+    wait_until(lambda: len(outcomes()) == 2, 3, "both callbacks")
+    assert outcomes() == [("first", True), ("second", True)]
+    assert server_link.stats["sent"] == 2
+
+
+def test_a_nacked_frame_is_retransmitted_by_the_reactor(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler)
+    sock = net.raw(reactor)
+    server_link = opened_session(reactor, handler)
+    outcomes = Outcomes()
+
+    assert reactor.send(server_link, Auth.accepted("again"), outcomes.callback("again"))
+    assert read_frame(sock) == frame(Auth.accepted("again"))
+    sock.sendall(bytes((NACK,)))
+    assert read_frame(sock) == frame(Auth.accepted("again"))
+    sock.sendall(bytes((ACK,)))
+
+    wait_until(outcomes, 3, "the callback")
+    assert outcomes() == [("again", True)] and server_link.stats["retransmitted"] == 1
+
+
+def test_a_frame_never_acknowledged_fails_its_sends_and_ends_the_session(net: Net) -> None:
+    config = replace(FAST, ack_timeout=0.2)
+    handler = Recorder()
+    reactor = net.serve(handler, config=config)
+    sock = net.raw(reactor)
+    server_link = opened_session(reactor, handler)
+    outcomes = Outcomes()
+
+    assert reactor.send(server_link, Auth.accepted("lost"), outcomes.callback("lost"))
+    assert reactor.send(server_link, Auth.accepted("behind"), outcomes.callback("behind"))
+    copies = [read_frame(sock) for _ in range(1 + config.max_retries)]
+
+    wait_until(lambda: len(outcomes()) == 2, 3, "both callbacks")
+    assert copies == [frame(Auth.accepted("lost"))] * 4
+    assert outcomes() == [("lost", False), ("behind", False)]
+    wait_until(lambda: handler.closes_of(0), SETTLE, "the session to end")
+    assert "after 3 retransmissions" in handler.closes_of(0)[0]
+    assert not reactor.send(server_link, Hb("CP001"))  # closed: refused at once
+    with pytest.raises(LinkBroken, match="retransmissions"):
+        server_link.send(Hb("CP001"))
+
+
+def test_sends_are_bounded_per_session(net: Net) -> None:
+    handler = Recorder()
+    reactor = net.serve(handler, config=replace(FAST, max_outbound=2))
+    sock = net.raw(reactor)
+    server_link = opened_session(reactor, handler)
+
+    assert reactor.send(server_link, Auth.accepted("1"))
+    assert reactor.send(server_link, Auth.accepted("2"))
+    assert not reactor.send(server_link, Auth.accepted("3"))  # two wait for their ACK already
+    assert read_frame(sock) == frame(Auth.accepted("1"))
+    sock.sendall(bytes((ACK,)))
+    assert read_frame(sock) == frame(Auth.accepted("2"))
+    wait_until(lambda: reactor.send(server_link, Auth.accepted("4")), 3, "room for another send")
+
+
+def test_another_thread_may_wait_for_the_ack_with_link_send(net: Net) -> None:
+    """Central's pattern for a request: send from another thread and wait, while the client
+    keeps sending its own frames (read and served by the reactor meanwhile)."""
+    handler = Recorder()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    server_link = opened_session(reactor, handler)
+    received: list = []
+
+    reader, read_errors = in_thread(lambda: received.extend(link.recv(timeout=5) for _ in range(5)))
+    pusher, push_errors = in_thread(lambda: [server_link.send(Auth.accepted(f"push {i}")) for i in range(5)])
+    beats = [Hb(f"CP{i:03d}") for i in range(5)]
     for beat in beats:
         link.send(beat)
     joined(pusher)
-    reactor.kick(server_link)
     joined(reader)
 
     assert push_errors == [] and read_errors == []
-    assert received == [Auth.accepted(f"push {i}") for i in range(n)]
-    assert [s.message for s in handler.wait_served(n)] == beats
-    assert server_link.stats["received"] == n and link.stats["retransmitted"] == 0
+    assert received == [Auth.accepted(f"push {i}") for i in range(5)]
+    assert [s.message for s in handler.wait_served(5)] == beats
 
 
 # -- many clients -------------------------------------------------------------------------------
@@ -508,89 +676,3 @@ def test_many_clients_at_once(net: Net) -> None:
     wait_until(lambda: len(handler.closes) == clients and reactor.session_count() == 0, 5, "every session to end")
     assert Counter(m.cp_id for m in handler.messages()) == {f"CP{i:03d}": beats for i in range(clients)}
     assert len(handler.links) == clients and sorted(n for n, _ in handler.closes) == list(range(clients))
-
-
-# -- kicks racing the reactor ----------------------------------------------------------------
-# A second session's ``opened`` holds the reactor thread while the test arranges what a
-# sending thread read and kicked; when it lets go, the reactor finds everything at once.
-
-
-def test_two_kicks_in_one_round_serve_a_session_on_one_worker(net: Net) -> None:
-    """Two threads that sent on a link kick it (Central's ask and command) before the reactor
-    wakes: the session is served by one worker at a time all the same."""
-    handler = Recorder()
-    reactor = net.serve(handler)
-    link = net.connect(reactor)
-    server_link = opened_session(reactor, handler)
-    release = handler.hold_next_open()
-    try:
-        net.connect(reactor)
-        assert handler.holding.wait(3)
-        pusher, push_errors = in_thread(lambda: server_link.send(Auth.accepted("push")))
-        link.send(Avr("CP001", "slow"))  # ACKed by the pusher, the only reader now
-        joined(pusher)
-        assert push_errors == [] and server_link.has_inbound()
-        assert link.recv(timeout=3) == Auth.accepted("push")
-        reactor.kick(server_link)
-        reactor.kick(server_link)
-    finally:
-        release.set()
-    wait_until(lambda: handler.messages(0), 3, "the slow AVR to reach a worker")
-
-    try:
-        sender, send_errors = in_thread(lambda: link.send(Avr("CP001", "second")))
-        # Room for the wrong outcome to show ("second" served while "slow" is): when the
-        # session is right, "second" is not even read until "slow" is done.
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline and len(handler.messages(0)) < 2:
-            time.sleep(0.01)
-    finally:
-        handler.slow.set()
-    joined(sender)
-
-    assert send_errors == []
-    assert [s.message for s in handler.wait_served(2)] == [Avr("CP001", "slow"), Avr("CP001", "second")]
-    assert handler.overlaps == []
-
-
-@pytest.mark.parametrize("kick_after_failed_send", [True, False], ids=["kick", "no-kick"])
-def test_messages_a_sender_read_before_eot_are_served(net: Net, kick_after_failed_send: bool) -> None:
-    """Central's pattern: send + kick, then another send. The peer answers the first push with
-    an AVR (ACKed by the sending thread), then ends the session (EOT) instead of ACKing the
-    second push. The AVR was acknowledged: it is served before the session ends."""
-    handler = Recorder()
-    reactor = net.serve(handler, config=replace(FAST, ack_timeout=3.0))
-    sock = net.raw(reactor)
-    server_link = opened_session(reactor, handler)
-    outcome: list[BaseException] = []
-
-    def push() -> None:
-        try:
-            server_link.send(Auth.accepted("push 1"))
-            reactor.kick(server_link)
-            server_link.send(Auth.accepted("push 2"))
-        except LinkError as exc:
-            outcome.append(exc)
-            if kick_after_failed_send:
-                reactor.kick(server_link)
-
-    release = handler.hold_next_open()
-    try:
-        other = net.connect(reactor)
-        assert handler.holding.wait(3)
-        pusher, _ = in_thread(push)
-        assert read_frame(sock) == frame(Auth.accepted("push 1"))
-        sock.sendall(frame(Avr("CP001", "last words")) + bytes((ACK,)))
-        assert read_exactly(sock, 1) == bytes((ACK,))  # the AVR was received (by the pusher)
-        assert read_frame(sock) == frame(Auth.accepted("push 2"))
-        wait_until(lambda: server_link.pumping, 3, "the pusher to wait for its second ACK")
-    finally:
-        release.set()  # the reactor takes the kick while the pusher reads: it parks the session
-    other.send(Hb("CP002"))  # a round trip through the reactor: the kick was taken before it
-    sock.sendall(bytes((EOT,)))
-    joined(pusher)
-    assert len(outcome) == 1 and isinstance(outcome[0], LinkClosed)
-
-    wait_until(lambda: handler.closes_of(0), SETTLE, "the session to end")
-    assert handler.messages(0) == [Avr("CP001", "last words")]
-    assert len(handler.closes_of(0)) == 1
