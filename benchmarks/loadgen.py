@@ -5,7 +5,8 @@ Run: ``python -m benchmarks.loadgen --monitors 2000 --supplies 500 --seconds 60 
 * **Monitors** are simulated in one asyncio loop, speaking the real wire protocol to
   Central: ENQ, ``REG`` (answered ``AUTH``), ``HB`` every second, ``AVR``/``REC`` for
   faults at ``--faults-per-second``, ``SUPR#OK`` to every ``SUP``, each frame ACKed
-  and retransmitted as the link layer says (docs/protocol.md).
+  and retransmitted as the link layer says (docs/protocol.md): each runs ``LinkState``,
+  the link state machine every program uses, on one asyncio loop.
 * **Engines**: for each of M supplies a driver request goes to Kafka; once Central
   authorises it, ``telemetry`` records are published every second, then ``supply.end``.
 * **Central** is started as its own process, with the seed's command (``python
@@ -49,8 +50,9 @@ from pathlib import Path
 from benchmarks.bench_telemetry import percentile
 from ev_common.bus import Publisher, RecordConsumer, Topics
 from ev_common.lifecycle import raise_file_limit
-from ev_common.protocol import (ACK, ENQ, EOT, MESSAGES, NACK, Auth, Avr, Control, ControlByte, Frame, FrameDecoder,
-                                FrameError, Hb, Message, MessageError, Rec, Reg, Sup, Supr, encode_frame)
+from ev_common.linkstate import (Broken, Ended, LinkConfig, LinkError, LinkState, Opened, OutboundFull, Received,
+                                 Refused, Role)
+from ev_common.protocol import MESSAGES, Auth, Avr, Hb, Message, MessageError, Rec, Reg, Sup, Supr
 from ev_common.records import RequestAuthorised, RequestDenied, SupplyEnd, SupplyProgress, SupplyRequest, Telemetry
 from ev_common.records import Ticket
 from tests.support.processes import ProgramRunner
@@ -60,8 +62,7 @@ from tests.support.system import EVSystem
 log = logging.getLogger("loadgen")
 
 HB_INTERVAL = 1.0
-ACK_TIMEOUT = 1.0
-MAX_RETRANSMITS = 3
+LINK = LinkConfig(ack_timeout=1.0, max_retries=3)  # a Monitor's defaults
 RECONNECT_DELAY = 1.0
 DB_POLL = 0.05
 POWER_KW = Decimal("11")
@@ -96,51 +97,44 @@ class Figures:
 
 
 class SimMonitor(asyncio.Protocol):
-    """One Monitor: the link layer (ENQ, ACK, one frame in flight, retransmission) and its messages."""
+    """One Monitor: the link layer (``LinkState``, as every program runs it) on the fleet's
+    asyncio loop, its timers as loop callbacks, and its messages."""
 
     def __init__(self, sim: "MonitorFleet", cp_id: str) -> None:
         self.sim = sim
         self.cp_id = cp_id
-        self.hb_frame = encode_frame(Hb(cp_id).to_data())  # the same every second
+        self.hb = Hb(cp_id)  # the same every second
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder()
+        self.link: LinkState | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.retransmits = 0  # counted into the figures as they happen
         self.state = "idle"  # idle | enq | open | registered | closed
-        self.queue: list[bytes] = []
-        self.in_flight: bytes | None = None
-        self.retries = 0
-        self.ack_timer: asyncio.TimerHandle | None = None
         self.connect_started = 0.0
         self.faulty = False
         self.supplying = False
         self.closing = False  # closed on purpose by the load generator
 
-    # -- asyncio.Protocol --
+    # -- asyncio.Protocol: bytes in and out, time from the loop --
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.state = "enq"
-        transport.write(bytes((ENQ,)))
+        self.link = LinkState(Role.CLIENT, LINK, MESSAGES, peer=self.cp_id)
+        self._write(self.link.start(self.sim.loop.time()))
+        self._events()
 
     def data_received(self, data: bytes) -> None:
-        self.decoder.feed(data)
-        while True:
-            try:
-                event = self.decoder.next_event()
-            except FrameError:
-                self.transport.write(bytes((NACK,)))
-                continue
-            if isinstance(event, Control):
-                self._control(event.byte)
-            elif isinstance(event, Frame):
-                self.transport.write(bytes((ACK,)))
-                self._frame(event.text)
-            else:
-                return
+        self._write(self.link.feed(data, self.sim.loop.time()))
+        self._events()
 
     def connection_lost(self, exc) -> None:
         was = self.state
         self.state = "closed"
         self._cancel_timer()
+        if self.link is not None:
+            self.link.fail(LinkError("connection lost"))
+            self.link.events()
         if self.closing or self.sim.stopping:
             return
         if was == "registered":
@@ -148,67 +142,66 @@ class SimMonitor(asyncio.Protocol):
             self.sim.figures.false_disconnects.add(self.cp_id)
         self.sim.reconnect_later(self)
 
-    # -- link layer --
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
-    def _control(self, byte: ControlByte) -> None:
-        if self.state == "enq":
-            if byte == ControlByte.ACK:
+    def _events(self) -> None:
+        link = self.link
+        for event in link.events():
+            kind = type(event)
+            if kind is Received:
+                self._message(event.message)
+            elif kind is Opened:
                 self.state = "open"
                 self.send(Reg(self.cp_id, f"Load test street {self.cp_id[-4:]}", PRICE))
-            else:
-                self.sim.figures.refused += 1
+            elif isinstance(event, Ended):
+                if isinstance(event, Refused):
+                    self.sim.figures.refused += 1
+                elif isinstance(event, Broken) and "not acknowledged" in str(event.cause):
+                    self.sim.figures.links_broken += 1
                 self.transport.close()
-            return
-        if byte == ControlByte.ACK and self.in_flight is not None:
+        retransmitted = link.stats["retransmitted"]
+        if retransmitted != self.retransmits:
+            self.sim.figures.retransmits += retransmitted - self.retransmits
+            self.retransmits = retransmitted
+        deadline = link.next_deadline()
+        if deadline != self.timer_at:
             self._cancel_timer()
-            self.in_flight = None
-            self._next()
-        elif byte == ControlByte.NACK and self.in_flight is not None:
-            self._retransmit()
-        elif byte == ControlByte.EOT:
-            self.transport.close()
+            if deadline is not None:
+                self.timer = self.sim.loop.call_at(deadline, self._on_timer)
+                self.timer_at = deadline
 
-    def send(self, message: Message) -> None:
-        self.send_frame(encode_frame(message.to_data()))
-
-    def send_frame(self, frame: bytes) -> None:
-        if self.state not in ("open", "registered"):
-            return
-        self.queue.append(frame)
-        if self.in_flight is None:
-            self._next()
-
-    def _next(self) -> None:
-        if self.queue and self.transport is not None and not self.transport.is_closing():
-            self.in_flight = self.queue.pop(0)
-            self.retries = 0
-            self.transport.write(self.in_flight)
-            self.ack_timer = self.sim.loop.call_later(ACK_TIMEOUT, self._retransmit)
-
-    def _retransmit(self) -> None:
-        self._cancel_timer()
-        if self.in_flight is None or self.transport is None:
-            return
-        if self.retries >= MAX_RETRANSMITS:
-            self.sim.figures.links_broken += 1
-            self.transport.close()
-            return
-        self.retries += 1
-        self.sim.figures.retransmits += 1
-        self.transport.write(self.in_flight)
-        self.ack_timer = self.sim.loop.call_later(ACK_TIMEOUT, self._retransmit)
+    def _on_timer(self) -> None:
+        self.timer = self.timer_at = None
+        self._write(self.link.on_timer(self.sim.loop.time()))
+        self._events()
 
     def _cancel_timer(self) -> None:
-        if self.ack_timer is not None:
-            self.ack_timer.cancel()
-            self.ack_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.timer_at = None
+
+    def send(self, message: Message) -> None:
+        if self.state not in ("open", "registered") or self.link.closed:
+            return
+        try:
+            self._write(self.link.send(message, self.sim.loop.time()))
+        except (LinkError, OutboundFull):
+            return
+        self._events()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.link is not None:
+            self._write(self.link.close("load test over"))
+        if self.transport is not None:
+            self.transport.close()
 
     # -- messages from Central --
 
-    def _frame(self, text: str) -> None:
-        try:
-            message = MESSAGES.decode(text)
-        except MessageError:
+    def _message(self, message) -> None:
+        if isinstance(message, MessageError):
             return
         if isinstance(message, Auth):
             if message.ok and self.state == "open":
@@ -218,9 +211,9 @@ class SimMonitor(asyncio.Protocol):
             self.send(Supr(self.cp_id, message.session_id, "OK", ""))
 
     def heartbeat(self) -> None:
-        if self.state == "registered" and len(self.queue) < 2:
+        if self.state == "registered" and self.link.queued < 2:
             self.sim.figures.heartbeats += 1
-            self.send_frame(self.hb_frame)
+            self.send(self.hb)
 
 
 class MonitorFleet:
@@ -340,10 +333,7 @@ class MonitorFleet:
 
     def _close_all(self) -> None:
         for sim in self.sims.values():
-            sim.closing = True
-            if sim.transport is not None:
-                sim.transport.write(bytes((EOT,)))
-                sim.transport.close()
+            sim.close()
 
 
 # -- Central's database, read back ---------------------------------------------------------------
