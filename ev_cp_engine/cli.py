@@ -25,6 +25,7 @@ from .engine import DEFAULT_AUTO_SECONDS, DEFAULT_PLUG_TIMEOUT, DEFAULT_POWER_KW
 
 log = logging.getLogger(__name__)
 
+STOP_CONFIRM_WAIT = 3.0  # at a clean stop, how long the broker may take to confirm the last supply end
 KEYS = "keys: [p] plug in  [u] unplug  [f] fault on/off  [r] request a supply for a driver  [q] quit"
 
 
@@ -157,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             run_ticks(engine, publisher, shutdown.event)
     finally:
         log.info("shutting down (%s)", shutdown.signal_name or "requested")
-        server.stop()  # ends any supply (Monitor lost) and tells Central its figures
-        publisher.flush(5)
+        engine.shut_down()  # ends the supply ("engine stopped") and tells Central its figures
+        server.stop()
+        publisher.flush(STOP_CONFIRM_WAIT)  # the broker's confirmation of that end, for a bounded time
+        unconfirmed = engine.unconfirmed_ends()
+        if unconfirmed:
+            messages(f"{unconfirmed} supply end(s) not confirmed by Kafka: kept in the journal, "
+                     "sent again at the next start")
     return 0
