@@ -48,7 +48,7 @@ class CentralClient:
     def __init__(self, host: str, port: int, registration: Reg, *, config: LinkConfig = LinkConfig(),
                  heartbeat: float = 1.0, poll: float = 0.1, auth_timeout: float = 5.0,
                  backoff: Backoff | None = None, say: Callable[[str], None] | None = None,
-                 engine: EngineProbe | None = None) -> None:
+                 engine: EngineProbe | None = None, relay_queue: int = RELAY_QUEUE) -> None:
         self.host, self.port = host, port
         self.engine = engine  # where Central's requests and commands are passed on
         self.registration = registration
@@ -63,6 +63,7 @@ class CentralClient:
         self.registered = threading.Event()
         self.refused: str | None = None
         self._relay: EngineRelay | None = None
+        self.relay_queue = relay_queue
 
     def set_health(self, verdict: Verdict) -> None:
         with self._lock:
@@ -121,7 +122,8 @@ class CentralClient:
             log.warning("Central sent %s before AUTH; ignored", answer.OPCODE)
 
     def _session(self, link: Link, stop: threading.Event) -> None:
-        self._relay = EngineRelay(link, self.engine, self.registration.cp_id, self._say, poll=self.poll).start()
+        self._relay = EngineRelay(link, self.engine, self.registration.cp_id, self._say, poll=self.poll,
+                                  size=self.relay_queue).start()
         try:
             self._serve(link, stop)
         finally:
@@ -168,7 +170,7 @@ class CentralClient:
             if self._relay.submit(message):
                 return
             log.error("%s from Central not relayed: %d requests already wait for the Engine",
-                      message.OPCODE, RELAY_QUEUE)
+                      message.OPCODE, self.relay_queue)
             if isinstance(message, Sup):
                 link.send(Supr(message.cp_id, message.session_id, "KO", BUSY))
         else:

@@ -162,7 +162,7 @@ class MonitorThread:
     """A real Monitor (EngineProbe + CentralClient + Monitor) in a thread, with what it said."""
 
     def __init__(self, central_port: int, engine_port: int, cp_id: str = "CP001", *, heartbeat: float = 1.0,
-                 interval: float = 0.2) -> None:
+                 interval: float = 0.2, **client_options) -> None:
         from ev_common.protocol import Reg
         from ev_common.retry import Backoff
         from ev_cp_monitor.central_client import CentralClient
@@ -174,7 +174,7 @@ class MonitorThread:
         self.client = CentralClient(HOST, central_port, Reg(cp_id, "C/Mayor, 45", PRICE), config=FAST,
                                     heartbeat=heartbeat, poll=0.05, auth_timeout=2.0,
                                     backoff=Backoff(initial=0.05, cap=0.2), say=self.lines.append,
-                                    engine=self.probe)
+                                    engine=self.probe, **client_options)
         self.monitor = Monitor(self.probe, self.client, interval=interval, say=self.lines.append)
         self.stop_event = threading.Event()
         self.exit_code: int | None = None

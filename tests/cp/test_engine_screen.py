@@ -190,7 +190,8 @@ def test_the_menu_drives_the_engine_and_shows_live_figures(clock, emitted, said)
 
     messages = Messages(PlainScreen(io.StringIO()))
     messages.attach()
-    engine = Engine(lambda record, on_delivery=None: emitted.append(record), power_kw=Decimal("36"), clock=clock, say=messages)
+    engine = Engine(lambda record, on_delivery=None: emitted.append(record), power_kw=Decimal("36"), clock=clock,
+                    say=messages)
     engine.monitor_connected("127.0.0.1:5555")
     engine.health("CP001")
     stop = threading.Event()

@@ -135,3 +135,26 @@ def test_central_cancel_is_relayed_to_the_engine(peers):
     central.send(Can(CP, "s-5", "unknown to Central"))
     can = engine.wait_for(Can, 3.0)
     assert (can.session_id, can.reason) == ("s-5", "unknown to Central")
+
+
+def test_a_sup_beyond_the_relay_queue_is_refused_at_once():
+    from ev_cp_monitor.central_client import BUSY
+
+    central = FakeCentral().start()
+    engine = FakeEngine(sup_delay=2.5).start()
+    monitor = MonitorThread(central.port, engine.port, relay_queue=1).start()
+    try:
+        registered(central, engine)
+        central.send(Sup(CP, "s-1", "D001", Decimal("0.48")))
+        engine.wait_for(Sup, 3.0)  # being relayed
+        central.send(Sup(CP, "s-2", "D001", Decimal("0.48")))  # waits in the queue
+        central.send(Sup(CP, "s-3", "D001", Decimal("0.48")))  # no room
+        busy = central.wait_for(Supr, 1.0, where=lambda m: m.session_id == "s-3")
+        assert (busy.status, busy.reason) == ("KO", BUSY)
+        assert [m.session_id for m in central.of(Supr)] == ["s-3"]  # before the Engine's answers
+        central.wait_for(Supr, 8.0, where=lambda m: m.session_id == "s-2")
+        assert "s-3" not in [m.session_id for m in engine.of(Sup)]
+    finally:
+        monitor.stop()
+        engine.stop()
+        central.stop()
