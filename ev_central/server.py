@@ -20,8 +20,8 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
-from ev_common.link import Link, LinkConfig, LinkError
-from ev_common.reactor import LinkReactor
+from ev_common.link import LinkConfig
+from ev_common.reactor import LinkReactor, ReactorLink
 from ev_common.protocol import Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Sst, Stop, Sup, Supr
 
 from .core.network import ChargingNetwork, StateChange
@@ -43,7 +43,7 @@ class MonitorSession:
 
     _ids = itertools.count(1)
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: ReactorLink) -> None:
         self.link = link
         self.number = next(self._ids)
         self.cp_id: str | None = None
@@ -87,20 +87,28 @@ class MonitorServer:
         return self._server.address
 
     def ask(self, cp_id: str, question: Sup, timeout: float) -> Supr:
-        """Ask the CP (through its Monitor) to take a supply; raises ``CPUnreachable``."""
+        """Ask the CP (through its Monitor) to take a supply; raises ``CPUnreachable``.
+
+        The reactor sends the question (no thread here waits on a socket); this thread waits
+        for the answer only, which fails at once if the link ends before the question was ACKed."""
         session = self.network.owner(cp_id)
         if session is None:
             raise CPUnreachable(f"{cp_id} has no Monitor connected")
         answer: Future = Future()
         session.waiting[question.session_id] = answer
+
+        def delivered(ok: bool) -> None:  # (on the reactor thread)
+            if not ok:
+                try:
+                    answer.set_exception(CPUnreachable(f"{cp_id}: link to its Monitor failed before it took "
+                                                       f"{question.OPCODE}"))
+                except InvalidStateError:  # answered or given up already
+                    pass
+
         try:
-            try:
-                session.link.send(question)
-            finally:
-                self._server.kick(session.link)  # what the link read while waiting for the ACK
+            if not self._server.send(session.link, question, delivered):
+                raise CPUnreachable(f"{cp_id}: its Monitor's session is closed or has too much queued")
             return answer.result(timeout)
-        except LinkError as exc:
-            raise CPUnreachable(f"{cp_id}: link to its Monitor failed: {exc}") from None
         except FutureTimeout:
             raise CPUnreachable(f"{cp_id} did not answer within {timeout:g} s") from None
         finally:
@@ -110,18 +118,16 @@ class MonitorServer:
                 session.settle(question.session_id, False)
 
     def command(self, cp_id: str, message: Message) -> bool:
-        """Push a command (STOP, RESUME) to the CP's Monitor; False when it cannot be delivered now."""
+        """Push a command (STOP, RESUME) to the CP's Monitor: queued, never waits (the reactor
+        sends it behind the frame in flight); False when it cannot be queued now."""
         session = self.network.owner(cp_id)
         if session is None:
             return False
-        try:
-            session.link.send(message)
+        if self._server.send(session.link, message):
             return True
-        except LinkError as exc:
-            log.warning("%s: %s not delivered: %s", cp_id, message.OPCODE, exc)
-            return False
-        finally:
-            self._server.kick(session.link)  # what the link read while waiting for the ACK
+        log.warning("%s: %s not delivered: its Monitor's session is closed or has too much queued", cp_id,
+                    message.OPCODE)
+        return False
 
     def session_count(self) -> int:
         """Monitor sessions open now (registered or not)."""
@@ -144,7 +150,7 @@ class MonitorServer:
 
     # -- one session (LinkReactor's handler) ------------------------------------------------
 
-    def opened(self, link: Link) -> MonitorSession:
+    def opened(self, link: ReactorLink) -> MonitorSession:
         session = MonitorSession(link)
         with self._lock:
             self._unregistered.add(session)
@@ -161,26 +167,22 @@ class MonitorServer:
         """Registrations are served one at a time (see LinkReactor); the rest by the main workers."""
         return "register" if session.cp_id is None else "main"
 
-    def message(self, session: MonitorSession, message) -> bool:
-        """Serve one message (or the MessageError of a bad one); False ends the session."""
+    def message(self, session: MonitorSession, message) -> bool | list[Message]:
+        """Serve one message (or the MessageError of a bad one): the replies, which the reactor
+        sends in order, or False to end the session."""
         link = session.link
         if session.cp_id is None:  # first a valid REG
             if isinstance(message, MessageError):
                 log.warning("refused registration from %s: %s", link.peer, message)
-                reply = Auth.refused(str(message.args[0])) if message.opcode == "REG" else Err.about(message)
-                link.send(reply)
-                return True
+                return [Auth.refused(str(message.args[0])) if message.opcode == "REG" else Err.about(message)]
             if not isinstance(message, Reg):
-                link.send(Err("NOT_REGISTERED", f"send REG before {message.OPCODE}"))
-                return True
+                return [Err("NOT_REGISTERED", f"send REG before {message.OPCODE}")]
             with self._lock:
                 self._unregistered.discard(session)
-            self._accept_registration(session, message, nowait=True)
-            return True
+            return self._accept_registration(session, message)
         if isinstance(message, MessageError):
             log.warning("%r sent a bad message: %s", session, message)
-            link.send(Err.about(message))
-            return True
+            return [Err.about(message)]
         return self._handle(session, message)
 
     def closed(self, session: MonitorSession, cause: str) -> None:
@@ -189,7 +191,7 @@ class MonitorServer:
         if session.cp_id is not None and not self._stopping:
             self._changed(self.network.session_ended(session.cp_id, session, f"Monitor connection lost: {cause}"))
 
-    def _accept_registration(self, session: MonitorSession, reg: Reg, nowait: bool = False) -> None:
+    def _accept_registration(self, session: MonitorSession, reg: Reg) -> list[Message]:
         log.info("REG received from %s: %s", session.link.peer, reg.to_data().decode())
         session.cp_id = reg.cp_id
         change, replaced = self.network.register(reg.cp_id, reg.location, reg.price_eur_kwh, session)
@@ -197,36 +199,29 @@ class MonitorServer:
             log.warning("%s: a newer Monitor session from %s replaces %r", reg.cp_id, session.link.peer, replaced)
             replaced.link.close("replaced by a newer session for the same CP")
         self._changed(change)  # queued for the DB before the Monitor hears AUTH#OK
-        reply = Auth.accepted()  # a first registration does not wait for its ACK: the reactor reads it
-        if not (nowait and self._server.send_nowait(session.link, reply)):
-            session.link.send(reply)
+        reply = Auth.accepted()  # returned: the reactor sends it, and STOP behind it
         log.info("AUTH#OK sent to %s (%s)", reg.cp_id, reply.text)
         if change.stopped:  # the CP must know it is out of service, also after a restart
-            session.link.send(Stop(reg.cp_id))  # (after AUTH's ACK)
+            return [reply, Stop(reg.cp_id)]  # (after AUTH's ACK)
+        return [reply]
 
-    def _handle(self, session: MonitorSession, message: Message) -> bool:
-        """Serve one message of a registered session; False when the session must end."""
+    def _handle(self, session: MonitorSession, message: Message) -> bool | list[Message]:
+        """Serve one message of a registered session: its replies, or False when the session must end."""
         cp_id = session.cp_id
         if isinstance(message, Reg):
             if message.cp_id != cp_id:
-                session.link.send(Auth.refused(f"this session is registered as {cp_id}"))
-                return True
-            self._accept_registration(session, message)
-            return True
+                return [Auth.refused(f"this session is registered as {cp_id}")]
+            return self._accept_registration(session, message)
         if getattr(message, "cp_id", cp_id) != cp_id:
-            session.link.send(Err("UNEXPECTED", f"this session speaks for {cp_id}, not {message.cp_id}"))
-            return True
+            return [Err("UNEXPECTED", f"this session speaks for {cp_id}, not {message.cp_id}")]
         if not self.network.heartbeat(cp_id, session):  # every message is a sign of life
             return False  # a newer session owns the CP: this one ends
         if isinstance(message, Hb):
             return True
         if isinstance(message, Supr):
-            self._answer(session, message)
-            return True
+            return self._answer(session, message)
         if isinstance(message, Sst):
-            for reply in self.on_supply_state(cp_id, message):
-                session.link.send(reply)
-            return True
+            return list(self.on_supply_state(cp_id, message))
         if isinstance(message, Avr):
             log.info("%s: fault reported by its Monitor: %s", cp_id, message.reason)
             self._changed(self.network.engine_fault(cp_id, session, message.reason))
@@ -235,10 +230,9 @@ class MonitorServer:
             log.info("%s: recovery reported by its Monitor", cp_id)
             self._changed(self.network.engine_ok(cp_id, session))
             return self.network.owner(cp_id) is session
-        session.link.send(Err("UNEXPECTED", f"Central does not accept {message.OPCODE} from a Monitor"))
-        return True
+        return [Err("UNEXPECTED", f"Central does not accept {message.OPCODE} from a Monitor")]
 
-    def _answer(self, session: MonitorSession, answer: Supr) -> None:
+    def _answer(self, session: MonitorSession, answer: Supr) -> list[Message]:
         """A SUPR: the answer awaited by ``ask``, a repeat of one (ignored: every message is
         idempotent), or one that came after Central gave up (an OK is cancelled at the CP)."""
         waiting = session.waiting.get(answer.session_id)
@@ -246,7 +240,7 @@ class MonitorServer:
             try:
                 waiting.set_result(answer)
                 session.settle(answer.session_id, True)
-                return
+                return []
             except InvalidStateError:  # answered already (this is a repeat), or given up just now
                 pass
         if session.settled.get(answer.session_id) or (waiting is not None and not waiting.cancelled()):
@@ -254,9 +248,10 @@ class MonitorServer:
         elif answer.ok:
             log.warning("%s accepted supply %s after Central gave up on it: cancelling it at the CP",
                         session.cp_id, answer.session_id[:8])
-            session.link.send(Can(session.cp_id, answer.session_id, GAVE_UP))
+            return [Can(session.cp_id, answer.session_id, GAVE_UP)]
         else:
             log.info("%s: late refusal of supply %s ignored", session.cp_id, answer.session_id[:8])
+        return []
 
     def _changed(self, change: StateChange | None) -> None:
         if change is not None:

@@ -258,13 +258,6 @@ class LinkReactor:
         self._schedule(link)
         return True
 
-    def send_nowait(self, link: ReactorLink, message: Message) -> bool:
-        """The earlier name of ``send`` without a callback."""
-        return self.send(link, message)
-
-    def kick(self, link: ReactorLink) -> None:
-        """Nothing to do any more: the reactor reads every session all the time."""
-
     # -- any thread -------------------------------------------------------------------------
 
     def _schedule(self, link: ReactorLink) -> None:
