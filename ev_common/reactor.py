@@ -310,10 +310,10 @@ class LinkReactor:
                     except (BlockingIOError, InterruptedError):
                         pass
             now = time.monotonic()
-            if self._pending:
-                self._apply_pending(now)
             if timers and timers[0][0] <= now:
                 self._run_timers(now)
+            if self._pending:  # (last: callbacks run above may have queued more)
+                self._apply_pending(now)
 
     def _accept(self) -> None:
         now = time.monotonic()
