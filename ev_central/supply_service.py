@@ -283,10 +283,11 @@ class SupplyService:
     def _store_now(self, row: SessionRow, on_durable: Callable[[], None] | None) -> None:
         """Durable before the ticket leaves, when the database allows; the writer has it otherwise
         (and replaces any older version of it that still waits there)."""
-        try:
-            self.store.save_sessions([row])
-        except StoreError:
-            pass
+        if getattr(self.sessions, "db_ok", True):  # during an outage the writer alone tries: no caller waits
+            try:
+                self.store.save_sessions([row])
+            except StoreError:
+                pass
         self.sessions.put(row, on_durable)
 
     def send_ticket(self, row: SessionRow) -> None:

@@ -18,7 +18,8 @@ from ev_central.store.breaker import CircuitBreaker
 from ev_central.store.mysql import MySQLStore
 from ev_common.retry import Backoff
 from ev_common.link import Link, LinkConfig
-from ev_common.protocol import Auth, Avr, Reg
+from ev_common.protocol import Auth, Avr, Hb, Reg
+from ev_common.records import SupplyEnd, Telemetry
 from tests.support.clock import FakeClock
 from tests.support.proxy import CuttableProxy
 from tests.support.services import parse_mysql_url
@@ -189,3 +190,53 @@ def _held(store) -> bool:
         store._lock.release()
         return False
     return True
+
+
+def test_a_hanging_database_does_not_stall_the_live_path(proxied):
+    """Central on a database that stops answering: signs of life, faults and telemetry go on
+    from memory (none waits for the database longer than its bound), and everything is
+    written once it answers again."""
+    direct_url, proxied_url, proxy = proxied
+    store = MySQLStore(proxied_url, connect_timeout=IO_TIMEOUT, io_timeout=IO_TIMEOUT, lock_timeout=0.5)
+    store.migrate()
+    central = Central(store, "127.0.0.1", 0, silence_timeout=1.5).start()
+    link = register(central, "CP1")
+    try:
+        wait_until(lambda: db_states(direct_url).get("CP1") == "ACTIVADO", 5, "CP1 ACTIVADO in the DB")
+        row = central.book.open("S1", "R1", "CP1", "D1", Decimal("0.40"))
+        central.session_writer.put(row)
+        beating = threading.Event()
+
+        def beat() -> None:  # the Monitor's signs of life, at its own pace
+            while not beating.wait(0.3):
+                link.send(Hb("CP1"))
+
+        beater = threading.Thread(target=beat, daemon=True)
+        beater.start()
+        proxy.freeze()
+        took = []
+        for seq in range(1, 6):  # telemetry applied from memory
+            started = time.monotonic()
+            central.supplies.on_telemetry(Telemetry("CP1", "S1", "D1", seq, Decimal(seq) / 10, Decimal(0),
+                                                    Decimal("7")))
+            took.append(time.monotonic() - started)
+        for call in (lambda: central.supplies.drivers.is_registered("D9"),  # an authoriser's question
+                     lambda: central.supplies.on_supply_end(SupplyEnd("CP1", "S1", "D1", 6, Decimal("0.5"),
+                                                                      Decimal("0.2"), "unplugged"))):
+            started = time.monotonic()
+            call()
+            took.append(time.monotonic() - started)
+        assert max(took) <= BOUND, took
+        assert central.book.closed("S1").engine_final  # the ticket is out, the row waits for the database
+        link.send(Avr("CP1", "Engine answers KO"))
+        wait_until(lambda: central.network.get("CP1").state == "AVERIADO", 1, "the fault applied from memory")
+        assert central.network.get("CP1").state == "AVERIADO"  # never DESCONECTADO: signs of life were served
+        proxy.thaw()
+        wait_until(lambda: db_states(direct_url).get("CP1") == "AVERIADO", 30, "the fault written")
+        beating.set()
+        beater.join(2)
+        wait_until(lambda: (central.store.get_session("S1") or row).status == "COMPLETED", 30, "the ticket written")
+    finally:
+        proxy.thaw()
+        link.close()
+        central.stop()
