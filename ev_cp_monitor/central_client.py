@@ -199,7 +199,6 @@ class EngineRelay:
         self._sst_due = True  # after every registration...
         self._sq_at = 0.0
         self._links_seen: int | None = None  # ...and after every new link to the Engine
-        self.sst_sent = 0
 
     def start(self) -> "EngineRelay":
         self._thread.start()
@@ -270,5 +269,4 @@ class EngineRelay:
         self.link.send(answer)
         self._sst_due = False
         self._sq_backoff.reset()
-        self.sst_sent += 1
         log.info("told Central the supply at the CP: %s %s", answer.phase, answer.session_id or "-")
