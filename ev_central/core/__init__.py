@@ -1,1 +1,1 @@
-"""Central's domain: the CP state table and the network of CPs. No I/O; clocks are injected."""
+"""Central's domain: the entities (CP, driver, session), the CP state table, the network of CPs and the supply book. No I/O; clocks are injected."""

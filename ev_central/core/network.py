@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Callable, Hashable, Iterable
 
-from ev_central.store.base import CPRow
+from .entities import CPRow
 
 from .states import Event, IllegalTransition, Outcome, State, transition
 

@@ -15,13 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from ev_common import words
+
 
 class State(str, Enum):
-    ACTIVADO = "ACTIVADO"  # working, waiting for a request
-    PARADO = "PARADO"  # healthy but stopped by Central ("Out of Order")
-    SUMINISTRANDO = "SUMINISTRANDO"  # supplying a vehicle
-    AVERIADO = "AVERIADO"  # connected to Central but faulty
-    DESCONECTADO = "DESCONECTADO"  # no sign of life from the Monitor
+    """The five states; their names are the shared words of ``ev_common.words`` (one definition)."""
+
+    ACTIVADO = words.ACTIVADO  # working, waiting for a request
+    PARADO = words.PARADO  # healthy but stopped by Central ("Out of Order")
+    SUMINISTRANDO = words.SUMINISTRANDO  # supplying a vehicle
+    AVERIADO = words.AVERIADO  # connected to Central but faulty
+    DESCONECTADO = words.DESCONECTADO  # no sign of life from the Monitor
 
     def __str__(self) -> str:
         return self.value

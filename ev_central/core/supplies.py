@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable, Iterable
 
-from ev_central.store.base import OPEN_STATUSES, SessionRow
+from .entities import OPEN_STATUSES, SessionRow
 
 CENT = Decimal("0.01")
 FOUR_PLACES = Decimal("0.0001")

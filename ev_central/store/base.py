@@ -20,10 +20,16 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Iterable
 
-CP_STATES = ("ACTIVADO", "PARADO", "SUMINISTRANDO", "AVERIADO", "DESCONECTADO")
+from ev_central.core.entities import (  # noqa: F401  (the entities the store maps to rows)
+    CP_STATES,
+    OPEN_STATUSES,
+    SESSION_STATUSES,
+    CPRow,
+    DriverRow,
+    SessionRow,
+)
 
 
 class StoreError(Exception):
@@ -52,54 +58,6 @@ class StoreRefused(StoreError):
         if self.row_id is not None:
             return self
         return StoreRefused(self.reason, row_id=row_id, errno=self.errno)
-
-
-@dataclass(frozen=True)
-class CPRow:
-    """One row of ``charging_points``."""
-
-    cp_id: str
-    location: str
-    price_eur_kwh: Decimal
-    state: str  # one of CP_STATES
-    stopped: bool  # set by an operator's Stop, cleared by Resume; survives restarts
-    updated_at: datetime  # timezone-aware, UTC
-    version: int = 0  # a save never replaces a stored row of a higher version
-
-
-@dataclass(frozen=True)
-class DriverRow:
-    """One row of ``drivers``."""
-
-    driver_id: str
-    name: str
-    registered_at: datetime  # timezone-aware, UTC
-
-
-SESSION_STATUSES = ("AUTHORISED", "SUPPLYING", "COMPLETED", "INTERRUPTED")
-OPEN_STATUSES = ("AUTHORISED", "SUPPLYING")
-
-
-@dataclass(frozen=True)
-class SessionRow:
-    """One row of ``charging_sessions``: an authorised supply, open or ended (its ticket)."""
-
-    session_id: str
-    request_id: str
-    cp_id: str
-    driver_id: str
-    price_eur_kwh: Decimal  # frozen at authorisation
-    started_at: datetime  # timezone-aware, UTC: the authorisation
-    ended_at: datetime | None  # None while open
-    kwh: Decimal
-    amount_eur: Decimal
-    status: str  # one of SESSION_STATUSES
-    end_reason: str | None
-    ticket_sent: bool  # the ticket reached the broker
-    last_seq: int  # the highest telemetry seq applied
-    engine_final: bool = False  # the figures came from the Engine's supply.end
-    corrected: bool = False  # a corrected ticket was issued
-    version: int = 0  # a save never replaces a stored row of a higher version
 
 
 REJECTED_KINDS = ("cp", "session")

@@ -71,3 +71,11 @@ def test_a_fault_during_a_supply_interrupts_it():
     assert transition(S, False, E.MONITOR_LOST).interrupts_supply
     assert transition(S, False, E.STOP).interrupts_supply
     assert not transition(S, False, E.SUPPLY_ENDED).interrupts_supply
+
+
+def test_one_definition_of_the_cp_states():
+    from ev_central.core.entities import CP_STATES
+    from ev_central.store.base import CP_STATES as STORED
+    from ev_common import words
+
+    assert CP_STATES == STORED == words.CP_STATES == tuple(state.value for state in State)
