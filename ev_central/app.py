@@ -19,6 +19,7 @@ from ev_common.link import LinkConfig
 from ev_common.records import CPStatus, Record
 
 from .bus_adapter import CentralBus, KafkaNotifier
+from .effects import Effects
 from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER, SupplyBook
 from .persistence import cp_state_writer, session_writer
@@ -52,7 +53,8 @@ class Central:
         self.book = SupplyBook(end_grace=end_grace, stale_after=stale_after)
         self.writer = cp_state_writer(store)
         self.session_writer = session_writer(store)
-        self.monitors = MonitorServer(self.network, self._on_change, host, port, config=link_config)
+        self.effects = Effects()  # the one thread that carries out what the decisions cause outside
+        self.monitors = MonitorServer(self.network, lambda change: None, host, port, config=link_config)
         if kafka:
             publisher = Publisher(kafka, "ev-central")
             self.bus: CentralBus | None = CentralBus(kafka, topics, publisher, partitions=topic_partitions,
@@ -61,7 +63,10 @@ class Central:
         else:
             self.bus, notifier = None, _NoBus()
         self.supplies = SupplyService(self.network, self.book, self.monitors, DriverDirectory(store), notifier,
-                                      self.session_writer, store, self._on_change, request_ttl=request_ttl)
+                                      self.session_writer, store, cp_rows=self.writer, effects=self.effects,
+                                      request_ttl=request_ttl)
+        # the Monitor side reports to the core through these two doors only
+        self.monitors.on_change = self.supplies.changed
         self.monitors.on_supply_state = self.supplies.on_supply_state
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -84,6 +89,7 @@ class Central:
             log.info("%d supply session(s) still open: waiting for their end", len(open_sessions))
         self.writer.start()
         self.session_writer.start()
+        self.effects.start()
         self.monitors.start()
         host, port = self.address
         log.info("Central listening for Monitors on %s:%d", host, port)
@@ -104,6 +110,7 @@ class Central:
         if self._sweeper is not None:  # first: no session closes because Central is stopping
             self._sweeper.join(2)
         self.monitors.stop()
+        self.effects.stop()  # what the last decisions caused, before Kafka and the writers stop
         if self.bus is not None:
             self.bus.stop()
         self.session_writer.stop()
@@ -130,12 +137,3 @@ class Central:
                 self.supplies.sweep()
             except Exception:
                 log.exception("closing due sessions failed; will retry")
-
-    def _on_change(self, change: StateChange) -> None:
-        if change.row is not None:
-            self.writer.put(change.row)
-        if change.old is None:
-            log.info("%s: new CP signed up -> %s", change.cp_id, change.new)
-        elif change.state_changed:
-            log.info("%s: %s -> %s (%s)", change.cp_id, change.old, change.new, change.cause)
-        self.supplies.on_cp_change(change)

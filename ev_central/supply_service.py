@@ -3,8 +3,13 @@
 ``SupplyService`` holds the rules of the application; what it talks to is
 injected: the CP network and supply book (domain), the Monitor gateway (ask a
 CP, push a command), the driver directory, the notifier (Kafka) and the
-session writer (database). Every handler is idempotent, because Kafka may hand
-a record over twice.
+writers (database). Every handler is idempotent, because Kafka may hand a record
+over twice.
+
+Decisions are taken on the caller's thread, under the domain's locks; their
+effects (a row for a writer, a record on Kafka, a log line for the panel) go
+through ``Effects``, carried out in order by one thread (ev_central/effects.py).
+Every CP change, from the Monitor side or from here, comes in through ``changed``.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from ev_common.words import OUT_OF_ORDER, STOPPED_BY_CENTRAL
 from .core.network import ChargingNetwork, StateChange
 from .core.states import Event, IllegalTransition, State
 from .core.supplies import SupplyBook
+from .effects import Effects
 from .persistence import WriteBehind
-from .store.base import SessionRow, Store, StoreError
+from .store.base import CPRow, SessionRow, Store, StoreError
 
 log = logging.getLogger(__name__)
 live_log = logging.getLogger("ev_central.live")  # per-second figures: shown on tiles, not in the message list
@@ -85,8 +91,9 @@ class DriverDirectory:
 
 class SupplyService:
     def __init__(self, network: ChargingNetwork, book: SupplyBook, cps: CPGateway, drivers: DriverDirectory,
-                 notifier: Notifier, sessions: WriteBehind[SessionRow], store: Store,
-                 on_change: Callable[[StateChange], None], *,
+                 notifier: Notifier, sessions: WriteBehind[SessionRow], store: Store, *,
+                 cp_rows: WriteBehind[CPRow] | None = None, effects: Effects | None = None,
+                 observe: Callable[[StateChange], None] | None = None,
                  request_ttl: float = DEFAULT_REQUEST_TTL, cp_answer_timeout: float = CP_ANSWER_TIMEOUT,
                  utcnow: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None) -> None:
@@ -97,7 +104,9 @@ class SupplyService:
         self.notifier = notifier
         self.sessions = sessions
         self.store = store
-        self.on_change = on_change  # persists, logs, shows a CP change; calls back on_cp_change
+        self.cp_rows = cp_rows  # the CP rows' writer
+        self._effects = effects or Effects()  # not started: effects run on the caller's thread
+        self._observe = observe  # sees every CP change, in order (tests)
         self.request_ttl = request_ttl
         self.cp_answer_timeout = cp_answer_timeout
         self._utcnow = utcnow
@@ -117,7 +126,7 @@ class SupplyService:
         if self.book.decided(r.request_id) is not None:  # Kafka handed it over again (after a restart)
             log.info("request %s was decided before; not decided again", r.request_id[:8])
             return
-        self.notifier.to_driver(r.driver_id, RequestReceived(r.request_id, r.driver_id, r.cp_id))
+        self._notify(r.driver_id, RequestReceived(r.request_id, r.driver_id, r.cp_id))
         self._say(f"request {r.request_id[:8]} from driver {r.driver_id} for {r.cp_id}"
                   + (" (made at the CP)" if r.source == "cp" else ""))
         age = (self._utcnow() - r.ts).total_seconds()
@@ -164,7 +173,7 @@ class SupplyService:
             return self._deny(r, refusal)
         row = self.book.open(session_id, r.request_id, r.cp_id, r.driver_id, price)
         self.sessions.put(row)
-        self.notifier.to_driver(r.driver_id, RequestAuthorised(r.request_id, r.driver_id, r.cp_id, session_id, price))
+        self._notify(r.driver_id, RequestAuthorised(r.request_id, r.driver_id, r.cp_id, session_id, price))
         self._say(f"authorised: driver {r.driver_id} at {r.cp_id}, session {session_id[:8]}, {price} EUR/kWh")
         self._publish_status(r.cp_id)
         # A Stop, fault or lost Monitor while the CP was being asked found no session to interrupt;
@@ -173,11 +182,11 @@ class SupplyService:
         if now is not None and now.state != State.SUMINISTRANDO.value:
             reason = _interruption_for(State(now.state), "CP changed while being asked")
             if self.book.interrupt(r.cp_id, reason) is not None:
-                self.notifier.to_driver(r.driver_id, SupplyAlert(session_id, r.driver_id, r.cp_id, now.state, reason))
+                self._notify(r.driver_id, SupplyAlert(session_id, r.driver_id, r.cp_id, now.state, reason))
                 self._say(f"supply {session_id[:8]} at {r.cp_id} interrupted: {reason}")
 
     def _deny(self, r: SupplyRequest, reason: str) -> None:
-        self.notifier.to_driver(r.driver_id, RequestDenied(r.request_id, r.driver_id, r.cp_id, reason))
+        self._notify(r.driver_id, RequestDenied(r.request_id, r.driver_id, r.cp_id, reason))
         self._say(f"denied: driver {r.driver_id} at {r.cp_id}: {reason}")
 
     def pending_requests(self) -> list[SupplyRequest]:
@@ -198,7 +207,7 @@ class SupplyService:
                 on_durable()
             return
         self.sessions.put(row, on_durable)
-        self.notifier.to_driver(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
+        self._notify(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
                                                               row.kwh, row.amount_eur, t.power_kw))
         live_log.info("%s SUMINISTRANDO to driver %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, row.driver_id,
                       row.kwh, row.amount_eur, t.power_kw)
@@ -302,7 +311,7 @@ class SupplyService:
                 with self._lock:
                     self._undelivered[row.session_id] = row
 
-        self.notifier.to_driver(row.driver_id, ticket, on_delivery=delivered)
+        self._notify(row.driver_id, ticket, on_delivery=delivered)
 
     def resend_unsent_tickets(self) -> int:
         """After a restart: send the tickets that were stored but never reached the broker."""
@@ -313,21 +322,35 @@ class SupplyService:
 
     # -- CP changes and operator commands ----------------------------------------------------------
 
-    def on_cp_change(self, change: StateChange) -> None:
-        """Every CP state change: interrupt its supply if it must, tell the drivers' status topic."""
-        if change.interrupts_supply:
-            row = self.book.interrupt(change.cp_id, _interruption(change))
-            if row is not None:
-                self.notifier.to_driver(row.driver_id, SupplyAlert(row.session_id, row.driver_id, row.cp_id,
-                                                                   change.new.value, _interruption(change)))
-                self._say(f"supply {row.session_id[:8]} at {row.cp_id} interrupted: {_interruption(change)}")
-        elif (change.event is Event.REGISTERED and change.new is State.ACTIVADO
-              and self.book.running_for_cp(change.cp_id) is not None):
+    def changed(self, change: StateChange | None) -> None:
+        """A CP changed (from any thread): its supply is interrupted now if it must be; the row,
+        the log line, the driver's alert and the status record follow on the effects thread."""
+        if change is None:
+            return
+        interrupted = self.book.interrupt(change.cp_id, _interruption(change)) if change.interrupts_supply else None
+        self._effects.submit(self._apply_change, change, interrupted)
+        if (not change.interrupts_supply and change.event is Event.REGISTERED and change.new is State.ACTIVADO
+                and self.book.running_for_cp(change.cp_id) is not None):
             # Central restarted while this CP supplied: the supply goes on, so does SUMINISTRANDO
             self._network_event(change.cp_id, Event.SUPPLY_STARTED, "supply in course since before Central restarted")
-            return
+
+    def _apply_change(self, change: StateChange, interrupted: SessionRow | None) -> None:
+        """(effects thread) What a CP change causes outside Central's memory."""
+        if self._observe is not None:
+            self._observe(change)
+        if change.row is not None and self.cp_rows is not None:
+            self.cp_rows.put(change.row)
+        if change.old is None:
+            log.info("%s: new CP signed up -> %s", change.cp_id, change.new)
+        elif change.state_changed:
+            log.info("%s: %s -> %s (%s)", change.cp_id, change.old, change.new, change.cause)
+        if interrupted is not None:
+            reason = _interruption(change)
+            self.notifier.to_driver(interrupted.driver_id, SupplyAlert(interrupted.session_id, interrupted.driver_id,
+                                                                       interrupted.cp_id, change.new.value, reason))
+            self._say(f"supply {interrupted.session_id[:8]} at {interrupted.cp_id} interrupted: {reason}")
         if change.state_changed or change.old is None:
-            self._publish_status(change.cp_id)
+            self._publish_status_now(change.cp_id)
 
     def stop(self, cp_id: str) -> StateChange:
         change = self._network_event(cp_id, Event.STOP, "stopped by the operator")
@@ -350,8 +373,11 @@ class SupplyService:
 
     def _network_event(self, cp_id: str, event: Event, cause: str) -> StateChange:
         change = self.network.apply(cp_id, event, cause)
-        self.on_change(change)
+        self.changed(change)
         return change
+
+    def _notify(self, driver_id: str, record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
+        self._effects.submit(self.notifier.to_driver, driver_id, record, on_delivery)
 
     def _cancel_at_cp(self, cp_id: str, session_id: str, reason: str) -> None:
         """Tell the CP to end (or never start) a supply Central does not have open; once per session."""
@@ -379,6 +405,10 @@ class SupplyService:
             self._network_event(cp_id, Event.SUPPLY_ENDED, cause)
 
     def _publish_status(self, cp_id: str) -> None:
+        """The CP's status as it is when the effects thread publishes it: never an older one."""
+        self._effects.submit(self._publish_status_now, cp_id)
+
+    def _publish_status_now(self, cp_id: str) -> None:
         row = self.network.get(cp_id)
         if row is None:
             return

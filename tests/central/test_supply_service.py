@@ -193,16 +193,14 @@ class Central:
         self.changes: list[StateChange] = []
         self.said: list[str] = []
         self.service = SupplyService(self.network, self.book, self.gateway, DriverDirectory(self.store),
-                                     self.notifier, self.writer, self.store, self.on_change,
+                                     self.notifier, self.writer, self.store, observe=self.changes.append,
                                      utcnow=self.clock.utc, say=self.said.append)
         self._requests = itertools.count(1)
 
     def on_change(self, change: StateChange | None) -> None:
-        """What Central's _on_change does, minus the CP writer: record, then tell the service."""
-        if change is None:
-            return
-        self.changes.append(change)
-        self.service.on_cp_change(change)
+        """What the Monitor side does with a CP change: hand it to the service (which records it
+        in ``changes``; its effects run at once, on this thread, in these tests)."""
+        self.service.changed(change)
 
     def add_cp(self, cp_id: str, location: str = "Calle Mayor 1", price: Decimal = PRICE) -> None:
         change, _ = self.network.register(cp_id, location, price, f"mon-{cp_id}")
