@@ -213,7 +213,7 @@ def drivers_main(argv: list[str]) -> int:
         parser.error(f"{args.action} needs a driver id")
     setup_logging("EV_Central drivers", "WARNING")
     from ev_common.protocol import LocalProtocolError
-    from ev_common.protocol.fields import Identifier
+    from ev_common.protocol.fields import Identifier, Text
 
     from .store import StoreError, open_store
 
@@ -222,6 +222,10 @@ def drivers_main(argv: list[str]) -> int:
             Identifier().check(args.driver_id)
         except (ValueError, LocalProtocolError) as exc:
             parser.error(f"driver id: {exc}")
+    try:  # the limits of the drivers table: 100 characters, no control characters
+        Text(max_len=100, allow_empty=True).check(args.name)
+    except ValueError as exc:
+        parser.error(f"--name: {exc}")
     try:
         store = open_store(args.db)
     except (StoreError, ValueError) as exc:

@@ -95,3 +95,4 @@ def test_cp_changes_are_published_by_the_effects_thread_in_order(tmp_path):
         central.stop()
     assert recorder.states == ["ACTIVADO", "AVERIADO", "ACTIVADO", "DESCONECTADO"]
     assert set(recorder.threads) == {"effects"}
+
