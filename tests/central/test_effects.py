@@ -86,8 +86,10 @@ def test_cp_changes_are_published_by_the_effects_thread_in_order(tmp_path):
     monitor = FakeMonitor(central.address)
     try:
         assert monitor.register("CP001").ok
-        monitor.send(Avr("CP001", "Engine answers KO"))
-        monitor.send(Rec("CP001"))
+        for message, state in ((Avr("CP001", "Engine answers KO"), "AVERIADO"), (Rec("CP001"), "ACTIVADO")):
+            monitor.send(message)
+            wait_until(lambda: central.network.get("CP001").state == state, 5, state)
+            assert central.effects.wait_idle(5)  # each status is read when published: the newest
         monitor.close()  # the session ends on the reactor thread
         wait_until(lambda: central.network.get("CP001").state == "DESCONECTADO", 5, "the CP disconnected")
         assert central.effects.wait_idle(5)
