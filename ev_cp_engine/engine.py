@@ -195,7 +195,6 @@ class Engine:
         with self._lock:
             if self.supply is None or self.supply.plugged_at is None:
                 return self._tell("nothing to unplug")
-            self._tick_energy(self._clock())
             return self._end("unplugged")
 
     def toggle_fault(self) -> bool:
@@ -315,6 +314,8 @@ class Engine:
         supply = self.supply
         if supply is None:
             return ""
+        if supply.plugged_at is not None:  # the energy delivered since the last tick counts too
+            self._tick_energy(self._clock())
         self.supply = None
         end = SupplyEnd(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq + 1,
                         supply.kwh.quantize(FOUR), supply.amount, reason)

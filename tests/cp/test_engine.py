@@ -85,8 +85,10 @@ def test_a_supply_ends_at_once_on_fault_stop_or_lost_monitor(clock, emitted, eve
     engine.plug()
     clock.now += 1
     engine.tick()
+    clock.now += 0.5  # half a second after the last telemetry: that energy was delivered too
     event(engine)
     assert isinstance(emitted[-1], SupplyEnd) and emitted[-1].reason == reason
+    assert emitted[-1].kwh == Decimal("0.0150")  # 36 kW for 1.5 s
     assert engine.phase is Phase.IDLE
 
 
