@@ -22,6 +22,7 @@ every topic, type and field; keep it in step with this file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -150,6 +151,12 @@ def encode(record: Record) -> bytes:
     return json.dumps(record.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """The field types of a record class (resolved once: ``get_type_hints`` is slow)."""
+    return get_type_hints(cls)
+
+
 def decode(raw: bytes | None) -> Record:
     try:
         data = json.loads(raw or b"")
@@ -163,7 +170,7 @@ def decode(raw: bytes | None) -> Record:
     version = data.get("v")
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise BadRecord(f"unsupported schema version {version!r} of {cls.TYPE}", raw)
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
