@@ -574,11 +574,9 @@ class LinkReactor:
             messages, keep = tuple(answer), True
         for i, message in enumerate(messages):
             last = i == len(messages) - 1
-            on_done = None
-            if last and not keep:
-                def on_done(_ok: bool) -> None:
-                    self._request_close(link, "session ended by the server", True)
-            if not self.send(link, message, on_done) and last and not keep:
+            closing = last and not keep
+            on_done = (lambda _ok: self._request_close(link, "session ended by the server", True)) if closing else None
+            if not self.send(link, message, on_done) and closing:
                 self._request_close(link, "session ended by the server", True)
         if not messages and not keep:
             self._request_close(link, "session ended by the server", True)

@@ -32,7 +32,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
 from typing import Callable
 
-from ev_common.records import BadRecord, Record, SupplyEnd, SupplyRequest, Telemetry, decode
+from ev_common.records import BadRecord, SupplyEnd, SupplyRequest, Telemetry, decode
 from ev_common.retry import Backoff
 
 from .journal import MAX_ENDS, SupplyJournal

@@ -24,6 +24,7 @@ from typing import Callable, Iterator, NoReturn
 
 import pytest
 
+from tests.support.processes import ProgramRunner
 from tests.support.services import (
     DEFAULT_TEST_MYSQL_URL,
     ENV_KAFKA_BOOTSTRAP,
@@ -231,3 +232,11 @@ def fresh_mysql_url(_mysql_service: tuple[str, str]) -> Iterator[str]:
         yield database.url
     finally:
         _drop(database)
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[ProgramRunner]:
+    """Starts the project's programs as processes for one test; kills what is left after it."""
+    runner = ProgramRunner(tmp_path)
+    yield runner
+    runner.stop_all()

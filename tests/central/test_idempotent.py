@@ -6,7 +6,6 @@ and a clean stop of Central that is not reported as the CPs' failure.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -14,10 +13,8 @@ import pytest
 
 from ev_central.app import Central
 from ev_central.server import CPUnreachable
-from ev_common.protocol import Avr, Can, Hb, Rec, Reg, Sst, Sup, Supr
+from ev_common.protocol import Avr, Can, Hb, Rec, Sst, Sup, Supr
 from tests.central.test_central_integration import (  # noqa: F401  (fixtures)
-    FAST,
-    FakeMonitor,
     connect,
     db_url,
     start_central,
@@ -25,7 +22,6 @@ from tests.central.test_central_integration import (  # noqa: F401  (fixtures)
     wait_db,
     wait_state,
 )
-from tests.support.waiting import wait_until
 
 PRICE = Decimal("0.48")
 

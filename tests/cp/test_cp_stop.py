@@ -28,13 +28,6 @@ from tests.support.waiting import wait_until
 CP = "CP001"
 
 
-@pytest.fixture
-def runner(tmp_path):
-    runner = ProgramRunner(tmp_path)
-    yield runner
-    runner.stop_all()
-
-
 class EngineUnderTest:
     """An Engine process (``EV_CP_E.py --auto``), with a real Monitor in this process and a fake Central."""
 

@@ -94,13 +94,6 @@ def ticket(request: SupplyRequest, session: str, kwh: str, price: str = "0.50", 
 
 
 @pytest.fixture
-def runner(tmp_path):
-    runner = ProgramRunner(tmp_path)
-    yield runner
-    runner.stop_all()
-
-
-@pytest.fixture
 def topics(kafka_bootstrap, kafka_topic_prefix) -> Topics:
     topics = Topics(kafka_topic_prefix)
     ensure_topics(kafka_bootstrap, topics.all())

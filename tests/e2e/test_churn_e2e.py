@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from tests.support.processes import ProgramRunner
 from tests.support.services import free_port, port_open
 from tests.support.system import EVSystem
 from tests.support.waiting import wait_until
@@ -69,13 +68,6 @@ class ChurnCP:
         elif self.frozen:
             self.monitor.send_signal(signal.SIGCONT)
             self.frozen = False
-
-
-@pytest.fixture
-def runner(tmp_path):
-    runner = ProgramRunner(tmp_path)
-    yield runner
-    runner.stop_all()
 
 
 @pytest.mark.timeout(420)

@@ -19,13 +19,6 @@ CP = "CP001"
 
 
 @pytest.fixture
-def runner(tmp_path):
-    runner = ProgramRunner(tmp_path)
-    yield runner
-    runner.stop_all()
-
-
-@pytest.fixture
 def store(fresh_mysql_url):
     store = open_store(fresh_mysql_url)
     yield store

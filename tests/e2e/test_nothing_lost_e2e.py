@@ -4,37 +4,17 @@ Real processes, the real broker and real MySQL."""
 
 from __future__ import annotations
 
-import re
 import signal
 from decimal import Decimal
 
 import pytest
 
-from tests.support.processes import ProgramRunner
 from tests.support.proxy import CuttableProxy
-from tests.support.system import EVSystem
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 ENGINE_END = r"supply of driver D001 ended \((?P<reason>[^)]*)\): (?P<kwh>[0-9.]+) kWh"
-
-
-@pytest.fixture
-def runner(tmp_path):
-    runner = ProgramRunner(tmp_path)
-    yield runner
-    runner.stop_all()
-
-
-@pytest.fixture
-def system(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
-    system = EVSystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix)
-    system.register_drivers("D001", "D002")
-    system.start_central()
-    yield system
-    runner.stop_all()
-    system.close()
 
 
 @pytest.fixture

@@ -10,30 +10,12 @@ import time
 import pytest
 
 from ev_central.store import open_store
-from tests.support.processes import ProgramRunner
 from tests.support.proxy import CuttableProxy
 from tests.support.services import free_port, parse_mysql_url
 from tests.support.system import EVSystem
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def runner(tmp_path):
-    runner = ProgramRunner(tmp_path)
-    yield runner
-    runner.stop_all()
-
-
-@pytest.fixture
-def system(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
-    system = EVSystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix)
-    system.register_drivers("D001", "D002")
-    system.start_central()
-    yield system
-    runner.stop_all()
-    system.close()
 
 
 def ended_sessions(store, driver_id):

@@ -11,18 +11,10 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from confluent_kafka import Producer
 
-from tests.support.processes import ProgramRunner
 from tests.support.system import EVSystem
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def runner(tmp_path):
-    runner = ProgramRunner(tmp_path)
-    yield runner
-    runner.stop_all()
 
 
 def make_system(runner, kafka_bootstrap, kafka_topic_prefix, db_url):

@@ -17,11 +17,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ev_common.link import Link, LinkBroken, LinkClosed, LinkConfig, LinkError, SessionRefused
+from ev_common.link import Link, LinkBroken, LinkClosed, LinkConfig, SessionRefused
 from ev_common.protocol import (
     ACK,
     ENQ,
-    EOT,
     ETX,
     NACK,
     STX,
