@@ -349,3 +349,42 @@ def test_the_engine_answers_sq_and_serves_can_over_its_socket(clock, emitted):
     finally:
         link.close()
         server.stop()
+
+
+def test_every_message_twice_at_the_engine_has_the_outcome_of_once(clock, emitted):
+    """A retransmitted frame may be delivered twice: the Engine serves each opcode it accepts
+    twice with the outcome of once, and its session with the Monitor goes on."""
+    from ev_common.link import Link
+    from ev_common.protocol import Can, Chk, Health, Resume, Sq, Sst, Stop, Sup, Supr
+    from ev_cp_engine.health_server import HealthServer
+    from tests.cp.fakes import FAST, HOST
+
+    engine = Engine(emitted, clock=clock, say=lambda text: None)
+    server = HealthServer(engine, HOST, 0, config=FAST).start()
+    link = Link.connect(HOST, server.address[1], FAST)
+
+    def twice(message, answer_type=None):
+        answers = []
+        for _ in range(2):
+            link.send(message)
+            if answer_type is not None:
+                answer = link.recv(timeout=2)
+                assert isinstance(answer, answer_type), answer
+                answers.append(answer)
+        return answers
+
+    try:
+        assert [a.ok for a in twice(Chk("CP1"), Health)] == [True, True]
+        assert [a.ok for a in twice(Sup("CP1", "s1", "D1", Decimal("0.5")), Supr)] == [True, True]
+        assert twice(Sq("CP1"), Sst) == [Sst("CP1", "AUTHORISED", "s1", 0, Decimal(0))] * 2
+        twice(Stop("CP1"))
+        assert engine.stopped and engine.supply is None
+        assert [e.reason for e in emitted if isinstance(e, SupplyEnd)] == ["stopped"]  # ended once
+        twice(Resume("CP1"))
+        assert not engine.stopped
+        twice(Can("CP1", "s1", "gone"))  # already ended: nothing more
+        assert [e.session_id for e in emitted if isinstance(e, SupplyEnd)] == ["s1"]
+        assert twice(Sq("CP1"), Sst) == [Sst.idle("CP1")] * 2
+    finally:
+        link.close()
+        server.stop()
