@@ -317,13 +317,20 @@ class LinkState:
                     log.warning("%s: malformed frame, answered NACK: %s", self.peer, exc)
                     out += NACK_BYTE
                 else:
-                    self._handshake_answer(f"a malformed frame ({exc})")
+                    out += self._handshake_answer(f"a malformed frame ({exc})")
                 continue
             if event is NEED_DATA:
                 break
             if self.phase is not OPEN:
-                out += self._handshake(event, now)
-                continue
+                if self.role is Role.SERVER and type(event) is not Control and self.refuse is None:
+                    # a peer that speaks only frames (the seed's Monitor): its first frame is an
+                    # implied ENQ; the session opens and the frame is served like any other
+                    self.stats["implied_enq"] += 1
+                    log.info("%s sent a frame without ENQ first: taken as ENQ", self.peer)
+                    out += self._opened(now)
+                else:
+                    out += self._handshake(event, now)
+                    continue
             if type(event) is Control:
                 out += self._control(event.byte, now)
                 continue
@@ -433,21 +440,22 @@ class LinkState:
             if byte == ControlByte.NACK:
                 self._end(SessionRefused(f"{self.peer} refused the session (NACK)"))
                 return b""
-            self._handshake_answer(byte.name if byte is not None else "a frame")
-            return b""
-        if byte != ControlByte.ENQ:
-            self._handshake_answer(byte.name if byte is not None else "a frame")
-            return b""
+            return self._handshake_answer(byte.name if byte is not None else "a frame")
+        if byte != ControlByte.ENQ and byte is not None:
+            return self._handshake_answer(byte.name)
         if self.refuse is not None:
             self._end(SessionRefused(f"refused session from {self.peer}: {self.refuse}"))
-            return NACK_BYTE
+            return NACK_BYTE if byte is not None else NACK_BYTE + EOT_BYTE
         return ACK_BYTE + self._opened(now)
 
-    def _handshake_answer(self, what: str) -> None:
+    def _handshake_answer(self, what: str) -> bytes:
+        """The handshake failed: a client gives up; a server tells its peer (NACK, then EOT)
+        before it closes, so that the peer learns what went wrong."""
         if self.role is Role.CLIENT:
             self._end(LinkBroken(f"{self.peer} answered ENQ with {what}, expected ACK or NACK"))
-        else:
-            self._end(LinkBroken(f"{self.peer} sent {what} instead of ENQ"))
+            return b""
+        self._end(LinkBroken(f"{self.peer} sent {what} instead of ENQ"))
+        return NACK_BYTE + EOT_BYTE
 
     def _opened(self, now: float) -> bytes:
         self.phase = OPEN

@@ -135,9 +135,14 @@ TABLE = [
      [Opened(), Received(REG)], A + A),
     ("server: frames pipelined after ENQ", Role.SERVER, Q + frame(REG) + frame(HB) + frame(HB), False,
      [Opened(), Received(REG), Received(HB), Received(HB)], A + A + A + A),
-    ("server: a frame instead of ENQ", Role.SERVER, frame(REG), False,
-     [Broken(LinkBroken("peer sent a frame instead of ENQ"))], b""),
-    ("server: ACK instead of ENQ", Role.SERVER, A, False, [Broken(LinkBroken("peer sent ACK instead of ENQ"))], b""),
+    # the seed's Monitor speaks frames only: its first frame is an implied ENQ
+    ("server: a frame instead of ENQ opens the session", Role.SERVER, frame(REG) + frame(HB), False,
+     [Opened(), Received(REG), Received(HB)], A + A),
+    ("server: a malformed frame instead of ENQ is told NACK and EOT", Role.SERVER, b"\x02REG\x03\x00", False,
+     [Broken(LinkBroken("peer sent a malformed frame (LRC mismatch: computed 0x50, received 0x00 "
+                        "(bytes: b'\\x02REG\\x03\\x00')) instead of ENQ"))], N + E),
+    ("server: ACK instead of ENQ is told NACK and EOT", Role.SERVER, A, False,
+     [Broken(LinkBroken("peer sent ACK instead of ENQ"))], N + E),
     ("server: closed before ENQ", Role.SERVER, b"", True,
      [Broken(LinkBroken("peer closed the connection instead of ENQ"))], b""),
     ("server: EOT after a frame", Role.SERVER, Q + frame(HB) + E, False,
