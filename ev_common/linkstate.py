@@ -66,6 +66,11 @@ class LinkBroken(LinkError):
     """The session failed: retransmissions exhausted, a socket error, a peer closed mid-frame."""
 
 
+class NeverOpened(LinkBroken):
+    """The peer connected and closed without a byte: a port probe or a health check, not a
+    session that failed (a server logs it quietly)."""
+
+
 class LinkTimeout(LinkBroken):
     """A peer stayed silent past a timeout (connect, handshake)."""
 
@@ -249,6 +254,7 @@ class LinkState:
         self.phase = IDLE
         self.cause: LinkError | None = None
         self.stats: collections.Counter = collections.Counter()
+        self._heard = False  # any byte received yet
         self._decoder = FrameDecoder()
         self._events: list[Event] = []
         self._unread = 0  # Received events not yet taken
@@ -306,6 +312,7 @@ class LinkState:
         decoder = self._decoder
         if not data:
             return self._end_of_stream()
+        self._heard = True
         decoder.feed(data)
         out = b""
         while self.phase is not CLOSED:
@@ -475,8 +482,10 @@ class LinkState:
             self._end(LinkClosed(f"{self.peer} closed the connection"))
         elif self.role is Role.CLIENT:
             self._end(LinkBroken(f"{self.peer} closed the connection instead of answering ENQ"))
-        else:
+        elif self._heard:
             self._end(LinkBroken(f"{self.peer} closed the connection instead of ENQ"))
+        else:
+            self._end(NeverOpened(f"{self.peer} closed the connection without sending anything"))
         return b""
 
     def _end(self, cause: LinkError) -> None:

@@ -50,6 +50,7 @@ from .linkstate import (
     LinkConfig,
     LinkError,
     LinkState,
+    NeverOpened,
     Opened,
     Received,
     Refused,
@@ -517,6 +518,8 @@ class LinkReactor:
         if not link._opened:
             if isinstance(event, Refused):
                 log.warning("%s: refused session from %s: %s", self.name, link.peer, self.busy_reason)
+            elif isinstance(cause, NeverOpened):  # a port probe, a health check
+                log.debug("%s: %s", self.name, cause)
             elif not isinstance(cause, LinkClosed):
                 log.warning("%s: %s", self.name, cause)
             return

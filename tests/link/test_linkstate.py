@@ -18,6 +18,7 @@ from ev_common.linkstate import (
     LinkConfig,
     LinkState,
     LinkTimeout,
+    NeverOpened,
     Opened,
     OutboundFull,
     Received,
@@ -143,8 +144,8 @@ TABLE = [
                         "(bytes: b'\\x02REG\\x03\\x00')) instead of ENQ"))], N + E),
     ("server: ACK instead of ENQ is told NACK and EOT", Role.SERVER, A, False,
      [Broken(LinkBroken("peer sent ACK instead of ENQ"))], N + E),
-    ("server: closed before ENQ", Role.SERVER, b"", True,
-     [Broken(LinkBroken("peer closed the connection instead of ENQ"))], b""),
+    ("server: closed without a byte (a port probe)", Role.SERVER, b"", True,
+     [Broken(NeverOpened("peer closed the connection without sending anything"))], b""),
     ("server: EOT after a frame", Role.SERVER, Q + frame(HB) + E, False,
      [Opened(), Received(HB), Closed(LinkClosed("peer ended the session (EOT)"))], A + A),
 ]
