@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from ev_common.bus import Publisher, Topics
+from ev_common.bus import Publisher, Topics, group_members
 from ev_common.link import LinkConfig
 from ev_common.records import CPStatus, Record
 
-from .bus_adapter import CentralBus, KafkaNotifier
+from .bus_adapter import REQUESTS_GROUP, CentralBus, KafkaNotifier
 from .effects import Effects
 from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER, SupplyBook
@@ -30,6 +31,11 @@ from .supply_service import DEFAULT_REQUEST_TTL, DriverDirectory, SupplyService
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.25
+ANOTHER_CENTRAL_WAIT = 8.0  # s: a crashed Central's consumers leave their group after session.timeout.ms (6 s)
+
+
+class AnotherCentral(RuntimeError):
+    """Another Central is live on the same broker and topic prefix."""
 
 
 class _NoBus:
@@ -76,6 +82,10 @@ class Central:
         return self.monitors.address
 
     def start(self) -> "Central":
+        """Raises ``AnotherCentral`` (before touching anything) when another Central is live on
+        the same broker and topic prefix, and OSError when the Monitor port cannot be opened."""
+        if self.bus is not None:
+            self._refuse_if_another_central()
         self.store.mark_all_disconnected(datetime.now(timezone.utc))
         rows = self.store.load_charging_points()
         self.network.load(rows)
@@ -130,6 +140,35 @@ class Central:
         return [row.cp_id for row in self.network.snapshot()]
 
     # -- internals -----------------------------------------------------------------------------------
+
+    def _refuse_if_another_central(self, wait: float = ANOTHER_CENTRAL_WAIT,
+                                   clock: Callable[[], float] = time.monotonic) -> None:
+        """Two Centrals on one broker and prefix would split the requests between them without a
+        word: a live one consumes the requests group, so this one refuses to start. A Central that
+        crashed stays in the group until its session times out: so much is waited for."""
+        group = self.bus.topics.prefix + REQUESTS_GROUP
+        deadline, said = clock() + wait, False
+        while True:
+            try:
+                found = group_members(self.bus.bootstrap, group, timeout=5)
+            except Exception as exc:  # the broker cannot say now (down, too old): go on
+                log.warning("cannot tell whether another Central uses Kafka %s (%s); starting",
+                            self.bus.bootstrap, exc)
+                return
+            if not found.active:
+                return
+            if clock() >= deadline:
+                who = ", ".join(found.members) or "its consumers"
+                raise AnotherCentral(
+                    f"another Central is running on Kafka {self.bus.bootstrap} with topic prefix "
+                    f"'{self.bus.topics.prefix}' ({who} in group {group}); stop it, or give this one another "
+                    f"--topic-prefix")
+            if not said:
+                log.info("another Central seems to use Kafka %s with this topic prefix; waiting up to %.0f s "
+                         "to see whether it is gone (one that crashed leaves when its session times out)",
+                         self.bus.bootstrap, wait)
+                said = True
+            self._stop.wait(1.0)
 
     def _sweep(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot open the log file {log_file}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    from .app import Central
+    from .app import AnotherCentral, Central
     from .console import run_console
     from .store import StoreError, open_store
     from .view import CentralView, MessageLog
@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                           topic_partitions=args.topic_partitions, topic_replication=args.topic_replication).start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        store.close()
+        return 1
+    except AnotherCentral as exc:
+        log.error("%s", exc)
         store.close()
         return 1
     if ui == "panel":

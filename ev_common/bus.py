@@ -119,6 +119,27 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int = 1, rep
                 raise
 
 
+
+@dataclass(frozen=True)
+class GroupMembers:
+    """Who consumes in a group now: ``active`` is False when nobody does; ``members`` names
+    them (client id @ host) when the broker says."""
+
+    active: bool
+    members: tuple[str, ...] = ()
+
+
+_ACTIVE_GROUP_STATES = ("STABLE", "PREPARING_REBALANCE", "COMPLETING_REBALANCE")
+
+
+def group_members(bootstrap: str, group: str, timeout: float = 5.0) -> GroupMembers:
+    """Describe a consumer group. Raises KafkaException (or a timeout) when the broker cannot say."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), **_CLIENT_LOG})
+    description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+    members = tuple(f"{m.client_id}@{m.host}" for m in (description.members or ()))
+    state = getattr(description.state, "name", str(description.state)).upper()
+    return GroupMembers(bool(members) or state in _ACTIVE_GROUP_STATES, members)
+
 class Publisher:
     """An idempotent producer of records. ``publish`` never blocks on the broker and never raises.
 
