@@ -52,6 +52,8 @@ CP_ANSWER_TIMEOUT = 3.0
 TICKET_RETRY = 5.0  # seconds between tries of a ticket the broker did not take
 CANCELS_KEPT = 1024  # unknown sessions already cancelled at their CP (one CAN each)
 UNKNOWN_SUPPLY = "Central has no open supply with this id"
+ENGINE_FAULT_END = "fault"  # supply.end's reason when the Engine ended it for a fault
+FAULT_REPORT_WAIT = 2.5  # s: the Monitor checks every second and reports a fault at once
 
 
 class CPGateway(Protocol):
@@ -116,6 +118,7 @@ class SupplyService:
         self._say = say or (lambda text: log.info("%s", text))
         self._pending: dict[str, SupplyRequest] = {}  # driver_id -> their request being decided
         self._cancelled: dict[str, None] = {}  # sessions cancelled at their CP, oldest first
+        self._held: dict[str, float] = {}  # cp_id -> when to free a CP whose Engine ended a supply for a fault
         self._lock = threading.Lock()
 
     # -- requests ----------------------------------------------------------------------------
@@ -225,7 +228,7 @@ class SupplyService:
         if row.corrected:
             self._correct(row, done)
         else:
-            self._finish(row, done)
+            self._finish(row, done, engine_fault=e.reason == ENGINE_FAULT_END)
 
     def _recall(self, session_id: str) -> None:
         try:
@@ -265,6 +268,13 @@ class SupplyService:
         broker did not take (call every fraction of a second)."""
         for row in self.book.due():
             self._finish(row)
+        now = self._clock()
+        with self._lock:
+            due = [cp_id for cp_id, at in self._held.items() if now >= at]
+            for cp_id in due:
+                del self._held[cp_id]
+        for cp_id in due:  # its Monitor did not report the fault: the CP is free after all
+            self._release(cp_id, "supply ended by an Engine fault its Monitor did not report")
         if self._undelivered and self._clock() >= self._next_retry:
             self._next_retry = self._clock() + TICKET_RETRY
             with self._lock:
@@ -273,10 +283,17 @@ class SupplyService:
             for row in rows:
                 self.send_ticket(row)
 
-    def _finish(self, row: SessionRow, on_durable: Callable[[], None] | None = None) -> None:
-        """A session closed: store it, free the CP, send the ticket (once)."""
+    def _finish(self, row: SessionRow, on_durable: Callable[[], None] | None = None, *,
+                engine_fault: bool = False) -> None:
+        """A session closed: store it, free the CP, send the ticket (once). A supply the Engine
+        ended for a fault does not free the CP: its Monitor reports the fault within a second
+        or two (``AVERIADO``); showing it ``ACTIVADO`` meanwhile would offer a broken CP."""
         self._store_now(row, on_durable)
-        self._release(row.cp_id, f"supply {row.session_id[:8]} ended: {row.end_reason}")
+        if engine_fault:
+            with self._lock:
+                self._held[row.cp_id] = self._clock() + FAULT_REPORT_WAIT
+        else:
+            self._release(row.cp_id, f"supply {row.session_id[:8]} ended: {row.end_reason}")
         self.send_ticket(row)
         self._say(f"ticket {row.session_id[:8]}: driver {row.driver_id} at {row.cp_id}, {row.kwh:.3f} kWh, "
                   f"{row.amount_eur:.2f} EUR, {row.status} ({row.end_reason})")

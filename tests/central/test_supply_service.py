@@ -194,7 +194,7 @@ class Central:
         self.said: list[str] = []
         self.service = SupplyService(self.network, self.book, self.gateway, DriverDirectory(self.store),
                                      self.notifier, self.writer, self.store, observe=self.changes.append,
-                                     utcnow=self.clock.utc, say=self.said.append)
+                                     utcnow=self.clock.utc, clock=self.clock, say=self.said.append)
         self._requests = itertools.count(1)
 
     def on_change(self, change: StateChange | None) -> None:
@@ -855,3 +855,28 @@ def test_telemetry_and_ends_are_acknowledged_only_once_durable(central):
     assert acked == ["repeat"]  # nothing to write for a repeat
     assert central.writer.make_durable() == 2
     assert acked == ["repeat", "telemetry", "end"]
+
+
+def test_a_cp_whose_engine_ended_a_supply_for_a_fault_is_never_shown_available(central):
+    auth = central.authorise()
+    central.end(auth.session_id, 3, "0.5", "fault")  # the Engine's end arrives before its Monitor's AVR
+    assert central.state("CP1") is State.SUMINISTRANDO  # not ACTIVADO: the CP is broken
+    assert [s.state for s in central.notifier.statuses if s.cp_id == "CP1"][-1] != "ACTIVADO"
+    central.request("D2", "CP1")  # a request at that moment
+    assert "not available" in only_denial(central, "D2")
+    central.on_change(central.network.engine_fault("CP1", "mon-CP1", "Engine answers KO"))
+    assert central.state("CP1") is State.AVERIADO
+    central.clock.advance(3)
+    central.service.sweep()
+    assert central.state("CP1") is State.AVERIADO  # the hold ends without freeing a broken CP
+
+
+def test_a_fault_end_its_monitor_never_reports_frees_the_cp_after_a_while(central):
+    auth = central.authorise()
+    central.end(auth.session_id, 3, "0.5", "fault")
+    central.clock.advance(2.4)
+    central.service.sweep()
+    assert central.state("CP1") is State.SUMINISTRANDO
+    central.clock.advance(0.2)
+    central.service.sweep()
+    assert central.state("CP1") is State.ACTIVADO
