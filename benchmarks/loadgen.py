@@ -259,9 +259,10 @@ class MonitorFleet:
                 self.loop.create_task(self._connect(cp_id))
                 if (i + 1) % 50 == 0:
                     await asyncio.sleep(50 / self.connect_rate)
-        self.loop.create_task(self._faults())
+        faults = self.loop.create_task(self._faults())
         while not self.stopping:
             await asyncio.sleep(0.2)
+        await faults  # it ends once stopping is set
         await asyncio.sleep(0.2)
 
     async def _connect(self, cp_id: str) -> None:
@@ -307,16 +308,24 @@ class MonitorFleet:
                 await asyncio.sleep(0.1)
                 continue
             await asyncio.sleep(random.expovariate(self.faults_per_second))
-            healthy = [s for s in self.sims.values() if s.state == "registered" and not s.faulty and not s.supplying]
-            if not healthy:
+            sim = self._healthy_one()
+            if sim is None:
                 continue
-            sim = random.choice(healthy)
             sim.faulty = True
             with self.lock:  # until read back as AVERIADO (a fault never seen there stays, as missed)
                 self.fault_sent[sim.cp_id] = time.monotonic()
             self.figures.faults_sent += 1
             sim.send(Avr(sim.cp_id, "load test fault"))
             self.loop.call_later(self.fault_seconds, self._recover, sim)
+
+    def _healthy_one(self, tries: int = 20) -> SimMonitor | None:
+        """A random registered Monitor that is neither faulty nor supplying (a few random picks:
+        scanning every Monitor for each fault would cost the generator more than the fault)."""
+        for _ in range(tries):
+            sim = self.sims.get(random.choice(self.cp_ids))
+            if sim is not None and sim.state == "registered" and not sim.faulty and not sim.supplying:
+                return sim
+        return None
 
     def _recover(self, sim: SimMonitor) -> None:
         sim.send(Rec(sim.cp_id))
