@@ -78,15 +78,25 @@ def reachable(bootstrap: str, timeout: float = 1.0) -> bool:
     return False
 
 
-class KafkaHealth:
-    """Says once on screen (and in the log) that Kafka is unreachable, and once that it is back."""
+SHOWN = {"shown": True}  # a log record the screen also shows: not repeated on the terminal
+REMIND_EVERY = 60.0  # while Kafka stays unreachable, the screen says so again this often
 
-    def __init__(self, screen: Screen, bootstrap: str) -> None:
+
+class KafkaHealth:
+    """Says on screen (and in the log) that Kafka is unreachable, again every ``remind_every``
+    seconds while it lasts (each time ``unreachable`` is called past that), and once that it is back."""
+
+    def __init__(self, screen: Screen, bootstrap: str, *, remind_every: float = REMIND_EVERY,
+                 clock=time.monotonic) -> None:
         self.screen = screen
         self.bootstrap = bootstrap
+        self.remind_every = remind_every
+        self._clock = clock
         self.down = False
         self.suspect = False  # a client reported a broker connection problem: check it
         self._lock = threading.Lock()
+        self._down_since = 0.0
+        self._reminded = 0.0
 
     def client_error(self, err) -> None:
         """``error_cb`` of every client (runs in the thread that polls it)."""
@@ -97,11 +107,21 @@ class KafkaHealth:
             log.warning("Kafka: %s", err.str())
 
     def unreachable(self) -> None:
+        now = self._clock()
         with self._lock:
             if self.down:
-                return
-            self.down = True
-        log.error("Kafka unreachable at %s; retrying", self.bootstrap)
+                if now - self._reminded < self.remind_every:
+                    return
+                self._reminded = now
+                remind = True
+            else:
+                self.down, self._down_since, self._reminded = True, now, now
+                remind = False
+        if remind:
+            log.warning("Kafka still unreachable at %s", self.bootstrap, extra=SHOWN)
+            self.screen.kafka_still_unreachable(self.bootstrap, now - self._down_since)
+            return
+        log.error("Kafka unreachable at %s; retrying", self.bootstrap, extra=SHOWN)
         self.screen.kafka_unreachable(self.bootstrap)
 
     def ok(self) -> None:
@@ -110,7 +130,7 @@ class KafkaHealth:
             if not self.down:
                 return
             self.down = False
-        log.warning("Kafka reachable again at %s", self.bootstrap)
+        log.warning("Kafka reachable again at %s", self.bootstrap, extra=SHOWN)
         self.screen.kafka_reachable(self.bootstrap)
 
 

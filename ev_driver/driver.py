@@ -2,7 +2,9 @@
 
 ``Driver.request(cp_id)`` sends a ``supply.request`` and blocks until the request
 ends: denied, no answer in ``timeout`` (Cannot connect to CENTRAL), a ticket, no
-news of the authorised supply for ``supply_timeout``, or the app closing.
+news of the authorised supply for ``supply_timeout``, the app closing, or
+``Driver.cancel()`` from another thread (the menu's ``c``): an abandoned request is
+only forgotten here; what comes of it later is shown, labelled.
 ``Driver.handle(key, record)`` is fed by the notifications consumer (another
 thread); it routes each record to the request in progress by ``request_id`` /
 ``session_id`` and shows the others too, labelled (an earlier supply, for
@@ -37,7 +39,7 @@ from ev_common.records import (
 )
 from ev_common.words import ACTIVADO
 
-from .screen import Screen
+from .screen import Screen, available_text
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class Outcome(str, Enum):
     DENIED = "DENIED"  # request.denied
     NO_ANSWER = "NO_ANSWER"  # neither authorised nor denied within the timeout
     LOST = "LOST"  # authorised, then no news for the supply timeout
-    CANCELLED = "CANCELLED"  # the app was closed meanwhile
+    CANCELLED = "CANCELLED"  # the app was closed meanwhile, or the driver cancelled it
 
 
 @dataclass
@@ -156,16 +158,57 @@ class Driver:
         self._sessions: dict[str, _Seen] = {}  # session_id -> what was shown
         self._tickets: set[tuple[str, bool]] = set()  # (session_id, corrected) of the tickets shown
         self._late_answers: set[tuple[str, str]] = set()
+        self._busy: str | None = None  # the CP of the request in progress (from connecting to its end)
+        self._cancel: bool | None = None  # cancel() was called: closing (True) or not (False)
+
+    @property
+    def link(self) -> Link | None:
+        return self._link
+
+    @property
+    def busy(self) -> str | None:
+        """The CP of the request in progress, if one is."""
+        return self._busy
+
+    def claim(self, cp_id: str) -> None:
+        """Mark a request at ``cp_id`` as in progress before ``request`` runs in another thread,
+        so that it can be cancelled from now on (``request`` does it itself otherwise)."""
+        with self._cond:
+            if self._busy is None:
+                self._busy, self._cancel = cp_id, None
+
+    def cancel(self, closing: bool = False) -> str | None:
+        """Abandon the request in progress (``closing``: because the app is quitting); returns
+        its CP, or None when no request is in progress. ``request`` returns soon after."""
+        with self._cond:
+            if self._busy is None:
+                return None
+            if self._cancel is None:
+                self._cancel = closing
+            self._cond.notify_all()
+            return self._busy
 
     # -- the request in progress (main thread) ------------------------------------------------------
 
     def request(self, cp_id: str, position: tuple[int, int] | None = None) -> Result:
         """Ask for a supply at ``cp_id`` and follow it to its end; ``position`` = (n, of) in a file."""
+        self.claim(cp_id)
+        try:
+            return self._request(cp_id, position)
+        finally:
+            with self._cond:
+                self._busy, self._cancel = None, None
+
+    def _request(self, cp_id: str, position: tuple[int, int] | None) -> Result:
         self._await_link()
         req = _Request(position[0] if position else 1, cp_id, self._new_id(), self._clock())
         if self.stop.is_set():  # closed while connecting: nothing is sent
             req.finish(Outcome.CANCELLED, "the app was closed")
             self.screen.cancelled(cp_id)
+            return req.result
+        if self._cancel is not None:  # cancelled while connecting: nothing is sent
+            req.finish(Outcome.CANCELLED, "cancelled by the driver")
+            self.screen.abandoned(cp_id, "unsent", self._cancel)
             return req.result
         with self._cond:
             self._current = req
@@ -201,16 +244,21 @@ class Driver:
             return
         self.screen.connecting()
         deadline = self._clock() + self.join_timeout
-        while not (link.ready.is_set() or link.down or self.stop.is_set()) and self._clock() < deadline:
+        while (not (link.ready.is_set() or link.down or self.stop.is_set()) and self._cancel is None
+               and self._clock() < deadline):
             link.ready.wait(self._tick)
         if not link.ready.is_set():
-            log.warning("sending the request before the notifications consumer is ready")
+            log.info("sending the request before the notifications consumer is ready")
 
     def _check(self, req: _Request) -> None:
         """Under the lock: end ``req`` if the app is closing or a deadline passed."""
         if self.stop.is_set():
             req.finish(Outcome.CANCELLED, "the app was closed")
             self.screen.cancelled(req.cp_id)
+            return
+        if self._cancel is not None:
+            req.finish(Outcome.CANCELLED, "cancelled by the driver")
+            self.screen.abandoned(req.cp_id, req.phase, self._cancel)
             return
         now = self._clock()
         if req.phase != "authorised":
@@ -328,10 +376,11 @@ class Driver:
 class CPDirectory:
     """The last ``cp.status`` of every CP (fed by the ev.cp.status consumer).
 
-    The CPs available now are shown on ``screen`` (default: a Screen on stdout) once
-    known and whenever that set changes; a burst of statuses (the topic read from its
-    beginning at start, a CP changing state twice in a row) is shown once, when it has
-    settled for ``settle`` seconds (0: at once, in the caller's thread)."""
+    How many CPs are available now and the cheapest of them (``screen.available_text``) are
+    shown on ``screen`` (default: a Screen on stdout) once known and whenever that line
+    changes; a burst of statuses (the topic read from its beginning at start, a CP changing
+    state twice in a row) is shown once, when it has settled for ``settle`` seconds (0: at
+    once, in the caller's thread)."""
 
     AVAILABLE = ACTIVADO
 
@@ -343,7 +392,7 @@ class CPDirectory:
         self._lock = threading.Lock()
         self._last: dict[str, CPStatus] = {}
         self._pending = False  # a showing of the available CPs is scheduled
-        self._shown: tuple | None = None  # what was last shown of them
+        self._shown: str | None = None  # the line last shown
 
     def handle(self, key: str | None, record: Record) -> None:
         if isinstance(record, CPStatus):
@@ -361,12 +410,11 @@ class CPDirectory:
         """Show the CPs available now, if they are not what was last shown."""
         with self._lock:
             self._pending = False
-            available = sorted((cp for cp in self._last.values() if cp.state == self.AVAILABLE),
-                               key=lambda cp: cp.cp_id)
-            seen = tuple((cp.cp_id, cp.location, cp.price_eur_kwh) for cp in available)
-            if seen == self._shown:
+            available = [cp for cp in self._last.values() if cp.state == self.AVAILABLE]
+            text = available_text(available)
+            if text == self._shown:
                 return
-            self._shown = seen
+            self._shown = text
         if self.screen is None:
             self.screen = Screen()
         self.screen.available_cps(available)

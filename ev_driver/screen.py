@@ -1,17 +1,20 @@
 """Everything the driver reads: lines on stdout, each starting with the time.
 
-This is the only module that prints for people (logs go to stderr through
-``logging``). Amounts are shown in EUR with 2 decimals, energy in kWh with 3.
-On a terminal the live figures of a supply ("Charging at CP001: ...") are one
-line updated in place, that stays as it was when any other line comes; on a
-pipe or a file each update is a line of its own. Every ``Screen`` writing to
-the process's stdout shares one console, so lines from several threads (and
-screens) never mix.
+This is the only module that prints for people (log records go through ``logging``).
+Amounts are shown in EUR with 2 decimals, energy in kWh with 3. On a terminal the
+live figures of a supply ("Charging at CP001: ...") are one line updated in place,
+that stays as it was when any other line comes; on a pipe or a file each update is
+a line of its own. In the menu on a terminal the prompt, with what is typed after
+it, is the bottom line: every other line (and every log record) is printed above
+it and the prompt is drawn again below. Every ``Screen`` writing to the process's
+stdout shares one console, so lines from several threads (and screens) never mix.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import textwrap
 import threading
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -22,6 +25,10 @@ from ev_common.words import CANNOT_CONNECT
 
 INDENT = " " * 9  # under the "HH:MM:SS " prefix
 CLEAR_LINE = "\r\x1b[2K"  # back to the start of the line and erase it
+LINE_UP = "\x1b[1A"  # the cursor one line up
+CHEAPEST = 5  # the available CPs named in the line shown when they change
+LOCATION_WIDTH = 24  # a longer location is cut in that line
+WIDE_LIST = 20  # more available CPs than this: `l` shows them in columns, without locations
 COUNT_NAMES = {"COMPLETED": "completed", "INTERRUPTED": "interrupted", "DENIED": "denied",
                "NO_ANSWER": "without answer", "LOST": "lost contact", "CANCELLED": "cancelled"}
 
@@ -77,21 +84,56 @@ def live_text(cp_id: str, kwh_: Decimal, amount_eur: Decimal, power_kw: Decimal,
     return f"{tag}Charging at {cp_id}: {kwh(kwh_)} kWh, {eur(amount_eur)} EUR ({price(power_kw)} kW)"
 
 
+def _short(text: str, width: int = LOCATION_WIDTH) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def by_price(available: Sequence) -> list:
+    """The CPs cheapest first (then by id)."""
+    return sorted(available, key=lambda cp: (Decimal(cp.price_eur_kwh), cp.cp_id))
+
+
 def available_text(available: Sequence) -> str:
-    """``Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh), CP002 (...)``."""
+    """How many CPs are available and the ``CHEAPEST`` cheapest of them, with their price.
+
+    ``Available CPs: 2: CP002 0.475 EUR/kWh (Gran Via 2), CP001 0.48 EUR/kWh (C/Mayor, 45)``;
+    with more than ``CHEAPEST``, ``Available CPs: 300; the 5 cheapest: ...; l lists all``."""
     if not available:
         return "Available CPs: none right now"
-    return "Available CPs: " + ", ".join(f"{cp.cp_id} ({cp.location}, {price(cp.price_eur_kwh)} EUR/kWh)"
-                                         for cp in available)
+    ordered = by_price(available)
+    named = ", ".join(f"{cp.cp_id} {price(cp.price_eur_kwh)} EUR/kWh ({_short(cp.location)})"
+                      for cp in ordered[:CHEAPEST])
+    if len(ordered) <= CHEAPEST:
+        return f"Available CPs: {len(ordered)}: {named}"
+    return f"Available CPs: {len(ordered)}; the {CHEAPEST} cheapest: {named}; l lists all"
+
+
+def columns(items: Sequence[str], width: int) -> list[str]:
+    """``items`` in columns filling ``width`` characters, top to bottom then left to right."""
+    if not items:
+        return []
+    cell = max(len(item) for item in items) + 2
+    count = max(1, width // cell)
+    rows = -(-len(items) // count)
+    return ["".join(items[row + rows * col].ljust(cell) for col in range(count) if row + rows * col < len(items))
+            .rstrip() for row in range(rows)]
 
 
 class _Console:
-    """One output stream: its lock, and the live line (on a terminal) that is being updated in place."""
+    """One output stream: its lock, the live line (on a terminal) that is being updated in place,
+    and the prompt (on a terminal, in the menu) that stays the bottom line.
+
+    With a prompt the bottom of the screen is: [the live line] then the prompt and what is
+    typed after it, the cursor at its end; without one, the cursor ends the live line."""
 
     def __init__(self, out: TextIO | None) -> None:
         self._out = out  # None: sys.stdout, looked up at each write
         self.lock = threading.RLock()
         self.live: object | None = None  # what the live line shows (its key), if one is on screen
+        self.prompt: str | None = None  # the prompt kept at the bottom (terminal only)
+        self.status = ""  # shown before the prompt, e.g. "[Kafka unreachable] "
+        self.typed = ""  # what is typed after the prompt
+        self._drawn = False  # the prompt line is on screen, the cursor at its end
 
     def _put(self, text: str) -> None:
         out = self._out or sys.stdout
@@ -101,25 +143,97 @@ class _Console:
         except (OSError, ValueError):  # stdout closed or gone: the program goes on
             pass
 
+    def _erase_prompt(self) -> None:
+        if self._drawn:
+            self._drawn = False
+            self._put(CLEAR_LINE)
+
+    def _draw_prompt(self) -> None:
+        if self.prompt is not None and not self._drawn:
+            self._drawn = True
+            self._put(self.status + self.prompt + self.typed)
+
     def end_live(self) -> None:
         """Leave the live line as it is (its last figures stay on screen) and go to a new line."""
         with self.lock:
             if self.live is not None:
                 self.live = None
-                self._put("\n")
+                if self.prompt is None:
+                    self._put("\n")  # with a prompt, the live line is already above it
+
+    def clear_bottom(self) -> None:
+        """Before other text: the prompt line is erased and the live line ends."""
+        with self.lock:
+            self._erase_prompt()
+            self.end_live()
+
+    def redraw(self) -> None:
+        """After other text: the prompt (if any) and what is typed are drawn again."""
+        with self.lock:
+            self._draw_prompt()
 
     def write(self, text: str) -> None:
         with self.lock:
-            self.end_live()
+            self.clear_bottom()
             self._put(text)
+            self._draw_prompt()
 
     def write_live(self, key: object, text: str) -> None:
         """Show ``text`` on the live line for ``key``, in place of its previous figures."""
         with self.lock:
-            if self.live is not None and self.live != key:
-                self.end_live()
-            self._put(CLEAR_LINE + text)
+            if self.prompt is None:
+                if self.live is not None and self.live != key:
+                    self.end_live()
+                self._put(CLEAR_LINE + text)
+            else:  # the live line is the one above the prompt
+                self._erase_prompt()
+                if self.live == key:
+                    self._put(LINE_UP + CLEAR_LINE)
+                self._put(text + "\n")
+                self._draw_prompt()
             self.live = key
+
+    def show_prompt(self, prompt: str) -> None:
+        """Make ``prompt`` the bottom line (what is typed stays after it)."""
+        with self.lock:
+            if self.prompt == prompt and self._drawn:
+                return
+            if self._drawn:
+                self._erase_prompt()
+            elif self.prompt is None and self.live is not None:
+                self._put("\n")  # the live line stays, above the prompt
+            self.prompt = prompt
+            self._draw_prompt()
+
+    def set_status(self, status: str) -> None:
+        with self.lock:
+            if status != self.status:
+                self._erase_prompt()
+                self.status = status
+                self._draw_prompt()
+
+    def set_typed(self, typed: str) -> None:
+        with self.lock:
+            if typed != self.typed:
+                self._erase_prompt()
+                self.typed = typed
+                self._draw_prompt()
+
+    def enter(self) -> None:
+        """The typed line was entered: it stays on screen as it is, and a new prompt comes below."""
+        with self.lock:
+            if self._drawn:
+                self._drawn = False
+                self._put("\n")
+            self.typed = ""
+            self.live = None  # no longer right above the prompt
+            self._draw_prompt()
+
+    def drop_prompt(self) -> None:
+        with self.lock:
+            self._erase_prompt()
+            self.prompt = None
+            self.typed = ""
 
 
 _STDOUT = _Console(None)
@@ -135,13 +249,16 @@ def _is_terminal(out: TextIO | None) -> bool:
 class Screen:
     """Prints lines for the driver; safe to call from several threads.
 
-    ``terminal``: update the live figures in place (default: when the output is a terminal)."""
+    ``terminal``: update the live figures in place and keep the prompt at the bottom (default:
+    when the output is a terminal); ``width``: the terminal's width (default: asked at each use)."""
 
     def __init__(self, out: TextIO | None = None, now: Callable[[], datetime] = datetime.now,
-                 terminal: bool | None = None) -> None:
+                 terminal: bool | None = None, width: Callable[[], int] | None = None) -> None:
         self._console = _STDOUT if out is None else _Console(out)
         self._now = now
         self.terminal = _is_terminal(out) if terminal is None else terminal
+        self._width = width or (lambda: shutil.get_terminal_size((100, 24)).columns)
+        self.kafka_down: str | None = None  # the bootstrap servers while Kafka is unreachable
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -161,19 +278,28 @@ class Screen:
 
     # -- program --------------------------------------------------------------------------------
 
-    def started(self, driver_id: str, bootstrap: str, mode: str) -> None:
-        self.line(f"EV_Driver {driver_id}: Kafka {bootstrap}; {mode} (Ctrl+C quits)")
+    def started(self, driver_id: str, bootstrap: str, mode: str, log_file: str | None = None) -> None:
+        where = f"; log in {log_file}" if log_file else ""
+        self.line(f"EV_Driver {driver_id}: Kafka {bootstrap}; {mode} (Ctrl+C quits){where}")
         if self.terminal:
             self.guard_logging()
 
     def guard_logging(self) -> None:
-        """Log records (on stderr, the same terminal) end the live line before they are written."""
-        guard_live_line(self._console.lock, self._console.end_live)
+        """Log records (on stderr, the same terminal) are written above the live line's end and
+        the prompt, which is drawn again after them."""
+        guard_live_line(self._console.lock, self._console.clear_bottom, self._console.redraw)
 
     def kafka_unreachable(self, bootstrap: str) -> None:
+        self.kafka_down = bootstrap
         self.line(f"Kafka unreachable at {bootstrap}: {CANNOT_CONNECT}. Retrying in the background...")
+        self._console.set_status("[Kafka unreachable] ")
+
+    def kafka_still_unreachable(self, bootstrap: str, seconds: float) -> None:
+        self.line(f"Kafka still unreachable at {bootstrap} (for {duration(seconds)}); retrying...")
 
     def kafka_reachable(self, bootstrap: str) -> None:
+        self.kafka_down = None
+        self._console.set_status("")
         self.line(f"Kafka reachable at {bootstrap} again")
 
     def error(self, text: str) -> None:
@@ -212,8 +338,9 @@ class Screen:
                  label: str | None = None) -> None:
         """The live figures of a supply: in place on a terminal, else a line per update."""
         text = live_text(cp_id, kwh_, amount_eur, power_kw, label)
-        if self.terminal:
-            self._console.write_live(("progress", cp_id, label), f"{self._now():%H:%M:%S} {text}")
+        if self.terminal:  # one screen line, so that it can be updated in place
+            text = f"{self._now():%H:%M:%S} {text}"[:max(20, self._width() - 1)]
+            self._console.write_live(("progress", cp_id, label), text)
         else:
             self.line(text)
 
@@ -225,6 +352,25 @@ class Screen:
 
     def cancelled(self, cp_id: str) -> None:
         self.line(f"Request at {cp_id} abandoned: the app is closing")
+
+    def abandoned(self, cp_id: str, phase: str, closing: bool = False) -> None:
+        """The driver cancelled the request at ``cp_id`` (``phase``: unsent, sent, received or
+        authorised); ``closing``: by quitting the app."""
+        if phase == "authorised":
+            when = "when the app runs again" if closing else "here when it comes"
+            self.line(f"Request at {cp_id} abandoned. It was authorised: the supply goes on at {cp_id} "
+                      f"(unplug there to end it) and its ticket will be shown {when}")
+        elif phase == "unsent":
+            self.line(f"Request at {cp_id} abandoned before it was sent")
+        else:
+            self.line(f"Request at {cp_id} abandoned; if Central authorises it after all, "
+                      "you will be told, and its ticket will be shown when it comes")
+
+    def busy(self, cp_id: str) -> None:
+        self.line(f"A supply is in progress at {cp_id}: c cancels, q quits (l lists the CPs, h shows the menu)")
+
+    def nothing_to_cancel(self) -> None:
+        self.line("No request in progress: nothing to cancel")
 
     def ticket(self, ticket, label: str | None = None) -> None:
         """``ticket`` is an ev_common.records.Ticket; ``label`` says it is not the supply in progress."""
@@ -270,14 +416,31 @@ class Screen:
 
     def menu(self) -> None:
         self.block("Menu:", [
-            "l          list the CPs available now",
+            "l          list every CP: the available ones cheapest first, then the others",
             "r CP_ID    request a supply at CP_ID (or just r, then the id)",
+            "c          cancel the request in progress",
             "h          this menu",
             "q          quit (also Ctrl+D / end of input)",
         ])
 
     def prompt(self, text: str = "> ") -> None:
-        self._write(text)
+        """Ask for input: on a terminal ``text`` stays the bottom line until the next prompt."""
+        if self.terminal:
+            self._console.show_prompt(text)
+        else:
+            self._write(text)
+
+    def typed(self, text: str) -> None:
+        """What is typed after the prompt (echoed by ev_driver.menu.TerminalLineReader)."""
+        self._console.set_typed(text)
+
+    def entered(self) -> None:
+        """The typed line was entered: it stays as it is and the prompt comes again below it."""
+        self._console.enter()
+
+    def prompt_done(self) -> None:
+        """No more input: the prompt goes away."""
+        self._console.drop_prompt()
 
     def unknown_command(self, text: str) -> None:
         self.line(f"Unknown command {text!r}; h shows the menu")
@@ -290,17 +453,37 @@ class Screen:
         self.line(f"Note: {cp_id} {known}; asking Central anyway")
 
     def cps(self, available: Sequence, others: Sequence) -> None:
-        """``available``/``others``: ev_common.records.CPStatus items."""
+        """``available``/``others``: ev_common.records.CPStatus items. The available CPs come
+        cheapest first, one per line with their location, or in columns (id and price) when
+        there are more than ``WIDE_LIST``; the others grouped by state, wrapped to the width."""
+        width = max(40, self._width() - len(INDENT) - 1)
         if not available and not others:
-            self.line("No CP known yet: the list fills a few seconds after start; try again shortly")
+            if self.kafka_down:
+                self.line(f"The CPs are not known: Kafka is unreachable at {self.kafka_down} "
+                          "(retrying in the background)")
+            else:
+                self.line("No CP known yet: the list fills a few seconds after start; try again shortly")
             return
-        if not available:
-            rows = []
+        ordered = by_price(available)
+        if len(ordered) > WIDE_LIST:
+            rows = columns([f"{cp.cp_id} {price(cp.price_eur_kwh)}" for cp in ordered], width)
         else:
-            rows = [f"{cp.cp_id:<12} {price(cp.price_eur_kwh):>6} EUR/kWh  {cp.location}" for cp in available]
+            rows = [f"{cp.cp_id:<12} {price(cp.price_eur_kwh):>6} EUR/kWh  {cp.location}" for cp in ordered]
         if others:
-            rows.append("not available: " + ", ".join(f"{cp.cp_id} ({cp.state})" for cp in others))
-        first = f"Available CPs: {len(available)}" if available else "No CP is available right now"
+            states: dict[str, list[str]] = {}
+            for cp in others:
+                states.setdefault(cp.state, []).append(cp.cp_id)
+            text = "not available: " + "; ".join(
+                ", ".join(f"{cp_id} ({state})" for cp_id in ids) if len(ids) <= CHEAPEST
+                else f"{state} ({len(ids)}): {', '.join(ids)}" for state, ids in states.items())
+            rows += textwrap.wrap(text, width, break_on_hyphens=False) or [text]
+        if ordered:
+            first = f"Available CPs: {len(ordered)}" + (", cheapest first (CP EUR/kWh)" if len(ordered) > WIDE_LIST
+                                                        else ", cheapest first")
+        else:
+            first = "No CP is available right now"
+        if self.kafka_down:
+            first += f" (as last known: Kafka is unreachable at {self.kafka_down})"
         self.block(first, rows)
 
     def available_cps(self, available: Sequence) -> None:

@@ -30,13 +30,19 @@ def lines(out: io.StringIO) -> list[str]:
 # -- the CPs available now ------------------------------------------------------------------------------
 
 
-def test_available_text():
+def test_available_text_is_a_count_and_the_cheapest():
     assert available_text([status("CP001", "ACTIVADO"), status("CP002", "ACTIVADO", "Gran Via 2", "0.475")]) == (
-        "Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh), CP002 (Gran Via 2, 0.475 EUR/kWh)")
+        "Available CPs: 2: CP002 0.475 EUR/kWh (Gran Via 2), CP001 0.48 EUR/kWh (C/Mayor, 45)")
     assert available_text([]) == "Available CPs: none right now"
+    many = [status(f"CP{n:03d}", "ACTIVADO", "A very long location name, street 123", f"0.{900 - n}")
+            for n in range(1, 301)]
+    text = available_text(many)
+    assert text == ("Available CPs: 300; the 5 cheapest: " + ", ".join(
+        f"CP{n} {p} EUR/kWh (A very long location ...)"
+        for n, p in ((300, "0.60"), (299, "0.601"), (298, "0.602"), (297, "0.603"), (296, "0.604"))) + "; l lists all")
 
 
-def test_shown_once_known_and_when_the_set_changes():
+def test_shown_once_known_and_when_the_line_changes():
     out = io.StringIO()
     cps = CPDirectory(screen_on(out), settle=0)
     cps.handle("CP001", status("CP001", "DESCONECTADO"))
@@ -44,15 +50,27 @@ def test_shown_once_known_and_when_the_set_changes():
     cps.handle("CP002", status("CP002", "ACTIVADO", "Gran Via 2"))
     cps.handle("CP002", status("CP002", "ACTIVADO", "Gran Via 2"))  # the same again: nothing new
     cps.handle("CP001", status("CP001", "SUMINISTRANDO"))
-    cps.handle("CP003", status("CP003", "AVERIADO"))  # not available: the set is the same
+    cps.handle("CP003", status("CP003", "AVERIADO"))  # not available: the line is the same
     cps.handle("CP001", status("CP001", "ACTIVADO", price="0.50"))  # back, at another price
     assert lines(out) == [
         "Available CPs: none right now",
-        "Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh)",
-        "Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh), CP002 (Gran Via 2, 0.48 EUR/kWh)",
-        "Available CPs: CP002 (Gran Via 2, 0.48 EUR/kWh)",
-        "Available CPs: CP001 (C/Mayor, 45, 0.50 EUR/kWh), CP002 (Gran Via 2, 0.48 EUR/kWh)",
+        "Available CPs: 1: CP001 0.48 EUR/kWh (C/Mayor, 45)",
+        "Available CPs: 2: CP001 0.48 EUR/kWh (C/Mayor, 45), CP002 0.48 EUR/kWh (Gran Via 2)",
+        "Available CPs: 1: CP002 0.48 EUR/kWh (Gran Via 2)",
+        "Available CPs: 2: CP002 0.48 EUR/kWh (Gran Via 2), CP001 0.50 EUR/kWh (C/Mayor, 45)",
     ]
+
+
+def test_with_many_cps_a_change_past_the_cheapest_only_changes_the_count():
+    out = io.StringIO()
+    cps = CPDirectory(screen_on(out), settle=0)
+    for n in range(1, 8):
+        cps.handle(f"CP{n}", status(f"CP{n}", "ACTIVADO", price=f"0.{30 + n}"))
+    cps.handle("CP7", status("CP7", "ACTIVADO", price="0.99"))  # the 7th dearer: nothing shown changes
+    assert len(lines(out)) == 7
+    assert lines(out)[-1].startswith("Available CPs: 7; the 5 cheapest: CP1 0.31 EUR/kWh")
+    cps.handle("CP7", status("CP7", "SUMINISTRANDO"))
+    assert lines(out)[-1].startswith("Available CPs: 6; the 5 cheapest: CP1 0.31 EUR/kWh")
 
 
 def test_a_burst_of_statuses_is_shown_once_it_settles():
@@ -64,7 +82,7 @@ def test_a_burst_of_statuses_is_shown_once_it_settles():
     cps.handle("CP002", status("CP002", "AVERIADO"))
     assert [seconds for seconds, _ in scheduled] == [1.0] and out.getvalue() == ""
     scheduled.pop()[1]()
-    assert lines(out) == ["Available CPs: CP001 (C/Mayor, 45, 0.48 EUR/kWh)"]
+    assert lines(out) == ["Available CPs: 1: CP001 0.48 EUR/kWh (C/Mayor, 45)"]
     cps.handle("CP001", status("CP001", "SUMINISTRANDO"))
     cps.handle("CP001", status("CP001", "ACTIVADO"))  # changed and changed back before it settled
     scheduled.pop()[1]()

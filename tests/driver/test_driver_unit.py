@@ -23,6 +23,7 @@ from ev_driver import cli
 from ev_driver.driver import CPDirectory, Driver, Outcome, run_file, run_single, totals
 from ev_driver.menu import run_menu
 from ev_driver.screen import Screen, eur, kwh, price
+from tests.support.waiting import wait_until
 
 D = "D1"
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
@@ -421,32 +422,115 @@ def test_cp_directory_keeps_the_last_state():
     assert cps.state_of("CP2") == "SUMINISTRANDO" and cps.state_of("CP9") is None
 
 
+def feeder(out: io.StringIO, driver: Driver, *steps: str):
+    """A read_line for run_menu: each step is a line, served once the request in progress (if
+    any) has ended; ``"wait:TEXT"`` first waits until TEXT is on screen, ``"now:LINE"`` serves
+    LINE at once, even while a request runs. Then end of input."""
+    pending = list(steps)
+
+    def read_line():
+        while pending:
+            step = pending.pop(0)
+            if step.startswith("wait:"):
+                wait_until(lambda: step[5:] in out.getvalue(), 5, repr(step[5:]))
+                continue
+            if step.startswith("now:"):
+                return step[4:]
+            wait_until(lambda: driver.busy is None, 5, "the request in progress to end")
+            return step
+        return None
+    return read_line
+
+
 def test_menu(make_driver, central, out):
     driver = make_driver(timeout=2)
     central.on("CP1", full_supply("S1"))
     cps = CPDirectory()
-    lines = iter(["", "l", "x", "r CP 1", "r", "CP1", "r CP2", "LIST", "q", "never read"])
-    feed = {"n": 0}
+    read_line = feeder(out, driver, "", "l", "x", "r CP 1", "r", "CP1", "r CP2", "LIST", "q", "never read")
 
-    def read_line():
-        feed["n"] += 1
-        line = next(lines)
+    def list_after_statuses():
+        line = read_line()
         if line == "LIST":
             cps.handle("CP5", status("CP5", "ACTIVADO", "Calle Mayor 1"))
             cps.handle("CP6", status("CP6", "AVERIADO"))
             return "l"
         return line
-    assert run_menu(driver, cps, driver.screen, read_line) == 0
-    assert feed["n"] == 9
+    assert run_menu(driver, cps, driver.screen, list_after_statuses) == 0
+    assert read_line() == "never read"
     text = out.getvalue()
     assert "No CP known yet" in text
     assert "Unknown command 'x'" in text
     assert "'CP 1' is not a CP id" in text
     assert "TICKET of your supply at CP1" in text
     assert "FAILED at CP2: Cannot connect to CENTRAL" in text
-    assert "Available CPs: 1" in text and "CP5" in text and "0.48 EUR/kWh  Calle Mayor 1" in text
+    assert "Available CPs: 1, cheapest first" in text and "CP5" in text and "0.48 EUR/kWh  Calle Mayor 1" in text
     assert "not available: CP6 (AVERIADO)" in text
     assert [r.cp_id for r in central.requests] == ["CP1", "CP2"]
+
+
+def still_driver(make_driver, **kwargs) -> Driver:
+    """A driver whose clock stands still: a request runs until it is answered or cancelled."""
+    return make_driver(clock=lambda: 0.0, tick=0.01, **kwargs)
+
+
+def test_commands_during_a_supply_are_answered_and_c_cancels_it(make_driver, central, out):
+    driver = still_driver(make_driver)
+    central.on("CP1", lambda req: [received(req), authorised(req, "S1")])  # plugged in, charging...
+    read_line = feeder(out, driver, "now:r CP1", "wait:AUTHORISED at CP1", "now:x", "now:r CP2", "now:l",
+                       "now:h", "now:c", "c", "q")
+    assert run_menu(driver, CPDirectory(), driver.screen, read_line) == 0
+    text = out.getvalue()
+    assert text.count("A supply is in progress at CP1: c cancels, q quits") == 2  # x, and r CP2
+    assert text.count("Menu:") == 2 and "No CP known yet" in text
+    assert ("Request at CP1 abandoned. It was authorised: the supply goes on at CP1 (unplug there to end it) "
+            "and its ticket will be shown here when it comes") in text
+    assert "No request in progress: nothing to cancel" in text
+    assert [r.cp_id for r in central.requests] == ["CP1"]
+    driver.handle(D, ticket("S1", "CP1", "1.0", "0.50", request_id=central.requests[0].request_id))
+    assert "TICKET of a given-up supply at CP1: COMPLETED" in out.getvalue()
+
+
+def test_cancel_before_central_answers_then_a_late_authorisation_is_shown(make_driver, central, out):
+    driver = still_driver(make_driver)
+    read_line = feeder(out, driver, "now:r CP1", "wait:Supply requested at CP1", "now:c", "q")
+    assert run_menu(driver, CPDirectory(), driver.screen, read_line) == 0
+    assert "Request at CP1 abandoned; if Central authorises it after all, you will be told" in out.getvalue()
+    driver.handle(D, authorised(central.requests[0], "S1"))
+    assert "[given-up request at CP1] authorised after all: session S1" in out.getvalue()
+
+
+def test_quit_during_a_supply_cancels_it_first(make_driver, central, out):
+    driver = still_driver(make_driver)
+    central.on("CP1", lambda req: [authorised(req, "S1")])
+    read_line = feeder(out, driver, "now:r CP1", "wait:AUTHORISED at CP1", "now:q")
+    assert run_menu(driver, CPDirectory(), driver.screen, read_line) == 0
+    text = out.getvalue()
+    assert "the supply goes on at CP1 (unplug there to end it) and its ticket will be shown when the app runs again" \
+        in text
+    assert text.index("abandoned") < text.index("Bye") and driver.busy is None
+
+
+def test_cancel_while_connecting_sends_nothing(make_driver, central, out):
+    link = FakeLink()  # the notifications consumer never joins
+    driver = still_driver(make_driver, link=link)
+    read_line = feeder(out, driver, "now:r CP1", "wait:Connecting to Kafka", "now:c", "q")
+    assert run_menu(driver, CPDirectory(), driver.screen, read_line) == 0
+    assert "Request at CP1 abandoned before it was sent" in out.getvalue() and central.requests == []
+
+
+def test_list_says_kafka_is_unreachable(make_driver, out):
+    driver = make_driver()
+    driver.screen.kafka_unreachable("k:9092")
+    cps = CPDirectory()
+    assert run_menu(driver, cps, driver.screen, feeder(out, driver, "l")) == 0
+    assert "The CPs are not known: Kafka is unreachable at k:9092 (retrying in the background)" in out.getvalue()
+    assert "fills a few seconds" not in out.getvalue()
+    cps.handle("CP5", status("CP5", "ACTIVADO"))
+    assert run_menu(driver, cps, driver.screen, feeder(out, driver, "l")) == 0
+    assert "Available CPs: 1, cheapest first (as last known: Kafka is unreachable at k:9092)" in out.getvalue()
+    driver.screen.kafka_reachable("k:9092")
+    assert run_menu(driver, CPDirectory(), driver.screen, feeder(out, driver, "l")) == 0
+    assert "No CP known yet: the list fills a few seconds after start" in out.getvalue()
 
 
 def test_menu_ends_at_end_of_input(make_driver, out):
