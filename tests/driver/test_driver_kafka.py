@@ -209,7 +209,7 @@ def test_driver_killed_mid_supply_shows_the_ticket_after_restart(runner, central
         second.proc.stdin.write(b"l\n")
         second.proc.stdin.flush()
         try:
-            return second.wait_for_output(r"(Available CPs: 1\n.*CP1 .*Plaza 1)|No CP", timeout=3, after=mark)[1]
+            return second.wait_for_output(r"(Available CPs: 1, cheapest first\n.*CP1 .*Plaza 1)|No CP", timeout=3, after=mark)[1]
         except AssertionError:
             return None
     wait_until(listed, 15, "CP1 listed as available", interval=0.5)

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from ev_common.records import CPStatus, Ticket
 from ev_driver.driver import CPDirectory
-from ev_driver.screen import CLEAR_LINE, Screen, available_text, live_text
+from ev_driver.screen import CLEAR_LINE, LINE_UP, Screen, available_text, live_text
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
 
@@ -156,3 +156,122 @@ def test_terminal_mode_log_records_end_the_live_line():
     assert err.getvalue() == "Kafka unreachable\n"
     assert out.getvalue() == (f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.100 kWh, 0.05 EUR (11.00 kW)\n"
                               f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.200 kWh, 0.10 EUR (11.00 kW)")
+
+
+# -- the prompt on a terminal -------------------------------------------------------------------------------
+
+
+def test_terminal_lines_come_above_the_prompt_and_what_is_typed():
+    out = io.StringIO()
+    screen = screen_on(out, terminal=True)
+    screen.prompt()
+    screen.typed("r CP0")
+    out.truncate(0), out.seek(0)
+    screen.line("Available CPs: none right now")
+    assert out.getvalue() == f"{CLEAR_LINE}11:00:00 Available CPs: none right now\n> r CP0"
+    screen.typed("r CP01")
+    screen.entered()  # the line stays as typed; a new prompt below
+    assert out.getvalue().endswith(f"{CLEAR_LINE}> r CP01\n> ")
+
+
+def test_terminal_live_line_is_updated_above_the_prompt():
+    out = io.StringIO()
+    screen = screen_on(out, terminal=True)
+    screen.prompt()
+    screen.typed("c")
+    out.truncate(0), out.seek(0)
+    screen.progress("CP001", Decimal("0.1"), Decimal("0.05"), Decimal("11"))
+    screen.progress("CP001", Decimal("0.2"), Decimal("0.10"), Decimal("11"))
+    assert out.getvalue() == (f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.100 kWh, 0.05 EUR (11.00 kW)\n> c"
+                              f"{CLEAR_LINE}{LINE_UP}{CLEAR_LINE}11:00:00 Charging at CP001: 0.200 kWh, 0.10 EUR "
+                              "(11.00 kW)\n> c")
+    screen.ticket(ticket())  # the live line stays as it was; the ticket below it, then the prompt
+    assert f"(11.00 kW)\n> c{CLEAR_LINE}11:00:00 ===== TICKET of your supply at CP001: COMPLETED =====\n" \
+        in out.getvalue()
+    assert out.getvalue().endswith("=\n> c")
+
+
+def test_terminal_live_line_becomes_the_line_above_a_new_prompt():
+    out = io.StringIO()
+    screen = screen_on(out, terminal=True)
+    screen.progress("CP001", Decimal("0.1"), Decimal("0.05"), Decimal("11"))
+    screen.prompt()
+    screen.progress("CP001", Decimal("0.2"), Decimal("0.10"), Decimal("11"))
+    assert out.getvalue() == (f"{CLEAR_LINE}11:00:00 Charging at CP001: 0.100 kWh, 0.05 EUR (11.00 kW)\n> "
+                              f"{CLEAR_LINE}{LINE_UP}{CLEAR_LINE}11:00:00 Charging at CP001: 0.200 kWh, 0.10 EUR "
+                              "(11.00 kW)\n> ")
+
+
+def test_terminal_live_line_is_cut_to_the_width():
+    out = io.StringIO()
+    screen = Screen(out, now=lambda: datetime(2026, 11, 21, 11, 0, 0), terminal=True, width=lambda: 30)
+    screen.progress("CP001", Decimal("0.1"), Decimal("0.05"), Decimal("11"))
+    assert out.getvalue() == f"{CLEAR_LINE}11:00:00 Charging at CP001: 0"  # 29 characters
+
+
+def test_terminal_log_records_come_above_the_prompt():
+    out, err = io.StringIO(), io.StringIO()
+    screen = screen_on(out, terminal=True)
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    for handler in saved:
+        root.removeHandler(handler)
+    root.addHandler(logging.StreamHandler(err))
+    root.setLevel(logging.INFO)
+    try:
+        screen.guard_logging()
+        screen.prompt()
+        screen.typed("r")
+        logging.getLogger("ev_driver.test").warning("skipped a malformed record")
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
+    assert err.getvalue() == "skipped a malformed record\n"
+    assert out.getvalue().endswith(f"> r{CLEAR_LINE}> r")  # erased before the record, drawn again after it
+
+
+def test_terminal_prompt_says_kafka_is_unreachable_while_it_lasts():
+    out = io.StringIO()
+    screen = screen_on(out, terminal=True)
+    screen.prompt()
+    screen.kafka_unreachable("k:9092")
+    assert out.getvalue().endswith("Retrying in the background...\n> " + CLEAR_LINE + "[Kafka unreachable] > ")
+    screen.line("x")
+    assert out.getvalue().endswith("x\n[Kafka unreachable] > ")
+    screen.kafka_still_unreachable("k:9092", 75)
+    assert "Kafka still unreachable at k:9092 (for 1 min 15 s); retrying...\n[Kafka unreachable] > " in out.getvalue()
+    screen.kafka_reachable("k:9092")
+    assert out.getvalue().endswith("Kafka reachable at k:9092 again\n> ")
+    screen.prompt_done()
+    screen.line("Bye")
+    assert out.getvalue().endswith(f"again\n> {CLEAR_LINE}11:00:00 Bye\n")
+
+
+def test_plain_prompt_is_written_as_it_is():
+    out = io.StringIO()
+    screen = screen_on(out)
+    screen.prompt()
+    screen.line("x")
+    assert out.getvalue() == "> 11:00:00 x\n"
+
+
+# -- the list of every CP -------------------------------------------------------------------------------------
+
+
+def test_list_of_many_cps_in_columns_cheapest_first_and_the_others_by_state():
+    out = io.StringIO()
+    screen = Screen(out, now=lambda: datetime(2026, 11, 21, 11, 0, 0), width=lambda: 60)
+    available = [status(f"CP{n:03d}", "ACTIVADO", price=f"0.{600 - n}") for n in range(1, 31)]
+    others = ([status(f"CP{n:03d}", "SUMINISTRANDO") for n in range(31, 41)]
+              + [status("CP041", "AVERIADO")])
+    screen.cps(available, others)
+    rows = out.getvalue().splitlines()
+    assert rows[0] == "11:00:00 Available CPs: 30, cheapest first (CP EUR/kWh)"
+    assert rows[1].split() == ["CP030", "0.57", "CP020", "0.58", "CP010", "0.59"]  # 3 columns of 10
+    assert all(len(row) <= 60 for row in rows)
+    rest = " ".join(row.strip() for row in rows[11:])
+    assert rest == ("not available: SUMINISTRANDO (10): CP031, CP032, CP033, CP034, CP035, CP036, CP037, "
+                    "CP038, CP039, CP040; CP041 (AVERIADO)")
