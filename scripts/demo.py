@@ -5,8 +5,19 @@ package, on 127.0.0.1, unless ``--kafka`` or ``$EV_KAFKA`` names one), Central o
 embedded SQLite file, three CPs (Engine in ``--auto`` + Monitor) and two drivers, each
 with a services file of 12 entries, registered beforehand. On a terminal, Central's
 panel takes the screen and the other programs write to log files in the demo folder;
-otherwise every program's lines are shown here, prefixed by its name. Ctrl+C (or
-``--seconds``) stops every process in order; nothing is left running.
+otherwise every program's lines are shown here, prefixed by its name. The broker always
+writes to ``broker.log`` there.
+
+Every program runs in a process group of its own, so a Ctrl+C at the terminal reaches
+only the demo (and Central's panel, which shares the terminal). The demo then stops the
+programs in order: the drivers, the Monitors, the Engines, Central and the broker last,
+each with SIGINT and at most ``STOP_GRACE`` s to exit before SIGKILL. Quitting the panel,
+or ``--seconds``, stops them in the same order (with the panel, Central has quit first).
+The exit code is 0, or 1 when a program had to be killed.
+
+Readiness is checked without disturbing anyone: Central's Monitor port with a real
+session (ENQ, ACK, EOT: Central logs nothing for it), an Engine's port by reading the
+kernel's socket tables (``deploy/ev_port.py``) where there are any, else with a session.
 """
 
 from __future__ import annotations
@@ -21,13 +32,24 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the project root
+sys.path.insert(0, str(ROOT / "deploy"))
+from ev_port import SOCKET_TABLES, listening  # noqa: E402  (deploy/ev_port.py: the containers' port checks)
+
+from ev_common.protocol.framing import ACK, ENQ, EOT  # noqa: E402
+from ev_cp_engine.engine import DEFAULT_AUTO_SECONDS, DEFAULT_POWER_KW, DEFAULT_TIME_SCALE  # noqa: E402
+
 CPS = [("CP001", "C/Mayor, 45", "0.48"), ("CP002", "Plaza Nueva 3", "0.52"), ("CP003", "Av. del Puerto 12", "0.45")]
 DRIVERS = {
     "D001": ["CP001", "CP002", "CP003", "CP001", "CP002", "CP003", "CP001", "CP002", "CP003", "CP001", "CP9", "CP002"],
     "D002": ["CP003", "CP002", "CP001", "CP003", "CP002", "CP001", "CP003", "CP002", "CP001", "CP003", "CP002", "CP001"],
 }
+# The order of the stop: who depends on whom goes first, the broker they all use last.
+STOP_ORDER = [("driver", "drivers"), ("monitor", "Monitors"), ("engine", "Engines"), ("central", "Central"),
+              ("broker", "broker")]
+STOP_GRACE = 5.0  # s each group of programs has to exit after SIGINT, before SIGKILL
 
 
 def free_port() -> int:
@@ -36,7 +58,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_open(host: str, port: int) -> bool:
+def accepts(host: str, port: int) -> bool:
+    """``host:port`` accepts a TCP connection (for the broker, which does not mind)."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -44,13 +67,35 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def wait_port(host: str, port: int, seconds: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def answers_enq(host: str, port: int, timeout: float = 2.0) -> bool:
+    """A whole, empty session of docs/protocol.md: ENQ, the server's ACK, EOT. A server logs
+    it as a session that opened and ended, not as a connection that broke."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(bytes((ENQ,)))
+            answered = s.recv(1) == bytes((ACK,))
+            if answered:
+                s.sendall(bytes((EOT,)))
+            return answered
+    except OSError:
+        return False
+
+
+def engine_ready(port: int) -> bool:
+    """The Engine listens on ``port``: read from the kernel's socket tables where there are any
+    (an Engine greets every session as its Monitor), else asked with an empty session."""
+    if any(table.exists() for table in SOCKET_TABLES):
+        return listening(port)
+    return answers_enq("127.0.0.1", port)
+
+
+def wait_until(ready, seconds: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + seconds
-    while not port_open(host, port):
+    while not ready():
         if proc is not None and proc.poll() is not None:
             raise SystemExit(f"demo: {what} exited with code {proc.returncode}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"demo: {what} did not open {host}:{port} within {seconds:g} s")
+            raise SystemExit(f"demo: {what} was not ready within {seconds:g} s")
         time.sleep(0.1)
 
 
@@ -58,27 +103,32 @@ class Demo:
     def __init__(self, folder: pathlib.Path, panel: bool) -> None:
         self.folder = folder
         self.panel = panel
-        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.procs: list[tuple[str, str, subprocess.Popen, threading.Thread | None]] = []
+        self.killed: list[str] = []
+        self.hurry = threading.Event()  # a second Ctrl+C: kill what is left instead of waiting
         self._print_lock = threading.Lock()
 
     def say(self, text: str) -> None:
         with self._print_lock:
             print(f"[demo] {text}", flush=True)
 
-    def start(self, name: str, argv: list[str], foreground: bool = False) -> subprocess.Popen:
+    def start(self, name: str, role: str, argv: list[str], foreground: bool = False,
+              to_file: bool = False) -> subprocess.Popen:
+        """Start a program; all but a foreground one in a process group of its own."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        relay = None
         if foreground:  # Central's panel: the terminal is its
             proc = subprocess.Popen(argv, cwd=ROOT, env=env)
-        elif self.panel:  # the panel has the screen: the others write to files
-            log = open(self.folder / f"{name}.log", "ab")
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-            log.close()
+        elif self.panel or to_file:  # the panel has the screen: the others write to files
+            with open(self.folder / f"{name}.log", "ab") as log:
+                proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, process_group=0)
         else:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-            threading.Thread(target=self._relay, args=(name, proc), daemon=True).start()
-        self.procs.append((name, proc))
+                                    stdin=subprocess.DEVNULL, process_group=0)
+            relay = threading.Thread(target=self._relay, args=(name, proc), daemon=True)
+            relay.start()
+        self.procs.append((name, role, proc, relay))
         return proc
 
     def _relay(self, name: str, proc: subprocess.Popen) -> None:
@@ -88,18 +138,30 @@ class Demo:
                 print(f"[{name}] {line}", flush=True)
 
     def stop_all(self) -> None:
-        """Ctrl+C to everyone (drivers and CPs first, Central, then the broker), then wait."""
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 15
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.say(f"{name} did not stop in time; killing it")
-                proc.kill()
-                proc.wait(5)
+        """Stop the programs group by group in STOP_ORDER: SIGINT to the group, then wait for
+        each (and for the last of its lines) up to STOP_GRACE s; SIGKILL past it."""
+        for role, label in STOP_ORDER:
+            group = [(name, proc, relay) for name, r, proc, relay in self.procs if r == role]
+            if not group:
+                continue
+            for _name, proc, _relay in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + STOP_GRACE
+            for name, proc, relay in group:
+                while proc.poll() is None and time.monotonic() < deadline and not self.hurry.is_set():
+                    try:
+                        proc.wait(0.05)
+                    except subprocess.TimeoutExpired:
+                        pass
+                if proc.poll() is None:
+                    self.say(f"{name} did not stop within {STOP_GRACE:g} s; killing it")
+                    self.killed.append(name)
+                    proc.kill()
+                    proc.wait()
+                if relay is not None:
+                    relay.join(2)  # its last lines come before the next group's
+            self.say(f"{label} stopped")
 
 
 def tansu_binary() -> pathlib.Path:
@@ -118,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ui", choices=["auto", "panel", "log"], default="auto",
                         help="Central's panel on a terminal (auto), or plain prefixed lines (log)")
     parser.add_argument("--seconds", type=float, default=None, help="stop by itself after this long")
-    parser.add_argument("--auto-seconds", default="6", help="how long each supply lasts (default 6)")
+    parser.add_argument("--auto-seconds", type=float, default=float(DEFAULT_AUTO_SECONDS),
+                        help="how long each supply lasts (default: the Engine's, %(default)g)")
     parser.add_argument("--pause", default="4", help="drivers' wait between supplies (default 4, as the spec)")
     args = parser.parse_args(argv)
 
@@ -128,43 +191,57 @@ def main(argv: list[str] | None = None) -> int:
     panel = args.ui == "panel" or (args.ui == "auto" and sys.stdout.isatty() and sys.stdin.isatty())
     demo = Demo(folder, panel)
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_signal(*_) -> None:
+        if stop.is_set():
+            demo.hurry.set()
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     py = sys.executable
+    kwh = DEFAULT_POWER_KW * Decimal(str(args.auto_seconds)) * DEFAULT_TIME_SCALE / 3600
     try:
         kafka = args.kafka
         if not kafka:
             port = free_port()
             url = f"tcp://127.0.0.1:{port}"
-            demo.start("broker", [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url",
-                                  url, "--storage-engine", "memory://tansu/", "--cluster-id", "evcharging-demo"])
-            wait_port("127.0.0.1", port, 15, "the broker")
+            broker = demo.start("broker", "broker",
+                                [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url",
+                                 url, "--storage-engine", "memory://tansu/", "--cluster-id", "evcharging-demo"],
+                                to_file=True)
+            wait_until(lambda: accepts("127.0.0.1", port), 15, "the broker", broker)
             kafka = f"127.0.0.1:{port}"
         db = f"sqlite:///{folder / 'central.db'}"
         for driver in DRIVERS:
             subprocess.run([py, "-m", "ev_central", "drivers", "add", driver, "--db", db], cwd=ROOT, check=True,
                            stdout=subprocess.DEVNULL)
         demo.say(f"broker {kafka}; Central's database {folder / 'central.db'}; logs in {folder}")
+        demo.say(f"each supply lasts {args.auto_seconds:g} s: about {kwh:.1f} kWh at {DEFAULT_POWER_KW} kW, "
+                 f"{DEFAULT_TIME_SCALE} simulated seconds per second")
         central_port = free_port()
-        central = demo.start("central", [py, "-m", "ev_central", "--port", str(central_port), "--kafka", kafka,
-                                         "--db", db, "--ui", "panel" if panel else "log",
-                                         "--log-file", str(folder / "central.log")], foreground=panel)
-        wait_port("127.0.0.1", central_port, 20, "Central", central)
+        central = demo.start("central", "central",
+                             [py, "-m", "ev_central", "--port", str(central_port), "--kafka", kafka, "--db", db,
+                              "--ui", "panel" if panel else "log", "--log-file", str(folder / "central.log")],
+                             foreground=panel)
+        wait_until(lambda: answers_enq("127.0.0.1", central_port), 20, "Central", central)
         for cp_id, location, price in CPS:
             engine_port = free_port()
-            demo.start(f"{cp_id}-engine", [py, "-m", "ev_cp_engine", "--port", str(engine_port), "--host",
-                                           "127.0.0.1", "--kafka", kafka, "--auto", "--auto-seconds",
-                                           args.auto_seconds, "--data-dir", str(folder / cp_id)])
-            wait_port("127.0.0.1", engine_port, 15, f"{cp_id}'s Engine")
-            demo.start(f"{cp_id}-monitor", [py, "-m", "ev_cp_monitor", "--cp_id", cp_id, "--central_ip",
-                                            "127.0.0.1", "--central_port", str(central_port), "--engine_ip",
-                                            "127.0.0.1", "--engine_port", str(engine_port), "--location", location,
-                                            "--price", price])
+            engine = demo.start(f"{cp_id}-engine", "engine",
+                                [py, "-m", "ev_cp_engine", "--port", str(engine_port), "--host", "127.0.0.1",
+                                 "--kafka", kafka, "--auto", "--auto-seconds", f"{args.auto_seconds:g}",
+                                 "--data-dir", str(folder / cp_id)])
+            wait_until(lambda: engine_ready(engine_port), 15, f"{cp_id}'s Engine", engine)
+            demo.start(f"{cp_id}-monitor", "monitor",
+                       [py, "-m", "ev_cp_monitor", "--cp_id", cp_id, "--central_ip", "127.0.0.1", "--central_port",
+                        str(central_port), "--engine_ip", "127.0.0.1", "--engine_port", str(engine_port),
+                        "--location", location, "--price", price])
         for driver, entries in DRIVERS.items():
             services = folder / f"services-{driver}.txt"
             services.write_text("# CP ids, one per line\n" + "\n".join(entries) + "\n")
-            demo.start(f"driver-{driver}", [py, "-m", "ev_driver", "--kafka", kafka, "--driver_id", driver,
-                                            "--file", str(services), "--pause", args.pause])
+            demo.start(f"driver-{driver}", "driver",
+                       [py, "-m", "ev_driver", "--kafka", kafka, "--driver_id", driver, "--file", str(services),
+                        "--pause", args.pause])
         if not panel:
             demo.say("running unattended; Ctrl+C stops everything")
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
@@ -174,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
             if deadline is not None and time.monotonic() > deadline:
                 break
     finally:
-        demo.say("stopping every program...")
+        started = time.monotonic()
+        demo.say("stopping every program: drivers, Monitors, Engines, Central, broker...")
         demo.stop_all()
-        demo.say("stopped; nothing left running")
-    return 0
+        demo.say(f"stopped in {time.monotonic() - started:.1f} s; nothing left running")
+    return 1 if demo.killed else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """`make demo`, as the README documents it, for a bounded time without a terminal:
-every program runs, tickets come out, and Ctrl+C (here: --seconds) leaves nothing running."""
+every program runs, tickets come out, and the stop (here: --seconds) shows the drivers' summaries
+and leaves nothing running. Ctrl+C itself: test_demo_stop.py."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def test_make_demo_runs_unattended_and_stops_cleanly(tmp_path):
         assert f"[{program}] " in out, f"no line from {program}:\n{out[-4000:]}"
     tickets = re.findall(r"\[driver-D00[12]\] .*TICKET of your supply at (CP00[123]): COMPLETED", out)
     assert len(tickets) >= 4, out[-4000:]
-    assert "[demo] stopped; nothing left running" in out
-    assert "Traceback" not in out, out[-4000:]
+    for driver in ("D001", "D002"):
+        assert f"Summary for driver {driver} =====" in out, out[-4000:]
+    assert re.search(r"^\[demo\] stopped in [0-9.]+ s; nothing left running$", out, re.MULTILINE), out[-4000:]
+    assert "Traceback" not in out and "ERROR" not in out, out[-4000:]
     assert processes_mentioning(str(demo_dir)) == []
