@@ -9,9 +9,11 @@
 * one consumer of ``ev.cp.status`` in a group of its own per run, read from the
   beginning and never committed (offsets are never stored);
 * a "kafka" thread creates missing topics, starts the consumers, serves the
-  producer's callbacks and tells the driver once when Kafka becomes unreachable
-  and when it is back. librdkafka's own log lines go through ``logging``
-  (logger ``ev_driver.kafka``), each repeated line at most once a minute.
+  producer's callbacks and tells the driver at once when Kafka becomes unreachable
+  (checked within a second of a client's report), again every minute while it
+  stays so, and once when it is back. librdkafka's own log lines go through
+  ``logging`` (logger ``ev_driver.kafka``, kept off a terminal by ev_driver.cli),
+  each repeated line at most once a minute.
 """
 
 from __future__ import annotations
