@@ -85,8 +85,11 @@ def use_menu(auto: bool, stdin=None, stdout=None) -> bool:
         return False
 
 
-def run_ticks(engine, publisher, stop: threading.Event) -> None:
-    """Every second until ``stop``: the Engine's tick (telemetry, --auto, plug timeout)."""
+def run_ticks(engine, publisher, stop: threading.Event, watch=None, remind=None) -> None:
+    """Every second until ``stop``: the Engine's tick (telemetry, --auto, plug timeout); the
+    publisher's view of the broker to ``watch`` (a KafkaWatch); the status to ``remind``."""
+    from .screen import EngineStatus
+
     next_tick = time.monotonic()
     while not stop.wait(max(0.0, next_tick - time.monotonic())):
         next_tick += 1.0
@@ -97,6 +100,10 @@ def run_ticks(engine, publisher, stop: threading.Event) -> None:
         except Exception:  # a bug in one tick must not stop the next ones
             log.exception("the Engine's tick failed")
         publisher.poll(0)
+        if watch is not None:
+            watch.publisher_says(publisher.reachable)
+        if remind is not None:
+            remind(EngineStatus.read(engine))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,20 +112,32 @@ def main(argv: list[str] | None = None) -> int:
     from ev_common.bus import Publisher, Topics
     from ev_common.records import Record, SupplyRequest
 
+    from ev_common.bus import Producer
+
     from .engine import Engine
     from .health_server import HealthServer
     from .journal import SupplyJournal
+    from .kafka_watch import PROBE_TIMEOUT, KafkaWatch
     from .keyboard import Prompt, run_keyboard
-    from .screen import Messages
+    from .screen import Messages, MessagesLogHandler, Reminder
 
     shutdown = Shutdown().install()
     menu = use_menu(args.auto)
     messages = Messages()  # the Engine's lines: plain on stdout, or in the menu while it runs
-    if menu:
-        messages.attach()  # from the start, lines wait for the menu
+    saved_handlers = list(logging.getLogger().handlers)
+    if menu:  # from the start, lines and log records wait for the menu (none goes behind it)
+        messages.attach()
+        _log_to(MessagesLogHandler(messages))
     topics = Topics(args.topic_prefix)
     kafka = "%s:%d" % args.kafka
-    publisher = Publisher(kafka, "ev-cp-engine")
+    producers = []  # the publisher's producer (a new one replaces it after a fatal error)
+
+    def new_producer(config: dict):
+        producers.append(Producer(config))
+        del producers[:-1]
+        return producers[-1]
+
+    publisher = Publisher(kafka, "ev-cp-engine", producer_factory=new_producer)
 
     def emit(record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
         if isinstance(record, SupplyRequest):
@@ -130,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(emit, power_kw=args.power_kw, plug_timeout=args.plug_timeout, time_scale=args.time_scale,
                     auto_seconds=args.auto_seconds if args.auto else None, journal=journal, say=messages)
     engine.recover()  # a supply the last run of this Engine left unfinished is reported first
+    # whether the broker answers: asked once before the Monitor can ask this Engine, then by a thread
+    watch = KafkaWatch(lambda: producers[-1].list_topics(timeout=PROBE_TIMEOUT), engine.kafka_ok)
+    watch.check()
     try:
         server = HealthServer(engine, args.host, args.port).start()
     except OSError as exc:
+        _log_to(*saved_handlers)
         messages.detach()
         log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
         return 1
+    threading.Thread(target=watch.run, args=(shutdown.event,), name="kafka-watch", daemon=True).start()
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=engine.toggle_fault).start())
     host, port = server.address
@@ -145,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             from .menu import run_menu
 
             messages(listening)
-            ticker = threading.Thread(target=run_ticks, args=(engine, publisher, shutdown.event), name="tick",
-                                      daemon=True)
+            ticker = threading.Thread(target=run_ticks, args=(engine, publisher, shutdown.event, watch),
+                                      name="tick", daemon=True)
             ticker.start()
             run_menu(engine, messages, shutdown.event, subtitle=f"{listening}; Kafka {kafka}")
             ticker.join(2)
@@ -155,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             keys = {"p": engine.plug, "u": engine.unplug, "f": engine.toggle_fault, "q": shutdown.request,
                     "r": Prompt("driver id: ", lambda driver: engine.request_supply(driver) if driver else None)}
             threading.Thread(target=run_keyboard, args=(keys, shutdown.event), name="keyboard", daemon=True).start()
-            run_ticks(engine, publisher, shutdown.event)
+            run_ticks(engine, publisher, shutdown.event, watch, Reminder(messages))
     finally:
         log.info("shutting down (%s)", shutdown.signal_name or "requested")
         engine.shut_down()  # ends the supply ("engine stopped") and tells Central its figures
@@ -165,4 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         if unconfirmed:
             messages(f"{unconfirmed} supply end(s) not confirmed by Kafka: kept in the journal, "
                      "sent again at the next start")
+        if menu:
+            _log_to(*saved_handlers)
     return 0
+
+
+def _log_to(*handlers: logging.Handler) -> None:
+    """Replace the root logger's handlers."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)

@@ -2,8 +2,8 @@
 
 Inputs: health checks and commands from its Monitor (``health``, ``authorise``,
 ``cancel``, ``supply_state``, ``stop``, ``resume``, the Monitor's arrival and loss), the person at the CP
-(``plug``, ``unplug``, ``toggle_fault``, ``request_supply``) and ``tick()``
-every second. Outputs: records through ``emit`` (telemetry every second while
+(``plug``, ``unplug``, ``toggle_fault``, ``request_supply``), whether the broker answers
+(``kafka_ok``) and ``tick()`` every second. Outputs: records through ``emit`` (telemetry every second while
 supplying, the end of each supply, requests made at the CP) and lines for
 people through ``say``. Pure and thread-safe; the clock is injected.
 
@@ -14,6 +14,11 @@ Every ``supply.end`` is kept (in the journal, if any) until the broker confirms 
 (``emit(record, on_delivery)``); one reported undelivered is sent again from ``tick``
 after a capped, jittered backoff, and ``recover`` sends again at start what an
 earlier run left unconfirmed. ``shut_down`` ends the supply as "engine stopped".
+
+A CP that cannot reach the broker cannot report a supply, so while it is idle and told
+``kafka_ok(False)`` it answers health checks ``KO`` with ``KAFKA_DOWN`` (its Monitor reports
+the fault to Central, which authorises nothing here) and refuses supplies with that reason.
+A supply already held goes on: its telemetry and its end wait in the producer and the journal.
 
 A cancelled session id is remembered (the last ``CANCELLED_KEPT``): Central gave up on it,
 so a ``SUP`` for it that arrives later is refused.
@@ -46,6 +51,7 @@ DEFAULT_TIME_SCALE = Decimal(60)  # one real second simulates one minute of char
 AUTO_PLUG_AFTER = 1.0
 FOUR = Decimal("0.0001")
 CANCELLED_KEPT = 256  # cancelled session ids remembered, to refuse a late SUP for them
+KAFKA_DOWN = "Kafka unreachable: this CP cannot report supplies"
 
 
 class Phase(str, Enum):
@@ -91,6 +97,7 @@ class Engine:
         self.faulty = False
         self.stopped = False
         self.monitor: str | None = None  # peer address of the connected Monitor
+        self.kafka_reachable = True  # kafka_ok(): whether the broker answers (presumed until told)
         self.supply: Supply | None = None
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.closing = False  # shut_down(): no more supplies
@@ -113,9 +120,29 @@ class Engine:
         with self._lock:
             previous, self.cp_id = self.cp_id, cp_id
             faulty = self.faulty
+            cannot_report = not self.kafka_reachable and self.supply is None
         if previous != cp_id:
             self._say(f"this Engine is CP {cp_id}" + (f" (was {previous})" if previous else ""))
-        return (False, "simulated fault") if faulty else (True, "")
+        if faulty:
+            return False, "simulated fault"
+        if cannot_report:  # a supply held goes on: its records wait for the broker
+            return False, KAFKA_DOWN
+        return True, ""
+
+    def kafka_ok(self, ok: bool) -> None:
+        """Whether the broker answers now. Said once per change."""
+        with self._lock:
+            changed = ok != self.kafka_reachable
+            self.kafka_reachable = ok
+            supplying = self.supply is not None
+        if not changed:
+            return
+        if not ok:
+            self._say(f"{KAFKA_DOWN}: " + ("the supply in course goes on; its figures wait and reach Central "
+                                           "when Kafka is back" if supplying
+                                           else "refusing supplies until Kafka is back"))
+        else:
+            self._say("Kafka reachable again: this CP reports its supplies")
 
     def monitor_connected(self, peer: str) -> None:
         with self._lock:
@@ -299,6 +326,8 @@ class Engine:
             return "no Monitor connected (the CP cannot reach Central)"
         if self.faulty:
             return "the CP is faulty"
+        if not self.kafka_reachable:
+            return KAFKA_DOWN
         if self.stopped:
             return "the CP is stopped by Central (Out of Order)"
         return None

@@ -2,8 +2,10 @@
 
 Keys (also in the footer): [p] plug in, [u] unplug, [f] fault on/off, [r] request
 a supply for a driver (an input line opens: driver id, Enter; Esc cancels),
-[q] quit. Above them: the status (CP id, Monitor link, state, the supply with
-its live kWh and EUR, fault and stop flags) and the last messages.
+[q] quit. Above them: the status (first the links: every connectivity problem,
+Kafka unreachable or no Monitor, in red for as long as it lasts; then the CP id,
+Monitor link and state, the supply with its live kWh and EUR, fault and stop
+flags) and the last messages.
 
 The app only reads the Engine (``EngineStatus.read``, lock-free) and calls its
 inputs; the Engine's 1 s tick and its health server run in their own threads.
@@ -22,9 +24,9 @@ from textual.binding import Binding
 from textual.widgets import Footer, Header, Input, RichLog, Static
 
 from ev_common.protocol.fields import Identifier
-from ev_common.words import STATE_COLOURS
+from ev_common.words import ACTIVADO, STATE_COLOURS
 
-from .screen import EngineStatus, Messages, MessagesLogHandler, status_lines
+from .screen import EngineStatus, Messages, MessagesLogHandler, problems, status_lines
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +94,10 @@ class EngineMenu(App):
         lines = status_lines(status)
         self.status_text = "\n".join(lines)
         shown = Text()
-        shown.append(lines[0] + "\n", style=f"bold {STATE_COLOURS[status.state]}")
-        shown.append(lines[1] + "\n", style="bold" if status.driver_id else "")
-        shown.append(lines[2], style="bold red" if status.faulty or status.stopped else "")
+        shown.append(lines[0] + "\n", style="bold red" if problems(status) else STATE_COLOURS[ACTIVADO])
+        shown.append(lines[1] + "\n", style=f"bold {STATE_COLOURS[status.state]}")
+        shown.append(lines[2] + "\n", style="bold" if status.driver_id else "")
+        shown.append(lines[3], style="bold red" if status.faulty or status.stopped else "")
         self.query_one("#status", Static).update(shown)
 
     # -- the person's inputs ---------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Presentation only. ``EngineStatus.read(engine)`` takes a snapshot of the Engine
 without its lock (a screen must never block the Engine), ``status_lines()``
-formats it, ``PlainScreen`` prints timestamped lines (under ``--auto``, on a
+formats it (its first line, ``links_line``, names every connectivity problem: Kafka
+and the Monitor), ``Reminder`` repeats that line every 10 s while a problem lasts
+where nothing stays on screen, ``PlainScreen`` prints timestamped lines (under ``--auto``, on a
 pipe, in logs) and ``Messages`` is the Engine's ``say``: lines go to the menu's
 message area while the menu runs, else they are printed as plain lines.
 This module and ``menu.py`` are the only ones that print for people.
@@ -14,6 +16,7 @@ import collections
 import logging
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -30,9 +33,10 @@ from ev_common.words import (
     SUMINISTRANDO,
 )
 
-from .engine import Phase
+from .engine import KAFKA_DOWN, Phase
 
 MAX_MESSAGES = 1000
+REMIND_SECONDS = 10.0
 
 
 def kwh(value: Decimal) -> str:
@@ -61,6 +65,7 @@ class EngineStatus:
     stopped: bool
     power_kw: Decimal
     auto: bool = False
+    kafka: bool = True  # the broker answers
     driver_id: str | None = None
     session_id: str | None = None
     price: Decimal | None = None
@@ -73,7 +78,8 @@ class EngineStatus:
         attribute is replaced whole by the Engine, and the supply is read through one reference."""
         supply = engine.supply
         common = dict(cp_id=engine.cp_id, monitor=engine.monitor, faulty=engine.faulty, stopped=engine.stopped,
-                      power_kw=engine.power_kw, auto=engine.auto_seconds is not None)
+                      power_kw=engine.power_kw, auto=engine.auto_seconds is not None,
+                      kafka=engine.kafka_reachable)
         if supply is None:
             return cls(phase=Phase.IDLE, **common)
         phase = Phase.SUPPLYING if supply.plugged_at is not None else Phase.AUTHORISED
@@ -90,6 +96,23 @@ class EngineStatus:
         if self.stopped:
             return PARADO
         return SUMINISTRANDO if self.phase is Phase.SUPPLYING else ACTIVADO
+
+
+def problems(status: EngineStatus) -> list[str]:
+    """Every connectivity problem of the CP now, for people (empty when there is none)."""
+    found = []
+    if not status.kafka:
+        found.append("Kafka UNREACHABLE: " + ("the supply goes on; its figures wait for Kafka"
+                                              if status.phase is not Phase.IDLE else KAFKA_DOWN.partition(": ")[2]))
+    if status.monitor is None:
+        found.append("Monitor NOT CONNECTED: the CP cannot reach Central")
+    return found
+
+
+def links_line(status: EngineStatus) -> str:
+    """``Links: Kafka OK | Monitor OK``, or every problem, ``Links: PROBLEM: ... | ...``."""
+    found = problems(status)
+    return "Links: PROBLEM: " + " | ".join(found) if found else "Links: Kafka OK | Monitor OK"
 
 
 def cp_line(status: EngineStatus) -> str:
@@ -115,7 +138,27 @@ def flags_line(status: EngineStatus) -> str:
 
 
 def status_lines(status: EngineStatus) -> list[str]:
-    return [cp_line(status), supply_line(status), flags_line(status)]
+    return [links_line(status), cp_line(status), supply_line(status), flags_line(status)]
+
+
+class Reminder:
+    """Where nothing stays on screen (plain lines): the links line now when the problems change,
+    and again every ``every`` seconds while a problem lasts."""
+
+    def __init__(self, say: Callable[[str], None], *, every: float = REMIND_SECONDS,
+                 clock: Callable[[], float] | None = None) -> None:
+        self._say = say
+        self.every = every
+        self._clock = clock or time.monotonic
+        self._shown: list[str] = []
+        self._at = 0.0
+
+    def __call__(self, status: EngineStatus) -> None:
+        found, now = problems(status), self._clock()
+        if found != self._shown or (found and now - self._at >= self.every):
+            if found or self._shown:
+                self._say(links_line(status))
+            self._shown, self._at = found, now
 
 
 # -- plain lines -------------------------------------------------------------------------------------------

@@ -388,3 +388,63 @@ def test_every_message_twice_at_the_engine_has_the_outcome_of_once(clock, emitte
     finally:
         link.close()
         server.stop()
+
+
+# -- the broker: a CP that cannot report supplies takes none ---------------------------------------------------
+
+
+def test_an_idle_engine_that_cannot_reach_kafka_answers_ko_and_refuses_supplies(clock, emitted):
+    from ev_cp_engine.engine import KAFKA_DOWN
+
+    said = []
+    engine = make(clock, emitted, say=said.append)
+    assert engine.health("CP1") == (True, "")
+    engine.kafka_ok(False)
+    assert engine.health("CP1") == (False, KAFKA_DOWN)
+    assert KAFKA_DOWN == "Kafka unreachable: this CP cannot report supplies"
+    assert engine.authorise("s1", "D1", Decimal("0.5")) == (False, KAFKA_DOWN)
+    assert engine.request_supply("D1") == f"cannot request a supply: {KAFKA_DOWN}"
+    assert not [r for r in emitted if isinstance(r, SupplyRequest)] and engine.phase is Phase.IDLE
+    engine.kafka_ok(False)  # said once per change
+    assert [line for line in said if line.startswith(KAFKA_DOWN)] == [
+        f"{KAFKA_DOWN}: refusing supplies until Kafka is back"]
+    engine.kafka_ok(True)
+    assert engine.health("CP1") == (True, "")
+    assert engine.authorise("s1", "D1", Decimal("0.5")) == (True, "")
+    assert said[-2] == "Kafka reachable again: this CP reports its supplies"
+
+
+def test_the_simulated_fault_is_reported_before_the_broker(clock, emitted):
+    engine = make(clock, emitted)
+    engine.kafka_ok(False)
+    engine.toggle_fault()
+    assert engine.health("CP1") == (False, "simulated fault")
+
+
+def test_a_supply_held_goes_on_through_a_kafka_outage_and_its_end_waits_for_the_broker(clock, emitted, tmp_path):
+    """The outage does not end the supply nor make the CP faulty; once it ended, the idle CP is
+    KO until the broker is back; the end is kept (journal) until the broker confirms it."""
+    from ev_cp_engine.engine import KAFKA_DOWN
+    from ev_cp_engine.journal import SupplyJournal
+
+    path = tmp_path / "j.json"
+    engine = make(clock, emitted, journal=SupplyJournal(path))
+    engine.authorise("s1", "D1", Decimal("0.50"))
+    engine.kafka_ok(False)
+    assert engine.health("CP1") == (True, "")  # authorised, not plugged yet: held, goes on
+    engine.plug()
+    for _ in range(3):
+        clock.now += 1
+        engine.tick()
+        assert engine.health("CP1") == (True, "")
+    assert engine.phase is Phase.SUPPLYING
+    assert [t.seq for t in emitted if isinstance(t, Telemetry)] == [1, 2, 3]  # queued in the producer
+    engine.unplug()
+    [(end, delivered)] = emitted.callbacks
+    assert (end.session_id, end.reason, end.kwh) == ("s1", "unplugged", Decimal("0.0300"))
+    assert engine.health("CP1") == (False, KAFKA_DOWN)  # idle now: no new supply until Kafka is back
+    assert [e["session_id"] for e in SupplyJournal(path).ends()] == ["s1"]
+    engine.kafka_ok(True)  # the broker is back and takes the end the producer held
+    delivered(True)
+    assert engine.health("CP1") == (True, "")
+    assert engine.unconfirmed_ends() == 0 and not path.exists()

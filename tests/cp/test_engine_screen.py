@@ -22,8 +22,10 @@ from ev_cp_engine.screen import (
     Messages,
     MessagesLogHandler,
     PlainScreen,
+    Reminder,
     cp_line,
     flags_line,
+    links_line,
     number,
     status_lines,
     supply_line,
@@ -116,7 +118,54 @@ def test_fault_and_stop_flags(clock, emitted, said):
     assert EngineStatus.read(engine).state == AVERIADO
     engine.monitor_lost("gone")
     assert EngineStatus.read(engine).state == DESCONECTADO
-    assert len(status_lines(EngineStatus.read(engine))) == 3
+    assert len(status_lines(EngineStatus.read(engine))) == 4
+
+
+def test_the_links_line_names_every_connectivity_problem_for_as_long_as_it_lasts(clock, emitted, said):
+    engine = make(clock, emitted, said)
+    assert status_lines(EngineStatus.read(engine))[0] == links_line(EngineStatus.read(engine))
+    assert links_line(EngineStatus.read(engine)) == "Links: Kafka OK | Monitor OK"
+    engine.kafka_ok(False)
+    assert links_line(EngineStatus.read(engine)) == (
+        "Links: PROBLEM: Kafka UNREACHABLE: this CP cannot report supplies")
+    engine.monitor_lost("closed")
+    assert links_line(EngineStatus.read(engine)) == (
+        "Links: PROBLEM: Kafka UNREACHABLE: this CP cannot report supplies"
+        " | Monitor NOT CONNECTED: the CP cannot reach Central")
+    engine.kafka_ok(True)
+    assert links_line(EngineStatus.read(engine)) == "Links: PROBLEM: Monitor NOT CONNECTED: the CP cannot reach Central"
+    engine.monitor_connected("127.0.0.1:5555")
+    engine.authorise("s1", "D001", Decimal("0.48"))
+    engine.plug()
+    engine.kafka_ok(False)  # a supply in course goes on
+    assert links_line(EngineStatus.read(engine)) == (
+        "Links: PROBLEM: Kafka UNREACHABLE: the supply goes on; its figures wait for Kafka")
+
+
+def test_where_nothing_stays_on_screen_a_problem_is_repeated_every_10_s_while_it_lasts(clock, emitted, said):
+    engine = make(clock, emitted, said)
+    lines = []
+    remind = Reminder(lines.append, clock=clock)
+    for _ in range(3):  # no problem: nothing to say
+        clock.now += 1
+        remind(EngineStatus.read(engine))
+    assert lines == []
+    engine.kafka_ok(False)
+    for _ in range(25):  # at once, then every 10 s
+        remind(EngineStatus.read(engine))
+        clock.now += 1
+    down = "Links: PROBLEM: Kafka UNREACHABLE: this CP cannot report supplies"
+    assert lines == [down] * 3
+    engine.monitor_lost("closed")  # another problem: at once
+    remind(EngineStatus.read(engine))
+    assert lines[-1] == down + " | Monitor NOT CONNECTED: the CP cannot reach Central"
+    engine.kafka_ok(True)
+    engine.monitor_connected("127.0.0.1:5555")
+    remind(EngineStatus.read(engine))  # the end of the problems is said once
+    for _ in range(25):
+        clock.now += 1
+        remind(EngineStatus.read(engine))
+    assert lines[-1] == "Links: Kafka OK | Monitor OK" and len(lines) == 5
 
 
 @pytest.mark.parametrize("value,text", [("0.4800", "0.48"), ("0.475", "0.475"), ("11", "11.00"), ("7.2", "7.20")])
@@ -240,6 +289,18 @@ def test_the_menu_drives_the_engine_and_shows_live_figures(clock, emitted, said)
             await until(pilot, lambda: "Fault: ON" in app.status_text and AVERIADO in app.status_text, "the fault")
             await pilot.press("f")
             assert not engine.faulty
+
+            # Kafka unreachable: in the status box, at once and for as long as it lasts
+            assert "Links: Kafka OK | Monitor OK" in app.status_text
+            engine.kafka_ok(False)
+            await until(pilot, lambda: app.status_text.startswith(
+                "Links: PROBLEM: Kafka UNREACHABLE: this CP cannot report supplies"), "the Kafka problem")
+            for _ in range(3):  # still there after the messages moved on
+                messages("another message")
+                await pilot.pause(0.1)
+                assert "Kafka UNREACHABLE" in app.status_text
+            engine.kafka_ok(True)
+            await until(pilot, lambda: app.status_text.startswith("Links: Kafka OK"), "Kafka back")
 
             # the Engine's lines are in the message area
             await until(pilot, lambda: any("ended (unplugged)" in line.text for line in area.lines),
