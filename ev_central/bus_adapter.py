@@ -19,7 +19,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from ev_common.bus import Done, Publisher, RecordConsumer, Topics, ensure_topics
+from confluent_kafka import KafkaError, KafkaException
+
+from ev_common.bus import Done, KafkaHealth, Publisher, RecordConsumer, Topics, ensure_topics, kafka_health
 from ev_common.records import CPStatus, Record, SupplyEnd, SupplyRequest, Telemetry
 from ev_common.retry import Backoff
 
@@ -28,6 +30,21 @@ from .supply_service import SupplyService
 log = logging.getLogger(__name__)
 
 TOPIC_CHECK_INTERVAL = 30.0
+TOPIC_WAIT = 5.0  # s: how long start-up waits for the broker to create the topics
+_BROKER_DOWN = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._TIMED_OUT)
+
+
+def _broker_down(exc: Exception) -> bool:
+    """True when ``exc`` means the broker did not answer (rather than refused the request)."""
+    if isinstance(exc, KafkaException):
+        err = exc.args[0] if exc.args else None
+        return not isinstance(err, KafkaError) or err.code() in _BROKER_DOWN
+    return True  # a timeout waiting for the broker
+
+
+def _said(exc: Exception) -> str:
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc) or type(exc).__name__
 REQUESTS_GROUP = "ev-central-requests"
 TELEMETRY_GROUP = "ev-central-telemetry"
 
@@ -46,8 +63,11 @@ class KafkaNotifier:
 
 class CentralBus:
     def __init__(self, bootstrap: str, topics: Topics, publisher: Publisher, *, partitions: int = 1,
-                 replication: int = 1, workers: int = 8, max_in_flight: int = 64) -> None:
+                 replication: int = 1, workers: int = 8, max_in_flight: int = 64,
+                 topic_wait: float = TOPIC_WAIT) -> None:
         self.bootstrap = bootstrap
+        self.health: KafkaHealth = kafka_health(bootstrap)  # shared by every Kafka client of Central
+        self.topic_wait = topic_wait
         self.topics = topics
         self.publisher = publisher
         self.partitions = partitions
@@ -60,12 +80,12 @@ class CentralBus:
 
     def start(self, service: SupplyService) -> "CentralBus":
         self.service = service
-        try:  # topics first, so that the consumers find them at once
-            ensure_topics(self.bootstrap, self.topics.all(), self.partitions, self.replication, timeout=5)
-            ready = True
-        except Exception as exc:  # the broker is down: keep trying in the background
-            log.error("cannot create the Kafka topics yet (%s); retrying", exc)
-            ready = False
+        # topics first, so that the consumers find them at once
+        log.info("creating the Kafka topics at %s (waiting up to %g s for the broker)...", self.bootstrap,
+                 self.topic_wait)
+        ready = self._ensure_topics(self.topic_wait)
+        if ready:
+            log.info("Kafka topics ready")
         self._spawn("kafka-topics", self._keep_topics, ready)
         # group ids carry the topic prefix: two systems sharing a broker never share a group
         requests = RecordConsumer(self.bootstrap, self.topics.prefix + REQUESTS_GROUP, [self.topics.driver_requests],
@@ -96,17 +116,28 @@ class CentralBus:
         checked every ``TOPIC_CHECK_INTERVAL`` s (a broker that lost its data gets them back)."""
         backoff = Backoff(initial=0.5, cap=10)
         while not self._stop.wait(TOPIC_CHECK_INTERVAL if ok else backoff.next()):
-            try:
-                ensure_topics(self.bootstrap, self.topics.all(), self.partitions, self.replication, timeout=5)
-            except Exception as exc:  # KafkaException, or the broker not answering in time
-                if ok:
-                    log.error("cannot check the Kafka topics (%s); retrying", exc)
+            if not self._ensure_topics(TOPIC_WAIT, quiet=not ok):
                 ok = False
                 continue
             if not ok:
                 log.info("Kafka topics ready")
             ok = True
             backoff.reset()
+
+    def _ensure_topics(self, timeout: float, quiet: bool = False) -> bool:
+        """Create the missing topics; False when it could not. A broker that does not answer is
+        the program's Kafka outage (said once, by ``health``); a refusal is said here (unless
+        ``quiet``: it was said already)."""
+        try:
+            ensure_topics(self.bootstrap, self.topics.all(), self.partitions, self.replication, timeout=timeout)
+        except Exception as exc:  # KafkaException, or the broker not answering in time
+            if _broker_down(exc):
+                self.health.lost(f"cannot create the topics: {_said(exc)}")
+            elif not quiet:
+                log.error("cannot create the Kafka topics (%s); retrying", _said(exc))
+            return False
+        self.health.back()
+        return True
 
     def _deliver(self) -> None:
         while not self._stop.is_set():

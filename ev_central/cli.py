@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 UI_CHOICES = ("auto", "panel", "log")
 LOG_FILE_NAME = "ev_central.log"
+KAFKA_MISSING = "--kafka HOST:PORT is required (or set $EV_KAFKA, for example EV_KAFKA=localhost:9092)"
 DB_HELP = ("database URL: mysql://user[:password]@host[:port]/database or sqlite:///path/to/file.db "
            "(default: $EV_DB, else the embedded SQLite file ev_central.db in $EV_DATA_DIR or the working directory)")
 
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                "stop <CP|all>, resume <CP|all>, list, help. Drivers: 'EV_Central drivers --help'.",
     )
     parser.add_argument("--port", type=port_number, required=True, help="TCP port Monitors connect to")
-    parser.add_argument("--kafka", type=host_port, default=env("EV_KAFKA"), required=env("EV_KAFKA") is None,
-                        metavar="HOST:PORT", help="Kafka bootstrap server (default: $EV_KAFKA)")
+    parser.add_argument("--kafka", type=host_port, default=env("EV_KAFKA"), metavar="HOST:PORT",
+                        help="Kafka bootstrap server (required unless $EV_KAFKA is set; default: $EV_KAFKA)")
     parser.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
     parser.add_argument("--host", default=env("EV_CENTRAL_HOST", "0.0.0.0"),
                         help="address to listen on (default: $EV_CENTRAL_HOST or 0.0.0.0, every interface)")
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return rejected_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.kafka is None:
+        parser.error(KAFKA_MISSING)
     if args.ui not in UI_CHOICES:  # a bad $EV_UI (argparse checks only what is typed)
         parser.error(f"--ui (or $EV_UI): {args.ui!r} is not one of {', '.join(UI_CHOICES)}")
     ui = choose_ui(args.ui, sys.stdout)
@@ -155,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     from .store import StoreError, open_store
     from .view import CentralView, MessageLog
 
-    messages = MessageLog()  # what the panel lists; attached in log mode too
-    logging.getLogger("ev_central").addHandler(messages)
+    messages = MessageLog()  # what the panel lists (every logger, Kafka's outages too); attached in log mode too
+    logging.getLogger().addHandler(messages)
     shutdown = Shutdown().install()
     try:
         store = open_store(args.db)
@@ -177,10 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         store.close()
         return 1
+    view = CentralView(central, messages)
+    status = view.health()  # Kafka as the topic creation found it, the database, the Monitors
+    where = f"panel on screen, log in {log_file}" if ui == "panel" else "Ctrl+C stops"
+    log.log(logging.INFO if status.ok else logging.WARNING, "%s (Kafka %s; %s)",
+            status.text if status.ok else f"Central running with problems: {status.text}", kafka, where)
     if ui == "panel":
-        log.info("Central system status OK (Kafka %s; panel on screen, log in %s)", kafka, log_file)
-        return run_panel(central, CentralView(central, messages), shutdown, terminal)
-    log.info("Central system status OK (Kafka %s; Ctrl+C stops)", kafka)
+        return run_panel(central, view, shutdown, terminal)
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=run_console, args=(central, shutdown.event, sys.stdin), name="operator",
                          daemon=True).start()

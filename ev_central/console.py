@@ -53,7 +53,7 @@ def execute(central: Central, line: str) -> str:
 
 def run_console(central: Central, stop: threading.Event, stream: TextIO) -> None:
     """Read commands until ``stop`` or end of input."""
-    log.info("operator %s", HELP)
+    log.info("operator commands on standard input (help lists them)")
     while not stop.is_set():
         line = stream.readline()
         if not line:

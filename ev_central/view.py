@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from ev_common.words import CENTRAL_OK, DATABASE_UNREACHABLE, KAFKA_UNREACHABLE
+from ev_common.words import CENTRAL_OK, DATABASE_UNREACHABLE, DESCONECTADO, KAFKA_UNREACHABLE
 
 from .app import Central
 from .console import execute
 
 MAX_MESSAGES = 500
+MONITORS_NAMED = 3  # CPs named in the status line when their Monitors are missing; the rest counted
+QUIET_LOGGERS = ("ev_central.live",)  # per-second figures: the tiles show them
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,32 @@ class PanelMessage:
     text: str
 
 
-class MessageLog(logging.Handler):
-    """Keeps Central's recent log lines (INFO and up) for the panel's message list.
+@dataclass(frozen=True)
+class CentralStatus:
+    """Central's status line: ``level`` "ok" (all well), "warning" (CPs without their Monitor)
+    or "error" (Kafka or the database unreachable), and the line itself. ``ok``: Central's own
+    parts (Kafka, database) are well."""
 
-    Per-second figures (logger ``ev_central.live``) are left out: the tiles show them.
+    level: str
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.level != "error"
+
+
+def clock_time(at: datetime, now: datetime | None = None) -> str:
+    """``14:03:07`` today, ``2024-05-01 14:03:07`` on another day (local time)."""
+    local, today = at.astimezone(), (now or datetime.now(timezone.utc)).astimezone()
+    return f"{local:%H:%M:%S}" if local.date() == today.date() else f"{local:%Y-%m-%d %H:%M:%S}"
+
+
+class MessageLog(logging.Handler):
+    """Keeps the program's recent log lines (INFO and up) for the panel's message list.
+
+    Attached to the root logger, so that what Central's libraries say (a Kafka outage from
+    ``ev_common.bus``) is listed too. Per-second figures (logger ``ev_central.live``) are
+    left out: the tiles show them.
     """
 
     def __init__(self, limit: int = MAX_MESSAGES) -> None:
@@ -62,7 +86,7 @@ class MessageLog(logging.Handler):
         self._lock_lines = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("ev_central.live"):
+        if record.name.startswith(QUIET_LOGGERS):
             return
         try:
             text = record.getMessage()
@@ -81,6 +105,7 @@ class CentralView:
     def __init__(self, central: Central, messages: MessageLog) -> None:
         self.central = central
         self.message_log = messages
+        self._db_down_since: datetime | None = None
 
     def tiles(self) -> list[CPTile]:
         supplies = {row.cp_id: row for row in self.central.book.open_sessions()}
@@ -107,13 +132,52 @@ class CentralView:
         return self.message_log.recent(limit)
 
     def status(self) -> tuple[bool, str]:
-        """(all well, a line for people): "Central system status OK" or what is wrong."""
-        problems = []
-        if not (self.central.writer.db_ok and self.central.session_writer.db_ok):
-            problems.append(f"{DATABASE_UNREACHABLE}: working from memory")
-        if self.central.bus is not None and not self.central.bus.publisher.reachable:
-            problems.append(KAFKA_UNREACHABLE)
-        return (not problems, CENTRAL_OK if not problems else "; ".join(problems))
+        """(Kafka and the database well, the status line): see ``health``."""
+        health = self.health()
+        return health.ok, health.text
+
+    def health(self) -> CentralStatus:
+        """Kafka, the database and the Monitors: each OK, or what fails and since when.
+
+        "Central system status OK · Kafka OK · database OK · 3 Monitors connected", or for
+        example "Kafka unreachable since 14:03:07 · database OK · Monitors: 2 of 3 connected,
+        CP3 without its Monitor since 14:01:55". Without Kafka (tests) the Kafka part is left out.
+        """
+        now = datetime.now(timezone.utc)
+        parts: list[str] = []
+        failing = False
+        bus = self.central.bus
+        if bus is not None:
+            down_since = bus.health.down_since
+            if down_since is None:
+                parts.append("Kafka OK")
+            else:
+                failing = True
+                parts.append(f"{KAFKA_UNREACHABLE} since {clock_time(down_since, now)}")
+        if self.central.writer.db_ok and self.central.session_writer.db_ok:
+            self._db_down_since = None
+            parts.append("database OK")
+        else:
+            failing = True
+            self._db_down_since = self._db_down_since or now
+            parts.append(f"{DATABASE_UNREACHABLE} since {clock_time(self._db_down_since, now)} "
+                         f"(working from memory)")
+        rows = self.central.network.snapshot()
+        missing = [row for row in rows if row.state == DESCONECTADO]
+        if not rows:
+            parts.append("no Monitors yet")
+        elif not missing:
+            parts.append(f"{len(rows)} Monitor{'' if len(rows) == 1 else 's'} connected")
+        else:
+            named = ", ".join(row.cp_id for row in missing[:MONITORS_NAMED])
+            more = f" +{len(missing) - MONITORS_NAMED}" if len(missing) > MONITORS_NAMED else ""
+            since = clock_time(min(row.updated_at for row in missing), now)
+            parts.append(f"Monitors: {len(rows) - len(missing)} of {len(rows)} connected, {named}{more} "
+                         f"without {'its Monitor' if len(missing) == 1 else 'their Monitors'} since {since}")
+        if not failing:
+            parts.insert(0, CENTRAL_OK)
+        level = "error" if failing else "warning" if missing else "ok"
+        return CentralStatus(level, " · ".join(parts))
 
     def command(self, line: str) -> str:
         """An operator command (``stop CP001``, ``resume all``...); returns the confirmation."""

@@ -11,7 +11,8 @@ semantics (users run Apache Kafka):
   500, ``fetch.wait.max.ms`` 10, ``topic.metadata.refresh.interval.ms`` 10000) keep
   latency low and are valid on any broker.
 
-Broker outages are reported once through ``log`` ("Kafka unreachable") and the
+A broker outage is reported once per program through ``log`` ("Kafka unreachable", then
+"Kafka reachable again"), whatever the number of its clients (``KafkaHealth``); the
 clients reconnect by themselves; nothing here blocks forever.
 """
 
@@ -22,6 +23,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -79,25 +81,78 @@ PRODUCER_DEFAULTS = {
 }
 
 
-class _OutageReporter:
-    """Turns librdkafka's error callbacks into one log line per outage."""
+class KafkaHealth:
+    """Whether one program reaches its Kafka broker, for all of its clients together.
 
-    def __init__(self, who: str) -> None:
+    Every client (the producer, each consumer, topic checks) reports what it sees: ``lost``
+    when the broker cannot be reached, ``back`` when it answered. The first loss says
+    "Kafka unreachable" (an ERROR line) and the first answer after it "Kafka reachable
+    again" (a WARNING line): once per outage for the program, however many clients it has.
+    ``down_since`` (wall clock, UTC) is None while Kafka is reachable. A loss reported within
+    ``SETTLE`` s after the broker answered again is a late report of the same outage from a
+    client that has not reconnected yet, and is not said again.
+    """
+
+    SETTLE = 2.0
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.down_since: datetime | None = None
+        self.reason = ""
+        self._lock = threading.Lock()
+        self._back_at = float("-inf")  # monotonic time of the last "reachable again"
+
+    @property
+    def reachable(self) -> bool:
+        return self.down_since is None
+
+    def lost(self, reason: str) -> None:
+        with self._lock:
+            if self.down_since is not None or time.monotonic() - self._back_at < self.SETTLE:
+                return
+            self.down_since, self.reason = datetime.now(timezone.utc), reason
+        log.error("Kafka unreachable at %s (%s); retrying", self.bootstrap, reason)
+
+    def back(self) -> None:
+        with self._lock:
+            if self.down_since is None:
+                return
+            since, self.down_since, self.reason = self.down_since, None, ""
+            self._back_at = time.monotonic()
+        log.warning("Kafka reachable again at %s (unreachable for %.0f s)", self.bootstrap,
+                    (datetime.now(timezone.utc) - since).total_seconds())
+
+
+_HEALTH: dict[str, KafkaHealth] = {}
+_HEALTH_LOCK = threading.Lock()
+
+
+def kafka_health(bootstrap: str) -> KafkaHealth:
+    """The one ``KafkaHealth`` of this process for the broker at ``bootstrap``."""
+    with _HEALTH_LOCK:
+        return _HEALTH.setdefault(bootstrap, KafkaHealth(bootstrap))
+
+
+class _OutageReporter:
+    """Turns librdkafka's error callbacks into the program's ``KafkaHealth`` (one line per outage).
+
+    ``down`` is this client's own view: True from a broker error until its next success."""
+
+    def __init__(self, who: str, bootstrap: str) -> None:
         self.who = who
+        self.health = kafka_health(bootstrap)
         self.down = False
 
     def error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
-            if not self.down:
-                self.down = True
-                log.error("%s: Kafka unreachable (%s); retrying", self.who, err.str())
+            self.down = True
+            self.health.lost(err.str())
         else:
             log.warning("%s: Kafka: %s", self.who, err.str())
 
     def ok(self) -> None:
-        if self.down:
-            self.down = False
-            log.warning("%s: Kafka reachable again", self.who)
+        self.down = False
+        self.health.back()
 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int = 1, replication: int = 1,
@@ -154,7 +209,7 @@ class Publisher:
 
     def __init__(self, bootstrap: str, client_id: str, *, producer_factory: Callable[[dict], Producer] = Producer,
                  **overrides) -> None:
-        self._outage = _OutageReporter(client_id)
+        self._outage = _OutageReporter(client_id, bootstrap)
         self._config = {"bootstrap.servers": bootstrap, "client.id": client_id, "error_cb": self._on_error,
                         **_CLIENT_LOG, **PRODUCER_DEFAULTS, **overrides}
         self._new_producer = producer_factory
@@ -360,7 +415,7 @@ class RecordConsumer:
                  client_id: str = "", commit_every: float = 0.5, commit: bool = True,
                  on_assign: Callable[[], None] | None = None, deferred: bool = False,
                  max_in_flight: int = 100_000, **overrides) -> None:
-        self._outage = _OutageReporter(client_id or group_id)
+        self._outage = _OutageReporter(client_id or group_id, bootstrap)
         config = {"bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id or group_id,
                   "error_cb": self._outage.error, **_CLIENT_LOG, **CONSUMER_DEFAULTS, **overrides}
         if not commit:
@@ -371,6 +426,7 @@ class RecordConsumer:
         self._paused = False
 
         def assigned(_consumer, _partitions) -> None:
+            self._outage.ok()  # the group coordinator answered
             if self._tracker is not None:
                 self._tracker.forget()
             if on_assign is not None:

@@ -7,6 +7,8 @@ import os
 import sys
 
 FORMAT = "%(asctime)s %(program)s[%(threadName)s] %(levelname)s %(name)s: %(message)s"
+# libraries that say too much at INFO (the MySQL connector: a line per connection): warnings and up only
+QUIET_LIBRARIES = ("mysql.connector",)
 
 
 class _ProgramFilter(logging.Filter):
@@ -20,7 +22,8 @@ class _ProgramFilter(logging.Filter):
 
 
 def setup_logging(program: str, level: str | int | None = None, stream=None) -> None:
-    """Configure the root logger once for ``program``; level from arg or ``$EV_LOG_LEVEL`` (INFO)."""
+    """Configure the root logger once for ``program``; level from arg or ``$EV_LOG_LEVEL`` (INFO).
+    The loggers of ``QUIET_LIBRARIES`` pass warnings and errors only."""
     level = level or os.environ.get("EV_LOG_LEVEL", "INFO")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_ProgramFilter(program))
@@ -30,6 +33,8 @@ def setup_logging(program: str, level: str | int | None = None, stream=None) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def add_log_level_argument(parser) -> None:

@@ -1,21 +1,22 @@
 """CentralPanel: Central's monitoring panel, a Textual app reading a ``CentralView``.
 
     +-----------------------------------------------------------------------+
-    | EVCharging Central | Central system status OK                         |  status line
+    | EVCharging Central | Central system status OK · Kafka OK · ...        |  status line
     | +-- Charging points  (12 CPs: 9 ACTIVADO, ...) -------------------+   |
     | | [CP001] [CP002] [CP003] [CP004] ...   (wrap to the width, scroll)|   |  tiles
     | +------------------------------------------------------------------+  |
     | +-- Ongoing driver requests --+ +-- Application messages ---------+  |
     | | Date Start Driver CP Status | | 12:00:01 CP001: ... -> ACTIVADO  |  |
     | +-----------------------------+ +----------------------------------+  |
-    | Command > stop CP001                  stop: CP001 PARADO             |  command line, answer
+    | Command > stop CP001                           stop: CP001 PARADO    |  command line, answer
     | s Stop  r Resume  : Command  q Quit                                   |  footer
     +-----------------------------------------------------------------------+
 
 Every ``refresh_interval`` seconds the widgets are synced with the view (in place).
 Commands typed on the command line go to ``view.command`` in a worker thread; the
-answer is shown next to the command line, in a notification and in the messages
-(it is logged to ``ev_central.operator``, as on the plain console).
+answer is shown next to the command line (until the command line is opened again) and in
+the messages (it is logged to ``ev_central.operator``, as on the plain console). No
+notification pops up: nothing covers the messages or the command line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Input, Static
 
-from ..console import HELP
 from ..view import MAX_MESSAGES, CentralView
 from .widgets import CPTileWidget, MessageList, OngoingTable, StatusLine, TileGrid, state_counts
 
@@ -46,25 +46,31 @@ Screen { layout: vertical; }
     border-title-style: bold;
     padding: 0 1;
 }
-#lower { height: 30%; min-height: 6; max-height: 12; }
+#lower { height: 35%; min-height: 7; }
 #ongoing {
-    width: 45%;
-    max-width: 54;
+    width: auto;
     height: 100%;
     border: round $primary;
     border-title-style: bold;
+    overflow-x: hidden;
 }
 #messages {
     width: 1fr;
+    min-width: 24;
     border: round $primary;
     border-title-style: bold;
 }
 #command-row { height: 1; }
 #prompt { width: auto; padding: 0 1; text-style: bold; }
 #command { width: 1fr; }
-#answer { width: 1fr; padding: 0 1; color: $text-success; }
+#answer {
+    width: auto; height: 1; padding: 0 1; color: $text-success; display: none;
+    text-wrap: nowrap; text-overflow: ellipsis;  /* in full among the messages */
+}
+#answer.-shown { display: block; }
 #answer.-refused { color: $text-warning; }
 """
+COMMAND_HINT = "stop|resume <CP|all>, list, help; Esc cancels"  # fits beside an answer at 80 columns
 
 
 class CentralPanel(App[None]):
@@ -108,14 +114,24 @@ class CentralPanel(App[None]):
             yield messages
         with Horizontal(id="command-row"):
             yield Static("Command >", id="prompt")
-            yield Input(placeholder=f"{HELP}  (Enter runs, Esc cancels)", id="command", compact=True,
-                        select_on_focus=False)
+            yield Input(placeholder=COMMAND_HINT, id="command", compact=True, select_on_focus=False)
             yield Static("", id="answer")
         yield Footer()
 
     def on_mount(self) -> None:
+        self._fit_answer()
         self.refresh_from_view()
         self.set_interval(self.refresh_interval, self.refresh_from_view)
+
+    def on_resize(self) -> None:
+        self._fit_answer()
+
+    def _fit_answer(self) -> None:
+        """The answer takes what the command hint leaves of the command row (its end is cut
+        with "…" if it must; it is in full among the messages)."""
+        prompt = self.query_one("#prompt", Static)
+        room = self.size.width - (len(str(prompt.content)) + 2) - (len(COMMAND_HINT) + 2)
+        self.query_one("#answer", Static).styles.max_width = max(room, 12)
 
     # -- refresh ------------------------------------------------------------------------------
 
@@ -126,8 +142,7 @@ class CentralPanel(App[None]):
             return
         try:
             tiles = self.view.tiles()
-            ok, status = self.view.status()
-            self.query_one(StatusLine).sync(ok, status)
+            self.query_one(StatusLine).sync(self.view.health())
             self.query_one("#tiles").border_title = f"Charging points  ({state_counts(tiles)})"
             self.query_one(TileGrid).sync(tiles)
             self.query_one(OngoingTable).sync(self.view.ongoing())
@@ -147,6 +162,7 @@ class CentralPanel(App[None]):
         if words and isinstance(self.focused, CPTileWidget):
             words.append(self.focused.tile.cp_id)
         line = self.query_one("#command", Input)
+        self.query_one("#answer", Static).remove_class("-shown")  # the hint in full while typing
         line.value = " ".join(words) + (" " if words else "")
         line.focus()
         line.cursor_position = len(line.value)
@@ -176,6 +192,6 @@ class CentralPanel(App[None]):
         shown = self.query_one("#answer", Static)
         shown.set_class(refused, "-refused")
         shown.update(answer)
-        self.notify(answer, title=text, severity="warning" if refused else "information")
+        shown.add_class("-shown")
         self.refresh_from_view()
         return answer

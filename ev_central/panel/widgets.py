@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Iterable, Sequence
 
 from rich.color import Color as RichColor
+from rich.console import Group
 from rich.text import Text
 from textual.color import Color, ColorParseError
 from textual.events import Resize
@@ -28,11 +29,12 @@ from ev_common.words import (
     SUMINISTRANDO,
 )
 
-from ..view import MAX_MESSAGES, CPTile, OngoingRequest, PanelMessage
+from ..view import MAX_MESSAGES, CentralStatus, CPTile, OngoingRequest, PanelMessage
 
 TILE_WIDTH = 24  # narrowest tile, in cells; the grid fits as many columns as the width allows
-TILE_HEIGHT = 7
-MESSAGE_STYLES = {"error": "bold red", "warning": "dark_orange", "info": ""}
+TILE_HEIGHT = 7  # lowest tile; a long location or fault wraps and makes its row taller
+MESSAGE_STYLES = {"error": "bold red", "warning": "yellow", "info": ""}
+WRAPPED_LINES = (1,)  # the location wraps (the fault too, see _tile_content); the others are cut with "…"
 
 
 def state_colour(state: str) -> Color:
@@ -78,15 +80,15 @@ def tile_lines(tile: CPTile) -> list[str]:
     return lines
 
 
-def _tile_content(tile: CPTile) -> Text:
-    lines = tile_lines(tile)
-    text = Text()
-    for number, line in enumerate(lines):
+def _tile_content(tile: CPTile) -> Group:
+    """One Rich line per ``tile_lines`` entry: the location and the fault wrap (read in full),
+    the others end in "…" when the tile is too narrow."""
+    parts = []
+    for number, line in enumerate(tile_lines(tile)):
         style = "bold" if number in (0, 3) or line == OUT_OF_ORDER else ""
-        text.append(line, style=style)
-        if number < len(lines) - 1:
-            text.append("\n")
-    return text
+        wraps = number in WRAPPED_LINES or (tile.state == AVERIADO and line == tile.fault)
+        parts.append(Text(line, style=style, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis"))
+    return Group(*parts)
 
 
 class CPTileWidget(Static, can_focus=True):
@@ -94,12 +96,11 @@ class CPTileWidget(Static, can_focus=True):
 
     DEFAULT_CSS = f"""
     CPTileWidget {{
-        height: {TILE_HEIGHT};
+        height: auto;
+        min-height: {TILE_HEIGHT};
         padding: 0 1;
         background: $panel;
         color: auto 90%;
-        text-wrap: nowrap;
-        text-overflow: ellipsis;
     }}
     CPTileWidget:focus {{
         background-tint: $foreground 25%;
@@ -135,7 +136,7 @@ class TileGrid(Widget):
         layout: grid;
         grid-size: 4;
         grid-columns: 1fr;
-        grid-rows: {TILE_HEIGHT};
+        grid-rows: auto;
         grid-gutter: 1 1;
         height: auto;
     }}
@@ -174,29 +175,34 @@ class TileGrid(Widget):
 
 
 class StatusLine(Static):
-    """The title: Central's status, green when well, red with the problem."""
+    """The title: Central's status (``CentralStatus``): green when all is well, yellow when CPs
+    miss their Monitor, red when Kafka or the database fails; it wraps on a narrow screen."""
 
     DEFAULT_CSS = """
     StatusLine {
-        height: 1;
+        height: auto;
         padding: 0 1;
         text-style: bold;
         color: white;
         background: green;
     }
+    StatusLine.-warning { background: $warning; color: black; }
     StatusLine.-problem { background: red; }
     """
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", **kwargs)
         self.ok = True
+        self.level = "ok"
         self.line = ""
 
-    def sync(self, ok: bool, status: str) -> None:
-        line = f"EVCharging Central  |  {status}"
-        self.ok, self.line = ok, line
-        self.set_class(not ok, "-problem")
-        if str(self.content) != line:
+    def sync(self, status: CentralStatus) -> None:
+        line = f"EVCharging Central  |  {status.text}"
+        self.ok, self.level = status.ok, status.level
+        self.set_class(status.level == "error", "-problem")
+        self.set_class(status.level == "warning", "-warning")
+        if line != self.line:
+            self.line = line
             self.update(Text(line))
 
 
@@ -238,12 +244,18 @@ class OngoingTable(DataTable):
 
 
 class MessageList(RichLog):
-    """Central's messages, oldest first; the newest stays in view. Errors red, warnings orange."""
+    """The program's messages, oldest first; the newest stays in view, also after a resize (the
+    lines are wrapped again to the new width). Errors red, warnings yellow."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(max_lines=MAX_MESSAGES, min_width=20, wrap=True, markup=False, auto_scroll=True,
                          **kwargs)
         self.shown: list[PanelMessage] = []
+        self._wrapped_at = 0  # the width the lines were wrapped to
+
+    @staticmethod
+    def line_of(message: PanelMessage) -> Text:
+        return Text(f"{local_time(message.at):%H:%M:%S} {message.text}", style=MESSAGE_STYLES.get(message.level, ""))
 
     def sync(self, messages: Sequence[PanelMessage]) -> None:
         """Append what arrived since the last call (``messages`` are the log's newest, in order)."""
@@ -252,7 +264,20 @@ class MessageList(RichLog):
             last = self.shown[-1]
             start = next((i + 1 for i in range(len(messages) - 1, -1, -1) if messages[i] is last), 0)
         for message in messages[start:]:
-            at = local_time(message.at)
-            self.write(Text(f"{at:%H:%M:%S} {message.text}", style=MESSAGE_STYLES.get(message.level, "")))
+            self.write(self.line_of(message))
             self.shown.append(message)
         del self.shown[:-MAX_MESSAGES]
+
+    def on_resize(self, event: Resize) -> None:
+        width = self.scrollable_content_region.width
+        if self._wrapped_at and width != self._wrapped_at:
+            self.call_after_refresh(self._wrap_again)
+        else:
+            self.call_after_refresh(self.scroll_end, animate=False)
+        self._wrapped_at = width
+
+    def _wrap_again(self) -> None:
+        self.clear()
+        for message in self.shown:
+            self.write(self.line_of(message), scroll_end=False)
+        self.scroll_end(animate=False)

@@ -284,7 +284,7 @@ def test_live_figures_ongoing_requests_and_messages(central: Central, five_state
             (error,) = [s for text, s in lines.items() if "an error for the panel" in text]
             (warning,) = [s for text, s in lines.items() if "a warning for the panel" in text]
             assert any(seg.style and seg.style.color and seg.style.color.name == "red" for seg in error)
-            assert any(seg.style and seg.style.color and seg.style.color.name == "dark_orange" for seg in warning)
+            assert any(seg.style and seg.style.color and seg.style.color.name == "yellow" for seg in warning)
             assert shown_messages(app)[-1] == "an error for the panel"  # newest last, in view
             assert len(shown_messages(app)) == len(set(map(id, app.query_one(MessageList).shown)))  # no repeats
 
