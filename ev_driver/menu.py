@@ -75,6 +75,7 @@ class TerminalLineReader(LineReader):
         self._screen = screen
         self._tick = tick
         self._stopping = threading.Event()
+        self.keys = threading.Event()  # the terminal is in cbreak mode: keys come one by one
         self._queue = queue.Queue(QUEUE_SIZE)
         self._thread = threading.Thread(target=self._read_keys, name="stdin", daemon=True)
         self._thread.start()
@@ -82,6 +83,7 @@ class TerminalLineReader(LineReader):
     def _read_keys(self) -> None:
         try:
             with _cbreak(self._fd):
+                self.keys.set()
                 self._edit()
         except Exception:  # the terminal went away: as the end of input
             pass
@@ -134,7 +136,7 @@ def _cbreak(fd: int):
 
     saved = termios.tcgetattr(fd)
     try:
-        tty.setcbreak(fd)
+        tty.setcbreak(fd, termios.TCSANOW)  # what is typed already is kept
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

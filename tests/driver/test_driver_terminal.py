@@ -116,6 +116,7 @@ def test_keys_are_echoed_through_the_screen_and_lines_handed_over(pty):
     deadline = threading.Timer(10, stop.set)  # a line that never comes fails the test, not hangs it
     deadline.start()
     try:
+        assert reader.keys.wait(10)
         os.write(master, "r CPX\x7f1\x1b[A\r".encode())  # a typo, Backspace, an arrow key, Enter
         assert reader.get(stop) == "r CP1"
         os.write(master, "junk\x15l\n".encode())  # Ctrl+U erases the line

@@ -412,7 +412,7 @@ def status(cp: str, state: str, location: str = "Alicante") -> CPStatus:
 
 
 def test_cp_directory_keeps_the_last_state():
-    cps = CPDirectory()
+    cps = CPDirectory(Screen(io.StringIO()), settle=0)
     cps.handle("CP1", status("CP1", "DESCONECTADO"))
     cps.handle("CP2", status("CP2", "ACTIVADO"))
     cps.handle("CP1", status("CP1", "ACTIVADO"))
