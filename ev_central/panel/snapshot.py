@@ -126,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging("EV_Central panel snapshot", "INFO")
     columns, _, rows = args.size.partition("x")
-    messages = MessageLog()
-    central_log = logging.getLogger("ev_central")
-    central_log.addHandler(messages)
-    central_log.setLevel(logging.INFO)
-    central_log.propagate = False  # keep the terminal quiet: the messages are in the picture
+    messages = MessageLog()  # on the root logger, as EV_Central attaches it
+    root = logging.getLogger()
+    terminal = list(root.handlers)
+    for handler in terminal:  # keep the terminal quiet: the messages are in the picture
+        root.removeHandler(handler)
+    root.addHandler(messages)
     with tempfile.TemporaryDirectory() as data:
         central = Central(open_store(f"sqlite:///{Path(data) / 'demo.db'}"), "127.0.0.1", 0,
                           silence_timeout=3600, link_config=LINK).start()
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             for monitor in monitors:
                 monitor.close()
             central.stop()
+            root.removeHandler(messages)
+            for handler in terminal:
+                root.addHandler(handler)
     logging.getLogger(__name__).info("wrote %s", args.output)
     return 0
 
