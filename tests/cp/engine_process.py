@@ -64,9 +64,14 @@ class EngineUnderTest:
         wait_until(lambda: port_open(HOST, self.port) or self.engine.proc.poll() is not None, 20,
                    "the Engine to listen")
         assert self.engine.proc.poll() is None, self.engine.output()
-        if monitor and self.monitor is None:
-            self.monitor = MonitorThread(self.central.port, self.port).start()
+        if monitor:
+            self.start_monitor()
         return self.engine
+
+    def start_monitor(self) -> MonitorThread:
+        if self.monitor is None:
+            self.monitor = MonitorThread(self.central.port, self.port).start()
+        return self.monitor
 
     def press(self, key: str) -> None:
         """A key at the Engine (its keys are read from stdin)."""
