@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from datetime import datetime, timedelta, timezone
@@ -573,3 +574,18 @@ def test_parser(monkeypatch):
     for bad in (["--cp", "CP 1"], ["--timeout", "0"], ["--pause", "-1"], ["--kafka", "nohost"]):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(["--driver_id", D, *bad])
+
+
+def test_a_corrected_ticket_is_shown_once_and_counts_in_the_summary(make_driver, central, out):
+    driver = make_driver()
+    central.on("CP1", full_supply("S1"))
+    results, _ = run_file(driver, ["CP1"], pause=0)
+    fixed = dataclasses.replace(ticket("S1", "CP1", "1.4", "0.70", request_id=results[0].request_id), corrected=True)
+    driver.handle(D, fixed)
+    driver.handle(D, fixed)  # delivered twice
+    driver.handle(D, ticket("S1", "CP1", "1.0", "0.50", request_id=results[0].request_id))  # the first, again
+    text = out.getvalue()
+    assert text.count("CORRECTED TICKET of an earlier supply at CP1 (the CP's final figures came late; "
+                      "this one counts): COMPLETED") == 1
+    assert text.count("TICKET of your supply at CP1") == 1 and "Amount     0.70 EUR" in text
+    assert results[0].amount_eur == Decimal("0.70")  # a later summary counts the final figures
