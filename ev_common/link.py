@@ -39,6 +39,7 @@ from .linkstate import (
     LinkError,
     LinkState,
     LinkTimeout,
+    NeverOpened,
     Opened,
     Received,
     Role,
@@ -403,8 +404,8 @@ class LinkServer:
         try:
             link = Link.accept(sock, peer, self.config, self.registry,
                                refuse=None if admitted else self.busy_reason)
-        except LinkError as exc:
-            log.warning("%s: %s", self.name, exc)
+        except LinkError as exc:  # a port probe (nothing sent) is no failure worth a warning
+            (log.debug if isinstance(exc, NeverOpened) else log.warning)("%s: %s", self.name, exc)
             return
         finally:
             with self._lock:
