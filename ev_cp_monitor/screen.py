@@ -7,8 +7,10 @@ shown as a compact status:
 * on a terminal, one status line at the bottom, redrawn in place after every
   check; messages and log records are printed above it;
 * otherwise (a pipe, a file, a container log), only the changes are printed (the
-  messages) plus a status line at most every ``heartbeat`` seconds, when nothing
-  else was printed meanwhile.
+  messages) plus a status line every ``heartbeat`` seconds while a connectivity
+  problem lasts (Central cannot be reached, the Engine is faulty or cannot be
+  reached), however many other lines were printed meanwhile, and otherwise when
+  nothing else was printed for ``heartbeat`` seconds.
 
 This is the only module of the Monitor that prints for people.
 """
@@ -126,6 +128,7 @@ class MonitorScreen:
         self._verdict: Verdict | None = None
         self._since: float | None = None  # when the Engine's health (OK or not) last changed
         self._last_line = clock()  # when a line was last printed
+        self._last_status = clock()  # when a status line was last printed (plain mode)
         self._drawn = False  # the status line is on screen (terminal)
 
     # -- output -----------------------------------------------------------------------------------------
@@ -172,6 +175,10 @@ class MonitorScreen:
     def status(self) -> str:
         return " | ".join(text for text, _ in self._parts())
 
+    def problem(self) -> bool:
+        """A connectivity problem now: Central cannot be reached, or the Engine is not OK."""
+        return self.central() == CANNOT_CONNECT or (self._verdict is not None and not self._verdict.ok)
+
     def started(self, central: str, engine: str) -> None:
         self.line(f"Monitor of {self.cp_id}: Central {central}, Engine {engine}; a health check every second "
                   "(Ctrl+C stops)")
@@ -195,10 +202,13 @@ class MonitorScreen:
             if self._verdict is None or verdict.ok != self._verdict.ok:
                 self._since = self._clock()
             self._verdict = verdict
+            now = self._clock()
+            quiet = now - self._last_line >= self.heartbeat
             if self.terminal:
                 self._draw()
-            elif self._clock() - self._last_line >= self.heartbeat:
+            elif quiet or (self.problem() and now - self._last_status >= self.heartbeat):
                 self.line(f"status: {self.status()}")
+                self._last_status = now
 
     def closing(self, text: str) -> None:
         """The last line: the status line (on a terminal) stays above it."""

@@ -107,6 +107,38 @@ def test_plain_mode_prints_changes_and_a_heartbeat_every_10_s(clock):
     ]
 
 
+KAFKA = Verdict(False, "Engine answers KO (Kafka unreachable: this CP cannot report supplies)")
+
+
+def test_plain_mode_repeats_the_status_every_10_s_while_a_problem_lasts_whatever_else_is_printed(clock):
+    out = io.StringIO()
+    registered = threading.Event()
+    registered.set()
+    screen = plain(clock, out, registered=registered)
+    screen.checked(OK)
+    for second in range(1, 31):  # Central's requests print a line every 3 s; the Engine cannot reach Kafka
+        clock.now = second
+        if second % 3 == 0:
+            screen.message("Central asks to authorise a supply for driver D001 (session s1)")
+        screen.checked(KAFKA if second < 25 else OK)
+    statuses = [line[9:] for line in out.getvalue().splitlines() if line[9:].startswith("status:")]
+    assert statuses == [f"status: CP001 | Central: registered | Engine: FAULT for {s} s: {KAFKA.reason}"
+                        for s in (9, 19)]  # at 10 and 20 s; none once it is over and lines keep coming
+
+
+def test_terminal_mode_shows_every_problem_at_once_and_keeps_it_below_the_messages(clock):
+    out = io.StringIO()
+    screen = MonitorScreen("CP001", out=out, terminal=True, clock=clock, now=lambda: NOON, width=lambda: 300)
+    screen.central_said(f"{CANNOT_CONNECT} at 127.0.0.1:5000 (refused); retrying")
+    screen.checked(KAFKA)
+    both = f"Central: {CANNOT_CONNECT}\x1b[0m | {RED}Engine: FAULT for 0 s: {KAFKA.reason}\x1b[0m"
+    assert out.getvalue().endswith(both)
+    for n in range(5):  # messages scroll above it; the status line is drawn again below each one
+        screen.message(f"message {n}")
+        assert out.getvalue().endswith(both)
+    assert screen.problem()
+
+
 def test_plain_mode_through_the_monitor_loop(clock):
     """The Monitor says each change once; the screen adds nothing while they come often."""
     verdicts = [OK, OK, KO, KO, GONE, OK, OK]
