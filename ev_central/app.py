@@ -150,10 +150,10 @@ class Central:
         deadline, said = clock() + wait, False
         while True:
             try:
-                found = group_members(self.bus.bootstrap, group, timeout=5)
+                found = group_members(self.bus.bootstrap, group, timeout=3)
             except Exception as exc:  # the broker cannot say now (down, too old): go on
                 log.warning("cannot tell whether another Central uses Kafka %s (%s); starting",
-                            self.bus.bootstrap, exc)
+                            self.bus.bootstrap, str(exc) or f"no answer within 3 s: {type(exc).__name__}")
                 return
             if not found.active:
                 return

@@ -1,5 +1,7 @@
-"""End to end: Central, Engine and Monitor as real processes, started with the seed's
-commands from their folders, against real MySQL; killed with SIGKILL, frozen with SIGSTOP."""
+"""End to end: Central, Engine and Monitor as real processes, started with the README's
+three-terminal commands from their folders, against real MySQL and the test broker (an Engine
+that cannot reach Kafka is reported faulty: it could not report its supplies); killed with
+SIGKILL, frozen with SIGSTOP."""
 
 from __future__ import annotations
 
@@ -28,21 +30,23 @@ def store(fresh_mysql_url):
 class CPSystem:
     """One Central, one Engine, one Monitor, started as the README says."""
 
-    def __init__(self, runner: ProgramRunner, db_url: str, store) -> None:
+    def __init__(self, runner: ProgramRunner, db_url: str, store, kafka: str) -> None:
         self.runner = runner
+        self.kafka = kafka
         self.db_url = db_url
         self.store = store
         self.central_port = free_port()
         self.engine_port = free_port()
 
     def start_central(self):
-        self.central = self.runner.start("central", ["--port", str(self.central_port), "--kafka", "localhost:9092",
+        self.central = self.runner.start("central", ["--port", str(self.central_port), "--kafka", self.kafka,
                                                      "--db", self.db_url], script="ev_central/EV_Central.py")
-        self.central.wait_for_output("Central system status OK")
+        self.central.wait_for_output("Central listening for Monitors")
         return self.central
 
     def start_engine(self):
-        self.engine = self.runner.start("engine", ["--port", str(self.engine_port), "--host", "127.0.0.1"],
+        self.engine = self.runner.start("engine", ["--port", str(self.engine_port), "--host", "127.0.0.1",
+                                                   "--kafka", self.kafka],
                                         script="ev_cp_engine/EV_CP_E.py")
         self.engine.wait_for_output("Engine listening")
         return self.engine
@@ -74,8 +78,8 @@ class CPSystem:
 
 
 @pytest.fixture
-def cps(runner, fresh_mysql_url, store):
-    return CPSystem(runner, fresh_mysql_url, store)
+def cps(runner, fresh_mysql_url, store, kafka_bootstrap):
+    return CPSystem(runner, fresh_mysql_url, store, kafka_bootstrap)
 
 
 def test_seed_three_terminals_register_and_stop_cleanly(cps):
