@@ -95,7 +95,8 @@ class EngineStatus:
             return AVERIADO
         if self.stopped:
             return PARADO
-        return SUMINISTRANDO if self.phase is Phase.SUPPLYING else ACTIVADO
+        # Central shows a CP SUMINISTRANDO from the authorisation on: so does its Engine
+        return ACTIVADO if self.phase is Phase.IDLE else SUMINISTRANDO
 
 
 def problems(status: EngineStatus) -> list[str]:

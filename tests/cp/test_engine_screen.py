@@ -87,7 +87,7 @@ def test_authorised_then_supplying_with_live_figures(clock, emitted, said):
     engine = make(clock, emitted, said)
     engine.authorise("s1", "D001", Decimal("0.4800"))
     status = EngineStatus.read(engine)
-    assert (status.state, status.phase) == (ACTIVADO, Phase.AUTHORISED)
+    assert (status.state, status.phase) == (SUMINISTRANDO, Phase.AUTHORISED)  # as Central shows it
     assert supply_line(status) == "Supply: AUTHORISED for driver D001 at 0.48 EUR/kWh; plug in the vehicle [p]"
     engine.plug()
     clock.now += 10
