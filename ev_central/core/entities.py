@@ -1,4 +1,5 @@
-"""Central's entities: a charging point, a driver, a charging session, as the domain keeps them.
+"""Central's entities: a charging point, a driver, a charging session, an account and its RFID
+tags, as the domain keeps them.
 
 The domain (``core/``) defines them and owns their rules; the store (``store/``) maps each to
 a row of its table (docs/schema.md), and nothing else. The CP states are the ``State`` of
@@ -9,6 +10,7 @@ older one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -38,6 +40,7 @@ class DriverRow:
     driver_id: str
     name: str
     registered_at: datetime  # timezone-aware, UTC
+    account_id: str | None = None  # the account the driver belongs to, if any
 
 
 SESSION_STATUSES = ("AUTHORISED", "SUPPLYING", "COMPLETED", "INTERRUPTED")
@@ -64,3 +67,74 @@ class SessionRow:
     engine_final: bool = False  # the figures came from the Engine's supply.end
     corrected: bool = False  # a corrected ticket was issued
     version: int = 0  # a save never replaces a stored row of a higher version
+    tag_uid: str | None = None  # the RFID tag that charged (normalised UID); None for a driver's app
+    account_id: str | None = None  # the account the session is booked to; None if none
+
+
+#: An account's ``kind``: a word such as ``apartment`` or ``company``.
+ACCOUNT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+DEFAULT_ACCOUNT_KIND = "other"
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    """An account (a row of ``accounts``): who pays for the sessions of its tags and drivers."""
+
+    account_id: str
+    name: str
+    kind: str  # a word matching ACCOUNT_KIND_PATTERN, e.g. apartment, company
+    active: bool  # a disabled account keeps its rows; its tags and drivers are not to charge
+    created_at: datetime  # timezone-aware, UTC
+
+
+#: The lengths of an RFID UID: 4, 7, 8 or 10 bytes, as hex digits.
+TAG_UID_LENGTHS = (8, 14, 16, 20)
+_TAG_SEPARATORS = re.compile(r"[ :-]")
+_HEX = re.compile(r"[0-9A-F]+")
+
+
+def normalise_tag_uid(text: str) -> str:
+    """An RFID UID as stored: upper-case hex digits without separators, of 4, 7, 8 or 10
+    bytes. ``04:a2-3b 1c`` and ``04A23B1C`` are the same tag. ``ValueError`` otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"a tag UID is text, not {text!r}")
+    uid = _TAG_SEPARATORS.sub("", text).upper()
+    if not _HEX.fullmatch(uid):
+        raise ValueError(
+            f"tag UID {text!r} is not hexadecimal (0-9, A-F; ':', '-' or spaces between bytes)"
+        )
+    if len(uid) not in TAG_UID_LENGTHS:
+        raise ValueError(
+            f"tag UID {text!r} has {len(uid)} hex digits; a UID has 4, 7, 8 or 10 bytes "
+            f"({', '.join(map(str, TAG_UID_LENGTHS))} hex digits)"
+        )
+    return uid
+
+
+@dataclass(frozen=True)
+class TagRow:
+    """An RFID tag (a row of ``rfid_tags``), owned by one account."""
+
+    tag_uid: str  # normalised: see normalise_tag_uid
+    account_id: str
+    active: bool
+    created_at: datetime  # timezone-aware, UTC
+
+
+@dataclass(frozen=True)
+class AccountStatement:
+    """The sessions booked to an account that started in ``[start, end)`` (a bound of None
+    is open), oldest first, and their totals: exact sums of the sessions' figures."""
+
+    account: AccountRow
+    start: datetime | None
+    end: datetime | None
+    sessions: tuple[SessionRow, ...]
+
+    @property
+    def total_kwh(self) -> Decimal:
+        return sum((s.kwh for s in self.sessions), Decimal("0.0000"))
+
+    @property
+    def total_amount_eur(self) -> Decimal:
+        return sum((s.amount_eur for s in self.sessions), Decimal("0.0000"))

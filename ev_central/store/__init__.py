@@ -14,6 +14,9 @@ from .base import (
     OPEN_STATUSES,
     REJECTED_KINDS,
     SESSION_STATUSES,
+    AccountDisabled,
+    AccountRow,
+    AccountStatement,
     CPRow,
     DriverRow,
     RejectedRow,
@@ -22,10 +25,15 @@ from .base import (
     StoreError,
     StoreRefused,
     StoreUnavailable,
+    TagRow,
+    UnknownAccount,
 )
 from .url import DatabaseURL, parse_db_url
 
 __all__ = [
+    "AccountDisabled",
+    "AccountRow",
+    "AccountStatement",
     "CPRow",
     "DatabaseURL",
     "DEFAULT_SQLITE_NAME",
@@ -40,6 +48,8 @@ __all__ = [
     "StoreError",
     "StoreRefused",
     "StoreUnavailable",
+    "TagRow",
+    "UnknownAccount",
     "default_sqlite_path",
     "open_store",
     "parse_db_url",

@@ -24,11 +24,15 @@ from typing import Iterable
 
 from ev_central.core.entities import (  # noqa: F401  (the entities the store maps to rows)
     CP_STATES,
+    DEFAULT_ACCOUNT_KIND,
     OPEN_STATUSES,
     SESSION_STATUSES,
+    AccountRow,
+    AccountStatement,
     CPRow,
     DriverRow,
     SessionRow,
+    TagRow,
 )
 
 
@@ -58,6 +62,22 @@ class StoreRefused(StoreError):
         if self.row_id is not None:
             return self
         return StoreRefused(self.reason, row_id=row_id, errno=self.errno)
+
+
+class UnknownAccount(StoreRefused):
+    """A tag or a driver was given to an account that is not stored."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} does not exist")
+        self.account_id = account_id
+
+
+class AccountDisabled(StoreRefused):
+    """A tag or a driver was given to a disabled account."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} is disabled")
+        self.account_id = account_id
 
 
 REJECTED_KINDS = ("cp", "session")
@@ -130,6 +150,66 @@ class Store(abc.ABC):
     def driver_exists(self, driver_id: str) -> bool:
         """True when ``driver_id`` is registered."""
 
+    @abc.abstractmethod
+    def set_driver_account(self, driver_id: str, account_id: str | None) -> bool:
+        """Make ``driver_id`` belong to ``account_id`` (None: to no account); False if the
+        driver is not registered. ``UnknownAccount`` / ``AccountDisabled`` when the account
+        does not exist or is disabled (nothing changes then)."""
+
+    @abc.abstractmethod
+    def account_of_driver(self, driver_id: str) -> AccountRow | None:
+        """The account ``driver_id`` belongs to (active or not), or None: a driver with no
+        account, or not registered."""
+
+    # accounts and RFID tags
+
+    @abc.abstractmethod
+    def add_account(self, account_id: str, name: str = "",
+                    kind: str = DEFAULT_ACCOUNT_KIND) -> bool:
+        """Create an active account; False if it already existed (nothing changes then).
+
+        ``account_id`` is 1-64 characters from ``A-Z a-z 0-9 _ -``, ``name`` at most 100
+        printable characters, ``kind`` a word matching ``ACCOUNT_KIND_PATTERN``;
+        ``StoreRefused`` otherwise. ``created_at`` is the current time."""
+
+    @abc.abstractmethod
+    def get_account(self, account_id: str) -> AccountRow | None:
+        """One account, or None."""
+
+    @abc.abstractmethod
+    def list_accounts(self) -> list[AccountRow]:
+        """Every account, ordered by account_id."""
+
+    @abc.abstractmethod
+    def set_account_active(self, account_id: str, active: bool) -> bool:
+        """Enable or disable an account; False if it does not exist. Its tags, drivers and
+        sessions are kept."""
+
+    @abc.abstractmethod
+    def add_tag(self, tag_uid: str, account_id: str) -> bool:
+        """Give an active RFID tag to an account; False if the tag was already stored (for
+        this account or another: nothing changes then). The UID is normalised
+        (``normalise_tag_uid``); a malformed one is ``StoreRefused``, an account that does
+        not exist ``UnknownAccount``, a disabled one ``AccountDisabled``."""
+
+    @abc.abstractmethod
+    def get_tag(self, tag_uid: str) -> TagRow | None:
+        """One tag by its UID, in any accepted form; None if not stored or malformed."""
+
+    @abc.abstractmethod
+    def find_tag(self, tag_uid: str) -> tuple[TagRow, AccountRow] | None:
+        """A tag and the account that owns it, read together; None if the tag is not
+        stored (or malformed) or its account is missing. Whether it may charge is
+        ``tag.active and account.active``."""
+
+    @abc.abstractmethod
+    def list_tags(self, account_id: str | None = None) -> list[TagRow]:
+        """Every tag, or an account's tags, ordered by tag_uid."""
+
+    @abc.abstractmethod
+    def set_tag_active(self, tag_uid: str, active: bool) -> bool:
+        """Enable or disable a tag; False if it is not stored (or malformed)."""
+
     # charging sessions
 
     @abc.abstractmethod
@@ -154,6 +234,19 @@ class Store(abc.ABC):
     def list_sessions(self, cp_id: str | None = None, driver_id: str | None = None,
                       limit: int = 100) -> list[SessionRow]:
         """Sessions, newest first (by started_at), optionally of one CP and/or one driver."""
+
+    @abc.abstractmethod
+    def sessions_of_account(self, account_id: str, start: datetime | None = None,
+                            end: datetime | None = None) -> list[SessionRow]:
+        """Every session booked to ``account_id`` that started at or after ``start`` and
+        before ``end`` (None: no bound), whatever its status, oldest first (by started_at,
+        then session_id)."""
+
+    @abc.abstractmethod
+    def account_statement(self, account_id: str, start: datetime | None = None,
+                          end: datetime | None = None) -> AccountStatement | None:
+        """The account and ``sessions_of_account(account_id, start, end)``, read in one
+        transaction; None if the account does not exist."""
 
     # rows the database refused
 

@@ -33,11 +33,13 @@ import mysql.connector
 from mysql.connector import errorcode, errors
 from mysql.connector.constants import ClientFlag
 
+from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS
 from ev_common.retry import Backoff
 
 from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
 from .breaker import CircuitBreaker
 from .sql import (
+    ACCOUNT_NAME_MAX,
     CP_COLUMNS,
     CP_STATES_SQL,
     INSERT_CP,
@@ -46,6 +48,7 @@ from .sql import (
     REJECTED_ROW_ID_MAX,
     SESSION_COLUMNS,
     SESSION_STATUSES_SQL,
+    TAG_UID_MAX,
     Cursor,
     DatabaseBusy,
     SQLStore,
@@ -218,6 +221,38 @@ _DDL_V3 = (
 ) {_TABLE_OPTIONS}""",
 )
 
+_DDL_V4 = (
+    f"""CREATE TABLE IF NOT EXISTS accounts (
+    account_id VARCHAR(64) NOT NULL,
+    name VARCHAR({ACCOUNT_NAME_MAX}) NOT NULL DEFAULT '',
+    kind VARCHAR(32) NOT NULL DEFAULT '{DEFAULT_ACCOUNT_KIND}',
+    active BOOLEAN NOT NULL DEFAULT TRUE,
+    created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (account_id)
+) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS rfid_tags (
+    tag_uid VARCHAR({TAG_UID_MAX}) NOT NULL,
+    account_id VARCHAR(64) NOT NULL,
+    active BOOLEAN NOT NULL DEFAULT TRUE,
+    created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (tag_uid),
+    INDEX ix_rfid_tags_account_id (account_id, tag_uid),
+    CONSTRAINT ck_rfid_tags_uid CHECK (
+        CHAR_LENGTH(tag_uid) IN ({', '.join(map(str, TAG_UID_LENGTHS))})
+        AND tag_uid REGEXP '^[0-9A-F]+$')
+) {_TABLE_OPTIONS}""",
+    add_column(_COLUMN_EXISTS, "drivers", "account_id", "VARCHAR(64) NULL"),
+    create_index(_INDEX_EXISTS, "drivers", "ix_drivers_account_id", "account_id"),
+    add_column(_COLUMN_EXISTS, "charging_sessions", "tag_uid", f"VARCHAR({TAG_UID_MAX}) NULL"),
+    add_column(_COLUMN_EXISTS, "charging_sessions", "account_id", "VARCHAR(64) NULL"),
+    create_index(
+        _INDEX_EXISTS,
+        "charging_sessions",
+        "ix_charging_sessions_account_id",
+        "account_id, started_at",
+    ),
+)
+
 # Errors about the data itself: the same row is refused again, other rows are not.
 _REFUSED_ERRNOS = {
     errorcode.ER_BAD_NULL_ERROR,  # 1048 column cannot be null
@@ -264,7 +299,7 @@ class MySQLStore(SQLStore):
     applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (version)
 ) {_TABLE_OPTIONS}"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4}
     # A stored row is replaced only by one of the same or a higher version; ``version`` is
     # assigned last (upsert_assignments).
     UPSERT_CP = (
@@ -275,6 +310,12 @@ class MySQLStore(SQLStore):
     INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)
 VALUES (:driver_id, :name, :registered_at)
 ON DUPLICATE KEY UPDATE driver_id = driver_id"""
+    INSERT_ACCOUNT = """INSERT INTO accounts (account_id, name, kind, active, created_at)
+VALUES (:account_id, :name, :kind, TRUE, :created_at)
+ON DUPLICATE KEY UPDATE account_id = account_id"""
+    INSERT_TAG = """INSERT INTO rfid_tags (tag_uid, account_id, active, created_at)
+VALUES (:tag_uid, :account_id, TRUE, :created_at)
+ON DUPLICATE KEY UPDATE tag_uid = tag_uid"""
     UPSERT_SESSION = (
         f"{INSERT_SESSION}\nON DUPLICATE KEY UPDATE "
         + upsert_assignments(SESSION_COLUMNS, lambda c: f":{c}", lambda c: c)

@@ -14,17 +14,24 @@ backend rewrites them to ``%(name)s``.
 from __future__ import annotations
 
 import abc
+import re
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, Union
 
+from ev_central.core.entities import ACCOUNT_KIND_PATTERN, normalise_tag_uid
+
 from .base import (
     CP_STATES,
+    DEFAULT_ACCOUNT_KIND,
     OPEN_STATUSES,
     REJECTED_KINDS,
     SESSION_STATUSES,
+    AccountDisabled,
+    AccountRow,
+    AccountStatement,
     CPRow,
     DriverRow,
     RejectedRow,
@@ -33,6 +40,8 @@ from .base import (
     StoreError,
     StoreRefused,
     StoreUnavailable,
+    TagRow,
+    UnknownAccount,
 )
 
 T = TypeVar("T")
@@ -46,6 +55,7 @@ MIGRATIONS: dict[int, str] = {
     1: "charging_points, drivers and charging_sessions",
     2: "charging_sessions.request_id and index ix_charging_sessions_status",
     3: "row versions, charging_sessions.engine_final and .corrected, table rejected_rows",
+    4: "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id",
 }
 LATEST_VERSION = max(MIGRATIONS)
 
@@ -93,16 +103,18 @@ SELECT_CPS = f"SELECT {', '.join(CP_COLUMNS)} FROM charging_points ORDER BY cp_i
 MARK_ALL_DISCONNECTED = "UPDATE charging_points SET state = 'DESCONECTADO', updated_at = :at"
 COUNT_CPS = "SELECT COUNT(*) FROM charging_points"
 DELETE_DRIVER = "DELETE FROM drivers WHERE driver_id = :driver_id"
-SELECT_DRIVERS = "SELECT driver_id, name, registered_at FROM drivers ORDER BY driver_id"
+SELECT_DRIVERS = (
+    "SELECT driver_id, name, registered_at, account_id FROM drivers ORDER BY driver_id"
+)
 SELECT_DRIVER = "SELECT 1 FROM drivers WHERE driver_id = :driver_id"
 SELECT_ONE = "SELECT 1"
 
-#: charging_sessions' columns, in SessionRow's order; the primary key first and
-#: ``version`` last.
+#: charging_sessions' columns, in SessionRow's order except ``version``: the primary key
+#: first and ``version`` last.
 SESSION_COLUMNS = (
     "session_id", "request_id", "cp_id", "driver_id", "price_eur_kwh", "started_at",
     "ended_at", "kwh", "amount_eur", "status", "end_reason", "ticket_sent", "last_seq",
-    "engine_final", "corrected", "version",
+    "engine_final", "corrected", "tag_uid", "account_id", "version",
 )  # fmt: skip
 #: The insert both backends' session upserts start with (params: SESSION_COLUMNS).
 INSERT_SESSION = (
@@ -130,6 +142,37 @@ SELECT_UNSENT_TICKETS = (
     " ORDER BY started_at, session_id"
 )
 UNSENT_PARAMS = {**ENDED_PARAMS, "unsent": 0}
+SELECT_ACCOUNT_SESSIONS = f"{_SELECT_SESSIONS} WHERE account_id = :account_id"
+ACCOUNT_SESSIONS_ORDER = " ORDER BY started_at, session_id"
+
+# -- accounts, tags and the drivers' accounts (schema version 4) --------------------------
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # account ids, as CP and driver ids
+ACCOUNT_NAME_MAX = 100
+TAG_UID_MAX = 20
+_ACCOUNT_COLUMNS = "account_id, name, kind, active, created_at"
+SELECT_ACCOUNTS = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY account_id"
+SELECT_ACCOUNT = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = :account_id"
+SET_ACCOUNT_ACTIVE = "UPDATE accounts SET active = :active WHERE account_id = :account_id"
+_TAG_COLUMNS = "tag_uid, account_id, active, created_at"
+SELECT_TAGS = f"SELECT {_TAG_COLUMNS} FROM rfid_tags ORDER BY tag_uid"
+SELECT_ACCOUNT_TAGS = (
+    f"SELECT {_TAG_COLUMNS} FROM rfid_tags WHERE account_id = :account_id ORDER BY tag_uid"
+)
+SELECT_TAG = f"SELECT {_TAG_COLUMNS} FROM rfid_tags WHERE tag_uid = :tag_uid"
+SELECT_TAG_AND_ACCOUNT = (
+    "SELECT t.tag_uid, t.account_id, t.active, t.created_at,"
+    " a.account_id, a.name, a.kind, a.active, a.created_at"
+    " FROM rfid_tags t JOIN accounts a ON a.account_id = t.account_id"
+    " WHERE t.tag_uid = :tag_uid"
+)
+SET_TAG_ACTIVE = "UPDATE rfid_tags SET active = :active WHERE tag_uid = :tag_uid"
+SET_DRIVER_ACCOUNT = "UPDATE drivers SET account_id = :account_id WHERE driver_id = :driver_id"
+SELECT_DRIVER_ACCOUNT = (
+    "SELECT a.account_id, a.name, a.kind, a.active, a.created_at"
+    " FROM drivers d JOIN accounts a ON a.account_id = d.account_id"
+    " WHERE d.driver_id = :driver_id"
+)
 
 INT_MAX = 2**31 - 1  # INTEGER in MySQL
 VERSION_MAX = 2**63 - 1  # BIGINT
@@ -196,6 +239,59 @@ def to_version(value: Any, name: str) -> int:
     return value
 
 
+def to_identifier(value: Any, name: str) -> str:
+    """``value`` as an id of 1-64 characters from ``A-Z a-z 0-9 _ -``; ``StoreRefused``
+    otherwise."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise StoreRefused(f"{name} is not an id of 1-64 characters from A-Z a-z 0-9 _ -: {value!r}")
+    return value
+
+
+def to_text(value: Any, name: str, limit: int) -> str:
+    """``value`` as a text of at most ``limit`` printable characters; ``StoreRefused``
+    otherwise."""
+    if not isinstance(value, str):
+        raise StoreRefused(f"{name} is not text: {value!r}")
+    if len(value) > limit:
+        raise StoreRefused(f"{name} is longer than {limit} characters ({len(value)})")
+    if not value.isprintable():
+        raise StoreRefused(f"{name} holds a character that is not printable: {value!r}")
+    return value
+
+
+def to_kind(value: Any) -> str:
+    """An account's kind: a word matching ``ACCOUNT_KIND_PATTERN``; ``StoreRefused``
+    otherwise."""
+    if not isinstance(value, str) or not ACCOUNT_KIND_PATTERN.fullmatch(value):
+        raise StoreRefused(
+            f"account kind must be a word of 1-32 characters from a-z 0-9 _ -, starting with a"
+            f" letter (such as apartment or company), not {value!r}"
+        )
+    return value
+
+
+def to_flag(value: Any, name: str) -> int:
+    if not isinstance(value, bool):
+        raise StoreRefused(f"{name} is not True or False: {value!r}")
+    return 1 if value else 0
+
+
+def to_tag_uid(value: Any) -> str:
+    """A tag UID in any accepted form, normalised; ``StoreRefused`` if malformed."""
+    try:
+        return normalise_tag_uid(value)
+    except ValueError as exc:
+        raise StoreRefused(str(exc)) from None
+
+
+def to_stored_uid(value: Any) -> str:
+    """A session's ``tag_uid``, which must already be normalised; ``StoreRefused``
+    otherwise."""
+    if to_tag_uid(value) != value:
+        raise StoreRefused(f"tag_uid {value!r} is not normalised ({normalise_tag_uid(value)!r})")
+    return value
+
+
 def storable(text: Any, limit: int) -> str:
     """``text`` as a string any text column takes: at most ``limit`` characters, and what
     UTF-8 cannot encode (lone surrogates) escaped."""
@@ -250,6 +346,8 @@ class SQLStore(Store):
     DDL: Mapping[int, Sequence[Step]]  # version -> steps
     UPSERT_CP: str  # params: cp_id, location, price_eur_kwh, state, stopped, updated_at
     INSERT_DRIVER: str  # params: driver_id, name, registered_at; rowcount 0 if present
+    INSERT_ACCOUNT: str  # params: account_id, name, kind, created_at; rowcount 0 if present
+    INSERT_TAG: str  # params: tag_uid, account_id, created_at; rowcount 0 if present
     UPSERT_SESSION: str  # INSERT_SESSION plus the dialect's update of every other column
 
     def __init__(self, lock_timeout: float) -> None:
@@ -409,8 +507,9 @@ class SQLStore(Store):
     def list_drivers(self) -> list[DriverRow]:
         rows = self._run(lambda cur: _rows(cur, SELECT_DRIVERS), write=False)
         return [
-            DriverRow(driver_id=driver_id, name=name, registered_at=from_time(registered_at))
-            for driver_id, name, registered_at in rows
+            DriverRow(driver_id=driver_id, name=name, registered_at=from_time(registered_at),
+                      account_id=account_id)
+            for driver_id, name, registered_at, account_id in rows
         ]
 
     def driver_exists(self, driver_id: str) -> bool:
@@ -418,6 +517,116 @@ class SQLStore(Store):
             lambda cur: _rows(cur, SELECT_DRIVER, {"driver_id": driver_id}), write=False
         )
         return bool(rows)
+
+    def set_driver_account(self, driver_id: str, account_id: str | None) -> bool:
+        if account_id is not None:
+            account_id = to_identifier(account_id, "account id")
+
+        def work(cur: Cursor) -> bool:
+            if not _rows(cur, SELECT_DRIVER, {"driver_id": driver_id}):
+                return False
+            if account_id is not None:
+                _usable_account(cur, account_id)
+            cur.execute(SET_DRIVER_ACCOUNT, {"driver_id": driver_id, "account_id": account_id})
+            return True
+
+        return self._run(work)
+
+    def account_of_driver(self, driver_id: str) -> AccountRow | None:
+        rows = self._run(
+            lambda cur: _rows(cur, SELECT_DRIVER_ACCOUNT, {"driver_id": driver_id}), write=False
+        )
+        return _account(rows[0]) if rows else None
+
+    # -- accounts and RFID tags -----------------------------------------------------------
+
+    def add_account(self, account_id: str, name: str = "",
+                    kind: str = DEFAULT_ACCOUNT_KIND) -> bool:
+        params = {
+            "account_id": to_identifier(account_id, "account id"),
+            "name": to_text(name, "account name", ACCOUNT_NAME_MAX),
+            "kind": to_kind(kind),
+            "created_at": self._time(now_utc()),
+        }
+
+        def work(cur: Cursor) -> bool:
+            cur.execute(self.INSERT_ACCOUNT, params)
+            return cur.rowcount == 1
+
+        return self._run(work)
+
+    def get_account(self, account_id: str) -> AccountRow | None:
+        rows = self._run(
+            lambda cur: _rows(cur, SELECT_ACCOUNT, {"account_id": account_id}), write=False
+        )
+        return _account(rows[0]) if rows else None
+
+    def list_accounts(self) -> list[AccountRow]:
+        rows = self._run(lambda cur: _rows(cur, SELECT_ACCOUNTS), write=False)
+        return [_account(row) for row in rows]
+
+    def set_account_active(self, account_id: str, active: bool) -> bool:
+        params = {"account_id": account_id, "active": to_flag(active, "active")}
+
+        def work(cur: Cursor) -> bool:
+            if not _rows(cur, SELECT_ACCOUNT, {"account_id": account_id}):
+                return False
+            cur.execute(SET_ACCOUNT_ACTIVE, params)
+            return True
+
+        return self._run(work)
+
+    def add_tag(self, tag_uid: str, account_id: str) -> bool:
+        params = {
+            "tag_uid": to_tag_uid(tag_uid),
+            "account_id": to_identifier(account_id, "account id"),
+            "created_at": self._time(now_utc()),
+        }
+
+        def work(cur: Cursor) -> bool:
+            _usable_account(cur, params["account_id"])
+            cur.execute(self.INSERT_TAG, params)
+            return cur.rowcount == 1
+
+        return self._run(work)
+
+    def get_tag(self, tag_uid: str) -> TagRow | None:
+        uid = _uid_or_none(tag_uid)
+        if uid is None:
+            return None
+        rows = self._run(lambda cur: _rows(cur, SELECT_TAG, {"tag_uid": uid}), write=False)
+        return _tag(rows[0]) if rows else None
+
+    def find_tag(self, tag_uid: str) -> tuple[TagRow, AccountRow] | None:
+        uid = _uid_or_none(tag_uid)
+        if uid is None:
+            return None
+        rows = self._run(
+            lambda cur: _rows(cur, SELECT_TAG_AND_ACCOUNT, {"tag_uid": uid}), write=False
+        )
+        return (_tag(rows[0][:4]), _account(rows[0][4:])) if rows else None
+
+    def list_tags(self, account_id: str | None = None) -> list[TagRow]:
+        if account_id is None:
+            rows = self._run(lambda cur: _rows(cur, SELECT_TAGS), write=False)
+        else:
+            params = {"account_id": account_id}
+            rows = self._run(lambda cur: _rows(cur, SELECT_ACCOUNT_TAGS, params), write=False)
+        return [_tag(row) for row in rows]
+
+    def set_tag_active(self, tag_uid: str, active: bool) -> bool:
+        uid = _uid_or_none(tag_uid)
+        if uid is None:
+            return False
+        params = {"tag_uid": uid, "active": to_flag(active, "active")}
+
+        def work(cur: Cursor) -> bool:
+            if not _rows(cur, SELECT_TAG, {"tag_uid": uid}):
+                return False
+            cur.execute(SET_TAG_ACTIVE, params)
+            return True
+
+        return self._run(work)
 
     # -- charging sessions ----------------------------------------------------------------
 
@@ -447,6 +656,10 @@ class SQLStore(Store):
                 "last_seq": to_count(row.last_seq, "last_seq"),
                 "engine_final": 1 if row.engine_final else 0,
                 "corrected": 1 if row.corrected else 0,
+                "tag_uid": None if row.tag_uid is None else to_stored_uid(row.tag_uid),
+                "account_id": (
+                    None if row.account_id is None else to_identifier(row.account_id, "account_id")
+                ),
                 "version": to_version(row.version, "version"),
             }
         except StoreRefused as exc:
@@ -482,6 +695,36 @@ class SQLStore(Store):
             " ORDER BY started_at DESC, session_id DESC LIMIT :limit",
             params,
         )
+
+    def sessions_of_account(self, account_id: str, start: datetime | None = None,
+                            end: datetime | None = None) -> list[SessionRow]:
+        sql, params = self._account_sessions_query(account_id, start, end)
+        return self._sessions(sql, params)
+
+    def account_statement(self, account_id: str, start: datetime | None = None,
+                          end: datetime | None = None) -> AccountStatement | None:
+        sql, params = self._account_sessions_query(account_id, start, end)
+
+        def work(cur: Cursor) -> AccountStatement | None:
+            accounts = _rows(cur, SELECT_ACCOUNT, {"account_id": account_id})
+            if not accounts:
+                return None
+            sessions = tuple(_session(row) for row in _rows(cur, sql, params))
+            return AccountStatement(_account(accounts[0]), start, end, sessions)
+
+        return self._run(work, write=False)
+
+    def _account_sessions_query(self, account_id: str, start: datetime | None,
+                                end: datetime | None) -> tuple[str, dict[str, Any]]:
+        """Served by ix_charging_sessions_account_id (account_id, started_at)."""
+        sql, params = SELECT_ACCOUNT_SESSIONS, {"account_id": account_id}
+        if start is not None:
+            sql += " AND started_at >= :start"
+            params["start"] = self._time(start)
+        if end is not None:
+            sql += " AND started_at < :end"
+            params["end"] = self._time(end)
+        return sql + ACCOUNT_SESSIONS_ORDER, params
 
     def _sessions(self, sql: str, params: Mapping[str, Any]) -> list[SessionRow]:
         rows = self._run(lambda cur: _rows(cur, sql, params), write=False)
@@ -543,9 +786,38 @@ def create_index(exists_sql: str, table: str, index: str, columns: str) -> Step:
     return step
 
 
+def _usable_account(cur: Cursor, account_id: str) -> None:
+    """``UnknownAccount`` or ``AccountDisabled`` unless ``account_id`` is an active account."""
+    rows = _rows(cur, SELECT_ACCOUNT, {"account_id": account_id})
+    if not rows:
+        raise UnknownAccount(account_id)
+    if not _account(rows[0]).active:
+        raise AccountDisabled(account_id)
+
+
+def _account(row: Sequence[Any]) -> AccountRow:
+    account_id, name, kind, active, created_at = row
+    return AccountRow(account_id=account_id, name=name, kind=kind, active=bool(active),
+                      created_at=from_time(created_at))
+
+
+def _tag(row: Sequence[Any]) -> TagRow:
+    tag_uid, account_id, active, created_at = row
+    return TagRow(tag_uid=tag_uid, account_id=account_id, active=bool(active),
+                  created_at=from_time(created_at))
+
+
+def _uid_or_none(text: Any) -> str | None:
+    try:
+        return normalise_tag_uid(text)
+    except ValueError:
+        return None
+
+
 def _session(row: Sequence[Any]) -> SessionRow:
     (session_id, request_id, cp_id, driver_id, price, started_at, ended_at, kwh, amount,
-     status, end_reason, ticket_sent, last_seq, engine_final, corrected, version) = row  # fmt: skip
+     status, end_reason, ticket_sent, last_seq, engine_final, corrected, tag_uid, account_id,
+     version) = row  # fmt: skip
     return SessionRow(
         session_id=session_id,
         request_id=request_id,
@@ -563,6 +835,8 @@ def _session(row: Sequence[Any]) -> SessionRow:
         engine_final=bool(engine_final),
         corrected=bool(corrected),
         version=int(version),
+        tag_uid=tag_uid,
+        account_id=account_id,
     )
 
 

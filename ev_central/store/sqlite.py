@@ -13,8 +13,11 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
+from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS
+
 from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
 from .sql import (
+    ACCOUNT_NAME_MAX,
     CP_COLUMNS,
     CP_STATES_SQL,
     INSERT_CP,
@@ -24,6 +27,7 @@ from .sql import (
     REJECTED_ROW_ID_MAX,
     SESSION_COLUMNS,
     SESSION_STATUSES_SQL,
+    TAG_UID_MAX,
     Cursor,
     SQLStore,
     T,
@@ -114,6 +118,48 @@ _DDL_V3 = (
 )
 
 
+# A UID: upper-case hex digits (GLOB is case-sensitive), of one of the accepted lengths.
+_UID_CHECK = (
+    f"length(tag_uid) IN ({', '.join(map(str, TAG_UID_LENGTHS))})"
+    " AND tag_uid NOT GLOB '*[^0-9A-F]*'"
+)
+
+_DDL_V4 = (
+    f"""CREATE TABLE IF NOT EXISTS accounts (
+    account_id TEXT NOT NULL PRIMARY KEY CHECK (length(account_id) <= 64),
+    name TEXT NOT NULL DEFAULT '' CHECK (length(name) <= {ACCOUNT_NAME_MAX}),
+    kind TEXT NOT NULL DEFAULT '{DEFAULT_ACCOUNT_KIND}' CHECK (length(kind) <= 32),
+    active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+    created_at TEXT NOT NULL DEFAULT {_NOW}
+)""",
+    f"""CREATE TABLE IF NOT EXISTS rfid_tags (
+    tag_uid TEXT NOT NULL PRIMARY KEY CONSTRAINT ck_rfid_tags_uid CHECK ({_UID_CHECK}),
+    account_id TEXT NOT NULL CHECK (length(account_id) <= 64),
+    active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+    created_at TEXT NOT NULL DEFAULT {_NOW}
+)""",
+    "CREATE INDEX IF NOT EXISTS ix_rfid_tags_account_id ON rfid_tags (account_id, tag_uid)",
+    add_column(
+        _COLUMN_EXISTS, "drivers", "account_id", "TEXT NULL CHECK (length(account_id) <= 64)"
+    ),
+    "CREATE INDEX IF NOT EXISTS ix_drivers_account_id ON drivers (account_id)",
+    add_column(
+        _COLUMN_EXISTS,
+        "charging_sessions",
+        "tag_uid",
+        f"TEXT NULL CHECK (length(tag_uid) <= {TAG_UID_MAX})",
+    ),
+    add_column(
+        _COLUMN_EXISTS,
+        "charging_sessions",
+        "account_id",
+        "TEXT NULL CHECK (length(account_id) <= 64)",
+    ),
+    "CREATE INDEX IF NOT EXISTS ix_charging_sessions_account_id"
+    " ON charging_sessions (account_id, started_at)",
+)
+
+
 def _keep_newer(table: str, columns: tuple[str, ...]) -> str:
     """The upsert's update of every column but the key, only by a row of the same or a
     higher version."""
@@ -133,11 +179,17 @@ class SQLiteStore(SQLStore):
     description TEXT NOT NULL DEFAULT '',
     applied_at TEXT NOT NULL DEFAULT {_NOW}
 )"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4}
     UPSERT_CP = f"{INSERT_CP}\n{_keep_newer('charging_points', CP_COLUMNS)}"
     INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)
 VALUES (:driver_id, :name, :registered_at)
 ON CONFLICT (driver_id) DO NOTHING"""
+    INSERT_ACCOUNT = """INSERT INTO accounts (account_id, name, kind, active, created_at)
+VALUES (:account_id, :name, :kind, 1, :created_at)
+ON CONFLICT (account_id) DO NOTHING"""
+    INSERT_TAG = """INSERT INTO rfid_tags (tag_uid, account_id, active, created_at)
+VALUES (:tag_uid, :account_id, 1, :created_at)
+ON CONFLICT (tag_uid) DO NOTHING"""
     UPSERT_SESSION = f"{INSERT_SESSION}\n{_keep_newer('charging_sessions', SESSION_COLUMNS)}"
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = LOCK_TIMEOUT_S) -> None:

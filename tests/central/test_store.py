@@ -66,52 +66,60 @@ EXPECTED_COLUMNS = {
         "cp_id", "location", "price_eur_kwh", "state", "stopped", "updated_at", "created_at",
         "version",
     },
-    "drivers": {"driver_id", "name", "registered_at"},
+    "drivers": {"driver_id", "name", "registered_at", "account_id"},
     "charging_sessions": {
         "session_id", "request_id", "cp_id", "driver_id", "price_eur_kwh", "started_at",
         "ended_at", "kwh", "amount_eur", "status", "end_reason", "ticket_sent", "last_seq",
-        "engine_final", "corrected", "version",
+        "engine_final", "corrected", "version", "tag_uid", "account_id",
     },
     "rejected_rows": {"id", "at", "kind", "row_id", "reason", "row_json"},
+    "accounts": {"account_id", "name", "kind", "active", "created_at"},
+    "rfid_tags": {"tag_uid", "account_id", "active", "created_at"},
 }  # fmt: skip
 
 
 def test_schema_has_the_documented_tables_columns_and_indexes(store: SQLStore) -> None:
     assert columns(store) == EXPECTED_COLUMNS
-    assert index_columns(store, "charging_sessions") == {"cp_id", "driver_id", "status"}
+    assert index_columns(store, "charging_sessions") == {
+        "cp_id", "driver_id", "status", "account_id",
+    }  # fmt: skip
     assert indexes(store, "charging_sessions") == {
         "ix_charging_sessions_cp_id": ("cp_id",),
         "ix_charging_sessions_driver_id": ("driver_id",),
         "ix_charging_sessions_status": ("status", "ticket_sent", "started_at"),
+        "ix_charging_sessions_account_id": ("account_id", "started_at"),
     }
+    assert indexes(store, "drivers") == {"ix_drivers_account_id": ("account_id",)}
+    assert indexes(store, "rfid_tags") == {"ix_rfid_tags_account_id": ("account_id", "tag_uid")}
     assert foreign_keys(store) == []
 
 
 def test_migrate_is_idempotent(store: SQLStore) -> None:
-    assert store.migrate() == LATEST_VERSION == 3
+    assert store.migrate() == LATEST_VERSION == 4
     assert store.migrate() == LATEST_VERSION
     again = same_kind(store)
     try:
         assert again.migrate() == LATEST_VERSION
     finally:
         again.close()
-    assert store.schema_versions() == [1, 2, 3]
+    assert store.schema_versions() == [1, 2, 3, 4]
     assert raw(store, "SELECT version, description FROM schema_version ORDER BY version") == [
         (1, "charging_points, drivers and charging_sessions"),
         (2, "charging_sessions.request_id and index ix_charging_sessions_status"),
         (3, "row versions, charging_sessions.engine_final and .corrected, table rejected_rows"),
+        (4, "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id"),
     ]
     assert columns(store) == EXPECTED_COLUMNS
 
 
 def test_concurrent_migrations_apply_each_version_once(store: SQLStore) -> None:
     for table in ("schema_version", "charging_points", "drivers", "charging_sessions",
-                  "rejected_rows"):  # fmt: skip
+                  "rejected_rows", "accounts", "rfid_tags"):  # fmt: skip
         raw(store, f"DROP TABLE {table}")
     results = migrate_at_once(store, 4)
     assert results == [LATEST_VERSION] * 4
     assert raw(store, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,)
+        (1,), (2,), (3,), (4,)
     ]
     assert columns(store) == EXPECTED_COLUMNS
 

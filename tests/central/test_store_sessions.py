@@ -198,6 +198,8 @@ def test_upsert_updates_every_column(store: SQLStore) -> None:
         engine_final=True,
         corrected=True,
         version=1,
+        tag_uid="04A23B1C",
+        account_id="FLAT3B",
     )
     assert all(
         getattr(changed, f.name) != getattr(original, f.name)
@@ -447,14 +449,14 @@ V1_COLUMNS = {
     "amount_eur", "status", "end_reason", "ticket_sent", "last_seq",
 }  # fmt: skip
 V3_COLUMNS = {"engine_final", "corrected", "version"}
-LATEST_COLUMNS = V1_COLUMNS | {"request_id"} | V3_COLUMNS
+LATEST_COLUMNS = V1_COLUMNS | {"request_id"} | V3_COLUMNS | {"tag_uid", "account_id"}
 
 
 def rebuild_at_version_1(store: SQLStore) -> SQLStore:
     """Empty the store's database and build it as a version-1 program did; returns a new,
     unmigrated store object on it."""
     for table in ("schema_version", "charging_points", "drivers", "charging_sessions",
-                  "rejected_rows"):  # fmt: skip
+                  "rejected_rows", "accounts", "rfid_tags"):  # fmt: skip
         raw(store, f"DROP TABLE IF EXISTS {table}")
     old = same_kind(store)
     old._run(lambda cur: cur.execute(old.SCHEMA_VERSION_DDL))
@@ -481,8 +483,8 @@ def test_a_version_1_database_is_upgraded_in_place(store: SQLStore) -> None:
 
     upgraded = same_kind(store)  # what open_store does: a new store, then migrate()
     try:
-        assert upgraded.migrate() == LATEST_VERSION == 3
-        assert upgraded.schema_versions() == [1, 2, 3]
+        assert upgraded.migrate() == LATEST_VERSION == 4
+        assert upgraded.schema_versions() == [1, 2, 3, 4]
         assert columns(store)["charging_sessions"] == LATEST_COLUMNS
         assert indexes(store, "charging_sessions")["ix_charging_sessions_status"] == (
             "status", "ticket_sent", "started_at",
@@ -500,8 +502,8 @@ def test_a_version_1_database_is_upgraded_in_place(store: SQLStore) -> None:
         assert upgraded.get_session("S2") == session("S2", request_id="r" * 64)
         with pytest.raises(StoreError):
             upgraded.save_sessions([session("S3", request_id="r" * 65)])
-        assert upgraded.migrate() == 3  # idempotent
-        assert upgraded.schema_versions() == [1, 2, 3]
+        assert upgraded.migrate() == LATEST_VERSION  # idempotent
+        assert upgraded.schema_versions() == [1, 2, 3, 4]
     finally:
         upgraded.close()
 
@@ -511,8 +513,8 @@ def test_version_2_applied_again_over_its_own_changes_is_harmless(store: SQLStor
     store.save_sessions([session()])
     raw(store, "DELETE FROM schema_version WHERE version >= 2")
     assert store.schema_versions() == [1]
-    assert store.migrate() == 3
-    assert store.schema_versions() == [1, 2, 3]
+    assert store.migrate() == LATEST_VERSION
+    assert store.schema_versions() == [1, 2, 3, 4]
     assert columns(store)["charging_sessions"] == LATEST_COLUMNS
     assert list(indexes(store, "charging_sessions")).count("ix_charging_sessions_status") == 1
     assert store.list_sessions() == [session()]
@@ -521,8 +523,8 @@ def test_version_2_applied_again_over_its_own_changes_is_harmless(store: SQLStor
 def test_concurrent_upgrades_from_version_1_apply_version_2_once(store: SQLStore) -> None:
     rebuild_at_version_1(store).close()
     results = migrate_at_once(store, 4)
-    assert results == [3] * 4
+    assert results == [LATEST_VERSION] * 4
     assert raw(store, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,)
+        (1,), (2,), (3,), (4,)
     ]
     assert columns(store)["charging_sessions"] == LATEST_COLUMNS

@@ -41,8 +41,8 @@ def session(session_id: str = "S001", **changes: Any) -> SessionRow:
 
 def test_the_new_fields_come_last_with_their_defaults() -> None:
     assert [f.name for f in dataclasses.fields(CPRow)][-1] == "version"
-    assert [f.name for f in dataclasses.fields(SessionRow)][-4:] == [
-        "last_seq", "engine_final", "corrected", "version",
+    assert [f.name for f in dataclasses.fields(SessionRow)][-6:] == [
+        "last_seq", "engine_final", "corrected", "version", "tag_uid", "account_id",
     ]  # fmt: skip
     row = session()
     assert (row.engine_final, row.corrected, row.version) == (False, False, 0)
@@ -191,8 +191,8 @@ def test_version_3_applied_again_over_its_own_changes_is_harmless(store: SQLStor
     store.save_sessions([session(version=3)])
     store.add_rejected("cp", "CP1", "x", "{}")
     raw(store, "DELETE FROM schema_version WHERE version = 3")
-    assert store.migrate() == LATEST_VERSION == 3
-    assert store.schema_versions() == [1, 2, 3]
+    assert store.migrate() == LATEST_VERSION == 4
+    assert store.schema_versions() == [1, 2, 3, 4]
     assert {"engine_final", "corrected", "version"} <= columns(store)["charging_sessions"]
     assert store.get_session("S001") == session(version=3)
     assert len(store.list_rejected()) == 1
@@ -205,12 +205,12 @@ def test_a_version_2_database_is_upgraded_keeping_its_rows(store: SQLStore) -> N
         "ALTER TABLE charging_sessions DROP COLUMN version",
         "ALTER TABLE charging_sessions DROP COLUMN engine_final",
         "ALTER TABLE charging_sessions DROP COLUMN corrected",
-        "DELETE FROM schema_version WHERE version = 3",
+        "DELETE FROM schema_version WHERE version >= 3",
     ):
         raw(store, statement)
     raw(store, "INSERT INTO charging_points (cp_id, location, price_eur_kwh) VALUES ('CP9', 'x', '0.3')")
     assert "version" not in columns(store)["charging_points"]
-    assert store.migrate() == 3
+    assert store.migrate() == LATEST_VERSION
     (row,) = store.load_charging_points()
     assert row.cp_id == "CP9" and row.version == 0
     store.save_charging_points([dataclasses.replace(row, state="PARADO", version=1)])
