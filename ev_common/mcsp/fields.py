@@ -57,7 +57,7 @@ def check_decimal(field: str, value: object, places: int) -> Decimal:
     exponent = number.normalize().as_tuple().exponent
     if isinstance(exponent, int) and exponent < -places:
         raise LocalProtocolError(f"{field} has more than {places} decimal places: {show(value)}")
-    return number.quantize(Decimal(1).scaleb(-places))
+    return number.quantize(Decimal(1).scaleb(-places)).copy_abs()  # -0 is sent as 0
 
 
 def round_decimal(value: object, places: int) -> Decimal:
@@ -65,7 +65,7 @@ def round_decimal(value: object, places: int) -> Decimal:
     try:
         return Decimal(repr(value) if isinstance(value, float) else value).quantize(
             Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    except (InvalidOperation, ValueError, TypeError):
+    except (InvalidOperation, ValueError, TypeError, ArithmeticError):
         raise LocalProtocolError(f"not a decimal number: {show(value)}") from None
 
 

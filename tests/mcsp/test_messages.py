@@ -144,6 +144,7 @@ def test_decimals_keep_their_places():
     ok = EndOk(Decimal("2.75"), Decimal("1.3"))
     assert (str(ok.energy_kwh), str(ok.amount_eur)) == ("2.7500", "1.30")
     assert EndOk(2.75, 1.3) == ok
+    assert EndOk(Decimal("-0"), -0.0).to_bytes().endswith(b"Energy-kWh: 0.0000\r\nAmount-EUR: 0.00\r\n")
 
 
 def test_end_ok_rounded_rounds_half_up():
