@@ -176,3 +176,17 @@ def test_messages_are_frozen():
     message = StartRequest("CP1", KEY)
     with pytest.raises(AttributeError):
         message.name = "CP2"  # type: ignore[misc]
+
+
+def test_docs_list_every_code_header_and_limit():
+    from pathlib import Path
+
+    from ev_common.mcsp import MAX_HEADERS, MAX_LINE, MAX_MESSAGE
+
+    doc = Path(__file__).resolve().parents[2].joinpath("docs", "mcsp.md").read_text()
+    for code in ErrorCode:
+        assert f"| {int(code)} | `{code.name}` | {DEFAULT_MESSAGES[code]} |" in doc
+    for header in ("Content-Length", "Name", "Key", "Session-Id", "Energy-kWh", "Amount-EUR", "Message", "Code"):
+        assert f"| `{header}` |" in doc
+    assert f"| {MAX_LINE} bytes |" in doc and f"| {MAX_HEADERS} |" in doc and f"| {MAX_MESSAGE} bytes |" in doc
+    assert "## At Central" in doc
