@@ -2,6 +2,8 @@
 
     EV_Central --port 5000 --kafka HOST:PORT [--db URL]     run Central
     EV_Central drivers add|remove|list [ID] [--db URL]      manage registered drivers
+    EV_Central accounts add|list|disable|enable|statement   manage accounts, print statements
+    EV_Central tags add|list|disable|enable                 manage accounts' RFID tags
     EV_Central rejected [--db URL] [--json] [--limit N]     rows the database refused, set aside
 
 ``--ui panel`` shows the full-screen monitoring panel (ev_central/panel); its logs go
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="EV_Central",
         description="EVCharging Central: registers CPs, watches their state, authorises supplies.",
         epilog="Operator commands, on the panel's command line or (--ui log) on standard input: "
-               "stop <CP|all>, resume <CP|all>, list, help. Drivers: 'EV_Central drivers --help'.",
+               "stop <CP|all>, resume <CP|all>, list, help. Drivers, accounts and RFID tags: "
+               "'EV_Central drivers --help', 'EV_Central accounts --help', 'EV_Central tags --help'.",
     )
     parser.add_argument("--port", type=port_number, required=True, help="TCP port Monitors connect to")
     parser.add_argument("--kafka", type=host_port, default=env("EV_KAFKA"), metavar="HOST:PORT",
@@ -129,6 +132,9 @@ def build_drivers_parser() -> argparse.ArgumentParser:
     parser.add_argument("action", choices=["add", "remove", "list"])
     parser.add_argument("driver_id", nargs="?", help="the driver's id (add, remove)")
     parser.add_argument("--name", default="", help="a display name (add)")
+    parser.add_argument("--account", metavar="ID",
+                        help="(add) the account the driver belongs to; an already registered driver is moved "
+                             "to it (a driver belongs to at most one account)")
     parser.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
     return parser
 
@@ -139,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return drivers_main(argv[1:])
     if argv[:1] == ["rejected"]:
         return rejected_main(argv[1:])
+    if argv[:1] == ["accounts"]:
+        return accounts_main(argv[1:])
+    if argv[:1] == ["tags"]:
+        return tags_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.kafka is None:
@@ -236,12 +246,21 @@ def drivers_main(argv: list[str]) -> int:
         Text(max_len=100, allow_empty=True).check(args.name)
     except ValueError as exc:
         parser.error(f"--name: {exc}")
+    if args.account is not None:
+        if args.action != "add":
+            parser.error("--account goes with add")
+        try:
+            Identifier().check(args.account)
+        except (ValueError, LocalProtocolError) as exc:
+            parser.error(f"--account: {exc}")
     try:
         store = open_store(args.db)
     except (StoreError, ValueError) as exc:
         print(f"cannot open the database: {exc}", file=sys.stderr)
         return 1
     try:
+        if args.action == "add" and args.account is not None:
+            return _add_driver_to_account(store, args.driver_id, args.name, args.account)
         if args.action == "add":
             added = store.add_driver(args.driver_id, args.name)
             print(f"driver {args.driver_id} registered" if added else f"driver {args.driver_id} was already registered")
@@ -251,7 +270,8 @@ def drivers_main(argv: list[str]) -> int:
             return 0 if removed else 1
         else:
             for driver in store.list_drivers():
-                print(f"{driver.driver_id}\t{driver.name}\t{driver.registered_at:%Y-%m-%d %H:%M:%S}")
+                print(f"{driver.driver_id}\t{driver.name}\t{driver.registered_at:%Y-%m-%d %H:%M:%S}"
+                      f"\t{driver.account_id or '-'}")
     except StoreError as exc:
         print(f"database error: {exc}", file=sys.stderr)
         return 1
@@ -313,3 +333,282 @@ def rejected_main(argv: list[str]) -> int:
 def _shown(text: str) -> str:
     """``text`` safe on a terminal: characters that are not printable become '?'."""
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+# -- accounts, RFID tags and statements ---------------------------------------------------------------------
+
+STATEMENT_CSV_COLUMNS = ("session_id", "cp_id", "tag", "driver_id", "started_at", "ended_at", "kwh",
+                         "price_eur_kwh", "amount_eur", "status")
+
+
+def _account_id(text: str) -> str:
+    """argparse type: an account id, as the accounts table takes it."""
+    from ev_common.protocol import LocalProtocolError
+    from ev_common.protocol.fields import Identifier
+
+    try:
+        return Identifier().check(text)
+    except (ValueError, LocalProtocolError) as exc:
+        raise argparse.ArgumentTypeError(f"account id: {exc}") from None
+
+
+def _account_name(text: str) -> str:
+    """argparse type: an account's name: at most 100 characters, no control characters."""
+    from ev_common.protocol.fields import Text
+
+    try:
+        return Text(max_len=100, allow_empty=True).check(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _account_kind(text: str) -> str:
+    from .core.entities import ACCOUNT_KIND_PATTERN
+
+    if not ACCOUNT_KIND_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a kind: a word of 1-32 characters from a-z 0-9 _ -, starting with a letter "
+            "(such as apartment or company)")
+    return text
+
+
+def _tag_uid(text: str) -> str:
+    from .core.entities import normalise_tag_uid
+
+    try:
+        return normalise_tag_uid(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _day(text: str):
+    """argparse type: a date YYYY-MM-DD."""
+    import re
+    from datetime import date
+
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+
+
+def build_accounts_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="EV_Central accounts",
+        description="Manage accounts (who pays for the sessions of their RFID tags and drivers) and print "
+                    "their statements. Give tags with 'EV_Central tags add UID --account ID' and drivers with "
+                    "'EV_Central drivers add DRIVER --account ID'.",
+        epilog="Exit status: 0 done; 1 refused (no such account, already exists) or database error; 2 bad "
+               "arguments.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="create an active account",
+                             description="Create an active account. An account that exists is left as it is "
+                                         "(exit status 1).")
+    add.add_argument("account_id", metavar="ID", type=_account_id, help="the account's id: 1-64 of A-Z a-z 0-9 _ -")
+    add.add_argument("--name", default="", type=_account_name, help="a display name, up to 100 characters")
+    add.add_argument("--kind", default="other", type=_account_kind,
+                     help="a word such as apartment or company (default: %(default)s)")
+    actions.add_parser("list", help="every account: id, kind, active or disabled, name",
+                       description="Every account, one a line: id, kind, active or disabled, name.")
+    for action, what in (("disable", "its tags and drivers are not to charge"), ("enable", "back in use")):
+        one = actions.add_parser(action, help=f"{action} an account ({what})",
+                                 description=f"{action.capitalize()} an account ({what}); its tags, drivers and "
+                                             "sessions are kept.")
+        one.add_argument("account_id", metavar="ID", type=_account_id, help="the account's id")
+    statement = actions.add_parser(
+        "statement", help="the sessions booked to an account and their totals",
+        description="Every session booked to the account that started in the period (days in UTC, both "
+                    "included), oldest first, whatever its status, and the totals: their exact sums. Open "
+                    "sessions count with their figures so far. Amounts are exact decimals, as stored and as on "
+                    "tickets; times are UTC.",
+        epilog=f"CSV columns, in this order: {', '.join(STATEMENT_CSV_COLUMNS)}. 'tag' is the RFID tag's UID "
+               "and 'driver_id' the driver's id, whichever charged (the other is empty); 'ended_at' is empty "
+               "while the session is open; times are ISO-8601 UTC.")
+    statement.add_argument("account_id", metavar="ID", type=_account_id, help="the account's id")
+    statement.add_argument("--from", dest="start", type=_day, metavar="DATE",
+                           help="first day, YYYY-MM-DD (default: no limit)")
+    statement.add_argument("--to", dest="end", type=_day, metavar="DATE",
+                           help="last day, YYYY-MM-DD, included (default: no limit)")
+    statement.add_argument("--csv", action="store_true",
+                           help="CSV: a header row, then one row per session; no total row")
+    for sub in actions.choices.values():
+        sub.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
+    return parser
+
+
+def build_tags_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="EV_Central tags",
+        description="Manage RFID tags. A tag belongs to one account; its UID is 4, 7, 8 or 10 bytes in hex "
+                    "(8, 14, 16 or 20 digits), with or without ':', '-' or spaces between bytes, and is kept "
+                    "in upper case without separators.",
+        epilog="Exit status: 0 done; 1 refused (no such tag or account, disabled account, tag already stored) "
+               "or database error; 2 bad arguments.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="give a new, active tag to an account",
+                             description="Give a new, active tag to an active account. A tag already stored is "
+                                         "left as it is (exit status 1).")
+    add.add_argument("tag_uid", metavar="UID", type=_tag_uid, help="the tag's UID, e.g. 16AC936B1692E73A")
+    add.add_argument("--account", required=True, type=_account_id, metavar="ID", help="the account it belongs to")
+    listing = actions.add_parser("list", help="tags: UID, account, active or disabled, added at (UTC)",
+                                 description="Tags, one a line: UID, account, active or disabled, when added "
+                                             "(UTC).")
+    listing.add_argument("--account", type=_account_id, metavar="ID", help="only this account's tags")
+    for action in ("disable", "enable"):
+        one = actions.add_parser(action, help=f"{action} a tag", description=f"{action.capitalize()} a tag.")
+        one.add_argument("tag_uid", metavar="UID", type=_tag_uid, help="the tag's UID")
+    for sub in actions.choices.values():
+        sub.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
+    return parser
+
+
+def _open_for_command(name: str, url: str | None):
+    """The store for a subcommand, or None (the reason printed)."""
+    setup_logging(name, "WARNING")
+    from .store import StoreError, open_store
+
+    try:
+        return open_store(url)
+    except (StoreError, ValueError) as exc:
+        print(f"cannot open the database: {exc}", file=sys.stderr)
+        return None
+
+
+def _state(active: bool) -> str:
+    return "active" if active else "disabled"
+
+
+def accounts_main(argv: list[str]) -> int:
+    parser = build_accounts_parser()
+    args = parser.parse_args(argv)
+    if args.action == "statement" and args.start and args.end and args.start > args.end:
+        parser.error(f"--from {args.start} is after --to {args.end}")
+    store = _open_for_command("EV_Central accounts", args.db)
+    if store is None:
+        return 1
+    from .store import StoreError, StoreRefused
+
+    try:
+        if args.action == "add":
+            if not store.add_account(args.account_id, args.name, args.kind):
+                print(f"account {args.account_id} already exists; nothing changed", file=sys.stderr)
+                return 1
+            print(f"account {args.account_id} created")
+        elif args.action == "list":
+            for account in store.list_accounts():
+                print(f"{account.account_id}\t{account.kind}\t{_state(account.active)}\t{_shown(account.name)}")
+        elif args.action in ("disable", "enable"):
+            return _set_active(store.get_account(args.account_id), f"account {args.account_id}", args.action,
+                               lambda active: store.set_account_active(args.account_id, active))
+        else:
+            return _statement(store, args)
+    except StoreRefused as exc:
+        print(f"refused: {exc.reason}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def tags_main(argv: list[str]) -> int:
+    parser = build_tags_parser()
+    args = parser.parse_args(argv)
+    store = _open_for_command("EV_Central tags", args.db)
+    if store is None:
+        return 1
+    from .store import StoreError, StoreRefused
+
+    try:
+        if args.action == "add":
+            if not store.add_tag(args.tag_uid, args.account):
+                tag = store.get_tag(args.tag_uid)
+                owner = f" to account {tag.account_id}" if tag is not None else ""
+                print(f"tag {args.tag_uid} already belongs{owner}; nothing changed", file=sys.stderr)
+                return 1
+            print(f"tag {args.tag_uid} added to account {args.account}")
+        elif args.action == "list":
+            if args.account is not None and store.get_account(args.account) is None:
+                print(f"no account {args.account}", file=sys.stderr)
+                return 1
+            for tag in store.list_tags(args.account):
+                print(f"{tag.tag_uid}\t{tag.account_id}\t{_state(tag.active)}\t{tag.created_at:%Y-%m-%d %H:%M:%S}")
+        else:
+            return _set_active(store.get_tag(args.tag_uid), f"tag {args.tag_uid}", args.action,
+                               lambda active: store.set_tag_active(args.tag_uid, active))
+    except StoreRefused as exc:
+        print(f"refused: {exc.reason}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def _set_active(row, what: str, action: str, set_active) -> int:
+    """disable/enable an account or a tag (``row``: as stored now, or None)."""
+    active = action == "enable"
+    if row is None or not set_active(active):
+        print(f"no {what}", file=sys.stderr)
+        return 1
+    print(f"{what} {action}d" if row.active != active else f"{what} was already {action}d")
+    return 0
+
+
+def _add_driver_to_account(store, driver_id: str, name: str, account_id: str) -> int:
+    """``drivers add DRIVER --account ID``: register the driver if needed and put it in the account; nothing
+    is registered when the account does not exist or is disabled."""
+    account = store.get_account(account_id)
+    if account is None or not account.active:
+        print(f"refused: {'no account' if account is None else 'disabled account'} {account_id}", file=sys.stderr)
+        return 1
+    added = store.add_driver(driver_id, name)
+    store.set_driver_account(driver_id, account_id)
+    print(f"driver {driver_id} {'registered' if added else 'was already registered'}; account {account_id}")
+    return 0
+
+
+def _statement(store, args) -> int:
+    import csv
+    from datetime import datetime, time, timedelta, timezone
+
+    start = None if args.start is None else datetime.combine(args.start, time(), timezone.utc)
+    end = None if args.end is None else datetime.combine(args.end + timedelta(days=1), time(), timezone.utc)
+    statement = store.account_statement(args.account_id, start, end)
+    if statement is None:
+        print(f"no account {args.account_id}", file=sys.stderr)
+        return 1
+    rows = [(s.session_id, s.cp_id, s.tag_uid or "", s.driver_id or "", s.started_at.isoformat(),
+             "" if s.ended_at is None else s.ended_at.isoformat(), str(s.kwh), str(s.price_eur_kwh),
+             str(s.amount_eur), s.status) for s in statement.sessions]
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(STATEMENT_CSV_COLUMNS)
+        writer.writerows(rows)
+        return 0
+    account = statement.account
+    period = {(False, False): "all sessions", (True, False): f"from {args.start}", (False, True): f"to {args.end}",
+              (True, True): f"{args.start} to {args.end}"}[(args.start is not None, args.end is not None)]
+    print(f"Statement of account {account.account_id} ({_shown(account.name) or 'no name'}, {account.kind}, "
+          f"{_state(account.active)})")
+    print(f"Period: {period} (UTC days, by the session's start)")
+    header = ("session", "CP", "tag", "driver", "started (UTC)", "ended (UTC)", "kWh", "EUR/kWh", "amount EUR",
+              "status")
+    shown = [(r[0], r[1], r[2] or "-", r[3] or "-", f"{s.started_at:%Y-%m-%d %H:%M:%S}",
+              "-" if s.ended_at is None else f"{s.ended_at:%Y-%m-%d %H:%M:%S}", *r[6:])
+             for r, s in zip(rows, statement.sessions)]
+    widths = [max(len(str(line[i])) for line in [header, *shown]) for i in range(len(header))]
+    right = {6, 7, 8}
+    for line in [header, *shown]:
+        print("  ".join(str(v).rjust(w) if i in right else str(v).ljust(w)
+                        for i, (v, w) in enumerate(zip(line, widths))).rstrip())
+    open_count = sum(1 for s in statement.sessions if s.ended_at is None)
+    print(f"Total: {len(statement.sessions)} sessions, {statement.total_kwh} kWh, {statement.total_amount_eur} EUR"
+          + (f" ({open_count} still open: their figures so far)" if open_count else ""))
+    return 0
