@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ev_common.mcsp import CLOSED, NEED_DATA, AnswerReceiver, ReceiveError, RequestReceiver
+from ev_common.mcsp import CLOSED, NEED_DATA, ReceiveError, RequestReceiver
 
 
 @dataclass(frozen=True)
