@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from ev_common.bus import Publisher, Topics, group_members
+from ev_common.bus import GroupMembers, Publisher, Topics, group_members
 from ev_common.link import LinkConfig
 from ev_common.records import CPStatus, Record
 
@@ -142,15 +142,20 @@ class Central:
     # -- internals -----------------------------------------------------------------------------------
 
     def _refuse_if_another_central(self, wait: float = ANOTHER_CENTRAL_WAIT,
-                                   clock: Callable[[], float] = time.monotonic) -> None:
+                                   clock: Callable[[], float] = time.monotonic,
+                                   describe: Callable[[str, str], GroupMembers] | None = None) -> None:
         """Two Centrals on one broker and prefix would split the requests between them without a
-        word: a live one consumes the requests group, so this one refuses to start. A Central that
-        crashed stays in the group until its session times out: so much is waited for."""
+        word: a live one is a member of the requests group, so this one refuses to start, naming
+        it. A Central that crashed stays a member until its session times out: so much is
+        waited for. A broker that says the group is active but names no member (the test
+        broker does so, even for a member that died) cannot tell a live Central from a dead
+        one: then this Central starts, and says loudly that another one may be running."""
+        describe = describe or (lambda bootstrap, group: group_members(bootstrap, group, timeout=3))
         group = self.bus.topics.prefix + REQUESTS_GROUP
         deadline, said = clock() + wait, False
         while True:
             try:
-                found = group_members(self.bus.bootstrap, group, timeout=3)
+                found = describe(self.bus.bootstrap, group)
             except Exception as exc:  # the broker cannot say now (down, too old): go on
                 log.warning("cannot tell whether another Central uses Kafka %s (%s); starting",
                             self.bus.bootstrap, str(exc) or f"no answer within 3 s: {type(exc).__name__}")
@@ -158,17 +163,21 @@ class Central:
             if not found.active:
                 return
             if clock() >= deadline:
-                who = ", ".join(found.members) or "its consumers"
-                raise AnotherCentral(
-                    f"another Central is running on Kafka {self.bus.bootstrap} with topic prefix "
-                    f"'{self.bus.topics.prefix}' ({who} in group {group}); stop it, or give this one another "
-                    f"--topic-prefix")
+                where = (f"Kafka {self.bus.bootstrap} with topic prefix '{self.bus.topics.prefix}'")
+                if found.members:
+                    raise AnotherCentral(
+                        f"another Central is running on {where} ({', '.join(found.members)} in group {group}); "
+                        f"stop it, or give this one another --topic-prefix")
+                log.error("another Central may be running on %s: the broker says group %s is active but names "
+                          "no member; if one is, stop it or give each its own --topic-prefix (starting)", where,
+                          group)
+                return
             if not said:
                 log.info("another Central seems to use Kafka %s with this topic prefix; waiting up to %.0f s "
                          "to see whether it is gone (one that crashed leaves when its session times out)",
                          self.bus.bootstrap, wait)
                 said = True
-            self._stop.wait(1.0)
+            self._stop.wait(min(1.0, max(0.0, deadline - clock())))
 
     def _sweep(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):

@@ -35,7 +35,7 @@ from ev_common.records import (
     Telemetry,
     Ticket,
 )
-from ev_common.words import OUT_OF_ORDER, STOPPED_BY_CENTRAL
+from ev_common.words import CANNOT_REPORT, OUT_OF_ORDER, STOPPED_BY_CENTRAL
 
 from .core.network import ChargingNetwork, StateChange
 from .core.states import Event, IllegalTransition, State
@@ -344,7 +344,8 @@ class SupplyService:
         the log line, the driver's alert and the status record follow on the effects thread."""
         if change is None:
             return
-        interrupted = self.book.interrupt(change.cp_id, _interruption(change)) if change.interrupts_supply else None
+        interrupts = change.interrupts_supply and CANNOT_REPORT not in change.cause  # (see ev_common.words)
+        interrupted = self.book.interrupt(change.cp_id, _interruption(change)) if interrupts else None
         self._effects.submit(self._apply_change, change, interrupted)
         if (not change.interrupts_supply and change.event is Event.REGISTERED and change.new is State.ACTIVADO
                 and self.book.running_for_cp(change.cp_id) is not None):

@@ -40,3 +40,7 @@ CENTRAL_OK: Final = "Central system status OK"
 KAFKA_UNREACHABLE: Final = "Kafka unreachable"
 DATABASE_UNREACHABLE: Final = "database unreachable"
 STOPPED_BY_CENTRAL: Final = "stopped by Central"
+
+# an Engine that cannot reach Kafka says so in its health answers: Central then authorises
+# nothing at that CP, but does not end a supply for it (its figures reach Central later)
+CANNOT_REPORT: Final = "Kafka unreachable: this CP cannot report supplies"

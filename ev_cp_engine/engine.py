@@ -39,6 +39,7 @@ from typing import Callable
 
 from ev_common.records import BadRecord, SupplyEnd, SupplyRequest, Telemetry, decode
 from ev_common.retry import Backoff
+from ev_common.words import CANNOT_REPORT
 
 from .journal import MAX_ENDS, SupplyJournal
 
@@ -51,7 +52,7 @@ DEFAULT_TIME_SCALE = Decimal(60)  # one real second simulates one minute of char
 AUTO_PLUG_AFTER = 1.0
 FOUR = Decimal("0.0001")
 CANCELLED_KEPT = 256  # cancelled session ids remembered, to refuse a late SUP for them
-KAFKA_DOWN = "Kafka unreachable: this CP cannot report supplies"
+KAFKA_DOWN = CANNOT_REPORT
 
 
 class Phase(str, Enum):

@@ -880,3 +880,21 @@ def test_a_fault_end_its_monitor_never_reports_frees_the_cp_after_a_while(centra
     central.clock.advance(0.2)
     central.service.sweep()
     assert central.state("CP1") is State.ACTIVADO
+
+
+def test_a_cp_that_cannot_reach_kafka_is_out_of_service_but_its_supply_ends_on_its_own_figures(central):
+    from ev_common.words import CANNOT_REPORT
+
+    auth = central.authorise()
+    central.telemetry(auth.session_id, 1, "0.4")
+    # the supply ended at the CP during a Kafka outage; idle, the Engine now answers KO for it
+    central.on_change(central.network.engine_fault("CP1", "mon-CP1", f"Engine answers KO ({CANNOT_REPORT})"))
+    assert central.state("CP1") is State.AVERIADO  # no new supply there
+    assert not [r for r in central.notifier.to("D1") if isinstance(r, SupplyAlert)]  # not a fault of the supply
+    central.clock.advance(END_GRACE * 3)
+    central.service.sweep()
+    assert central.notifier.tickets() == []
+    central.end(auth.session_id, 4, "1.2", "unplugged")  # Kafka back: the Engine's end arrives
+    [ticket] = central.notifier.tickets()
+    assert (ticket.status, ticket.kwh) == ("COMPLETED", Decimal("1.2"))
+    assert central.state("CP1") is State.AVERIADO  # until its Monitor reports the recovery
