@@ -23,7 +23,7 @@ from pathlib import Path
 from ev_central.store import open_store
 from tests.support.processes import ProgramRunner
 from tests.support.waiting import wait_until
-from tests.support.services import free_port
+from tests.support.services import TansuBroker, free_port
 
 CP = "BENCH1"
 
@@ -32,14 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Time from a CP event to Central's database.")
     parser.add_argument("--db", help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--runs", type=int, default=5, help="measurements of each event (default 5)")
+    parser.add_argument("--kafka", help="bootstrap of a running broker (default: start a Tansu broker; an "
+                                        "Engine that cannot reach Kafka is reported faulty)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or f"sqlite:///{Path(tmp) / 'bench.db'}"
         runner = ProgramRunner(Path(tmp))
+        broker = None if args.kafka else TansuBroker(log_path=Path(tmp) / "tansu.log").start()
         try:
-            results = run(runner, db, args.runs)
+            results = run(runner, db, args.runs, args.kafka or broker.bootstrap)
         finally:
             runner.stop_all()
+            if broker is not None:
+                broker.kill()
     goals = {"Engine fault -> AVERIADO": 2.0, "Monitor SIGKILL -> DESCONECTADO": 1.0,
              "Monitor SIGSTOP -> DESCONECTADO": 3.5}
     print(f"EVCharging CP link benchmark  db={'SQLite' if not args.db else args.db.split(':')[0]}  runs={args.runs}")
@@ -49,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(runner: ProgramRunner, db: str, runs: int) -> dict[str, list[float]]:
+def run(runner: ProgramRunner, db: str, runs: int, kafka: str) -> dict[str, list[float]]:
     central_port, engine_port = free_port(), free_port()
-    runner.start("central", ["--port", str(central_port), "--kafka", "localhost:9092", "--db", db,
+    runner.start("central", ["--port", str(central_port), "--kafka", kafka, "--db", db,
                              "--log-level", "WARNING"], package="ev_central")
-    engine = runner.start("engine", ["--port", str(engine_port), "--host", "127.0.0.1"], package="ev_cp_engine")
+    engine = runner.start("engine", ["--port", str(engine_port), "--host", "127.0.0.1", "--kafka", kafka],
+                          package="ev_cp_engine")
     monitor_args = ["--cp_id", CP, "--central_ip", "127.0.0.1", "--central_port", str(central_port),
                     "--engine_ip", "127.0.0.1", "--engine_port", str(engine_port), "--log-level", "WARNING"]
     monitor = runner.start("monitor", monitor_args, package="ev_cp_monitor")

@@ -352,8 +352,8 @@ class Engine:
         if self.journal is not None:  # kept until the broker confirms it
             self.journal.ended(end.session_id, end.to_json())
         self._send_end(end)
-        return self._tell(f"supply of driver {supply.driver_id} ended ({reason}): "
-                          f"{supply.kwh:.3f} kWh, {supply.amount:.2f} EUR")
+        return self._tell(f"supply of driver {supply.driver_id} ended ({reason}): "  # the figures it reports
+                          f"{end.kwh:.3f} kWh, {end.amount_eur:.2f} EUR")
 
     def _send_end(self, end: SupplyEnd) -> None:
         """Emit ``end``; it is forgotten (here and in the journal) only once the broker confirms it."""

@@ -14,8 +14,8 @@ def test_protocol_benchmark_runs(capsys):
 
 
 @pytest.mark.e2e
-def test_cp_link_benchmark_runs(capsys):
-    assert bench_cp_link.main(["--runs", "1"]) == 0
+def test_cp_link_benchmark_runs(capsys, kafka_bootstrap):
+    assert bench_cp_link.main(["--runs", "1", "--kafka", kafka_bootstrap]) == 0
     out = capsys.readouterr().out
     for line in ("Engine fault -> AVERIADO", "Monitor SIGKILL -> DESCONECTADO", "Monitor SIGSTOP -> DESCONECTADO"):
         assert line in out
