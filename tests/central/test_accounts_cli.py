@@ -3,7 +3,6 @@ print, their exit statuses, and their input checked against the tables' limits, 
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 
@@ -13,24 +12,8 @@ from ev_central.cli import main
 from ev_central.store import open_store
 
 
-@pytest.fixture(autouse=True)
-def _root_logger_kept():
-    """The commands configure the root logger as a program does; give the next tests theirs back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/central/conftest.py)
 
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
-def db_url(request, tmp_path) -> str:
-    if request.param == "mysql":
-        return request.getfixturevalue("fresh_mysql_url")
-    return f"sqlite:///{tmp_path}/ev.db"
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -22,7 +22,7 @@ from ev_central.panel import CentralPanel
 from ev_central.panel.widgets import MessageList, StatusLine
 from ev_central.store import open_store
 from ev_central.view import CentralView, MessageLog, clock_time
-from ev_common.bus import KafkaHealth, Publisher, RecordConsumer, Topics, _OutageReporter
+from ev_common.bus import Publisher, RecordConsumer, Topics, _OutageReporter
 from ev_common.records import CPStatus
 from ev_common.words import CENTRAL_OK, KAFKA_UNREACHABLE
 from tests.central.test_panel import FAST, HOST, QUIET, WITHIN_REFRESH, until

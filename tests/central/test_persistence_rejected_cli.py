@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -16,24 +15,8 @@ from ev_central.store import SessionRow, open_store
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(autouse=True)
-def _root_logger_kept():
-    """The command configures the root logger as a program does; give the next tests theirs back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/central/conftest.py)
 
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
-def db_url(request, tmp_path) -> str:
-    if request.param == "mysql":
-        return request.getfixturevalue("fresh_mysql_url")
-    return f"sqlite:///{tmp_path}/ev.db"
 
 
 def test_rejected_lists_what_the_writer_set_aside(db_url: str, capsys) -> None:

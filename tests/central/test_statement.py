@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -13,23 +12,14 @@ from typing import Any
 import pytest
 
 from ev_central.cli import STATEMENT_CSV_COLUMNS, main
-from ev_central.store import SessionRow, open_store
+from ev_central.store import SessionRow
 from ev_central.store.sql import SQLStore
 
 UTC = timezone.utc
 MARCH = datetime(2025, 3, 1, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def _root_logger_kept():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/central/conftest.py)
 
 
 def ended(session_id: str, started_at: datetime, kwh: str, price: str, amount: str, **changes: Any) -> SessionRow:
