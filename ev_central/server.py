@@ -16,10 +16,12 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
+from ev_common.bounded import keep_newest
 from ev_common.link import LinkConfig
 from ev_common.reactor import LinkReactor, ReactorLink
 from ev_common.protocol import Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Sst, Stop, Sup, Supr
@@ -51,14 +53,12 @@ class MonitorSession:
         self.waiting: dict[str, Future] = {}  # session_id -> the SUPR answering our SUP
         # session_id -> True (answered: a repeat of its SUPR is ignored) or False (Central gave up:
         # a late SUPR#OK is cancelled with CAN). Insertion-ordered, the oldest dropped first.
-        self.settled: dict[str, bool] = {}
+        self.settled: OrderedDict[str, bool] = OrderedDict()
         self._settle_lock = threading.Lock()
 
     def settle(self, session_id: str, answered: bool) -> None:
         with self._settle_lock:
-            self.settled[session_id] = answered
-            while len(self.settled) > ANSWERS_KEPT:
-                del self.settled[next(iter(self.settled))]
+            keep_newest(self.settled, session_id, answered, ANSWERS_KEPT)
 
     def __repr__(self) -> str:
         return f"session#{self.number}({self.cp_id or 'unregistered'} from {self.link.peer})"

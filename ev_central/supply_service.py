@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, Protocol
 
+from ev_common.bounded import keep_newest
 from ev_common.protocol import Can, Message, Resume, Sst, Stop, Sup, Supr
 from ev_common.records import (
     CPStatus,
@@ -117,7 +119,7 @@ class SupplyService:
         self._next_retry = 0.0
         self._say = say or (lambda text: log.info("%s", text))
         self._pending: dict[str, SupplyRequest] = {}  # driver_id -> their request being decided
-        self._cancelled: dict[str, None] = {}  # sessions cancelled at their CP, oldest first
+        self._cancelled: OrderedDict[str, None] = OrderedDict()  # sessions cancelled at their CP
         self._held: dict[str, float] = {}  # cp_id -> when to free a CP whose Engine ended a supply for a fault
         self._lock = threading.Lock()
 
@@ -412,9 +414,7 @@ class SupplyService:
         with self._lock:
             if session_id in self._cancelled:
                 return False
-            self._cancelled[session_id] = None
-            while len(self._cancelled) > CANCELS_KEPT:
-                del self._cancelled[next(iter(self._cancelled))]
+            keep_newest(self._cancelled, session_id, None, CANCELS_KEPT)
             return True
 
     def _release(self, cp_id: str, cause: str) -> None:

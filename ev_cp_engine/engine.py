@@ -37,6 +37,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import Enum
 from typing import Callable
 
+from ev_common.bounded import keep_newest
 from ev_common.records import BadRecord, SupplyEnd, SupplyRequest, Telemetry, decode
 from ev_common.retry import Backoff
 from ev_common.words import CANNOT_REPORT
@@ -178,10 +179,7 @@ class Engine:
     def cancel(self, session_id: str, reason: str) -> str:
         """Central gave up on ``session_id``: end it now if held; refuse it from now on. Idempotent."""
         with self._lock:
-            self._cancelled[session_id] = None
-            self._cancelled.move_to_end(session_id)
-            while len(self._cancelled) > CANCELLED_KEPT:
-                self._cancelled.popitem(last=False)
+            keep_newest(self._cancelled, session_id, None, CANCELLED_KEPT)
             if self.supply is not None and self.supply.session_id == session_id:
                 return self._end(f"cancelled by Central: {reason}")
         log.info("session %s cancelled by Central (%s); not held here", session_id, reason)

@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable, Iterable
 
+from ev_common.bounded import keep_newest
+
 from .entities import OPEN_STATUSES, SessionRow
 
 CENT = Decimal("0.01")
@@ -237,10 +239,7 @@ class SupplyBook:
         return s.row
 
     def _keep_closed(self, row: SessionRow) -> None:
-        self._closed[row.session_id] = row
-        self._closed.move_to_end(row.session_id)
-        while len(self._closed) > CLOSED_KEPT:
-            self._closed.popitem(last=False)
+        keep_newest(self._closed, row.session_id, row, CLOSED_KEPT)
 
 
 __all__ = ["SupplyBook", "amount_for", "NORMAL_END", "DEFAULT_END_GRACE", "DEFAULT_STALE_AFTER"]
