@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_demo import processes_mentioning
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -141,10 +142,8 @@ def test_a_program_that_ignores_sigint_is_killed_once_its_grace_has_passed(tmp_p
     polite = runner.start("polite", "central", [sys.executable, "-c",
                                                 "import time\nprint('ready', flush=True)\n"
                                                 "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass\n"])
-    deadline = time.monotonic() + 20
-    while not all((tmp_path / f"{name}.log").read_text().startswith("ready") for name in ("stubborn", "polite")):
-        assert time.monotonic() < deadline, "the programs did not start"
-        time.sleep(0.05)
+    wait_until(lambda: all((tmp_path / f"{name}.log").read_text().startswith("ready")
+                           for name in ("stubborn", "polite")), 20, "the programs to start", interval=0.05)
     started = time.monotonic()
     runner.stop_all()
     assert time.monotonic() - started < 10
