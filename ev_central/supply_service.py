@@ -17,13 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Callable, Protocol
 
 from ev_common.bounded import keep_newest
-from ev_common.protocol import Can, Message, Resume, Sst, Stop, Sup, Supr
+from ev_common.protocol import Can, Fin, Message, Resume, Sst, Stop, Sup, Supr
 from ev_common.records import (
     CPStatus,
     Record,
@@ -44,6 +46,7 @@ from .core.states import Event, IllegalTransition, State
 from .core.supplies import SupplyBook
 from .effects import Effects
 from .persistence import WriteBehind
+from .core.entities import AccountRow
 from .store.base import CPRow, SessionRow, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ CANCELS_KEPT = 1024  # unknown sessions already cancelled at their CP (one CAN e
 UNKNOWN_SUPPLY = "Central has no open supply with this id"
 ENGINE_FAULT_END = "fault"  # supply.end's reason when the Engine ended it for a fault
 FAULT_REPORT_WAIT = 2.5  # s: the Monitor checks every second and reports a fault at once
+TAG_END_WAIT = 10.0  # s an RFID END waits for the Engine's final figures (more than the end grace)
+REMEMBERED = 100_000  # drivers and tags remembered for when the database is down
 
 
 class CPGateway(Protocol):
@@ -70,27 +75,127 @@ class Notifier(Protocol):
     def cp_status(self, record: CPStatus) -> None: ...
 
 
+@dataclass(frozen=True)
+class Charger:
+    """Who charges: a driver of the app (``driver_id``) or an RFID tag (``tag_uid``, no driver
+    id); and the account the energy is booked to (None: to no account)."""
+
+    driver_id: str = ""
+    tag_uid: str | None = None
+    account_id: str | None = None
+
+    @property
+    def on_cp(self) -> str:
+        """The id ``SUP`` carries to the CP (docs/protocol.md): the driver, or the tag's account."""
+        return self.driver_id or self.account_id or "-"
+
+    def __str__(self) -> str:
+        return who_charges(self.driver_id, self.tag_uid, self.account_id)
+
+
+def masked(tag_uid: str) -> str:
+    """A tag UID as logs and screens show it: its last four hex digits (the UID is a key)."""
+    return f"...{tag_uid[-4:]}"
+
+
+def who_charges(driver_id: str, tag_uid: str | None, account_id: str | None) -> str:
+    """``driver D001`` or ``tag ...E73A of account FLAT3B``."""
+    if tag_uid:
+        return f"tag {masked(tag_uid)}" + (f" of account {account_id}" if account_id else "")
+    return f"driver {driver_id}"
+
+
+class Why(Enum):
+    """Why a supply was not authorised (an MCSP answer's code follows from it: docs/mcsp.md)."""
+
+    NOT_REGISTERED = "not registered"  # no such driver, no such tag
+    DISABLED = "disabled"  # the tag or the account may not charge
+    UNKNOWN = "unknown"  # no such CP, or no such session at that CP
+    NOT_AVAILABLE = "not available"  # the CP is not ACTIVADO, refused, or the charger is busy
+    UNREACHABLE = "unreachable"  # the CP did not answer
+    CANNOT_CHECK = "cannot check"  # the database is down and the answer is not remembered
+    NOT_YOURS = "not yours"  # a key that is not the session's
+    EXPIRED = "expired"  # a request older than its time to live
+
+
+@dataclass(frozen=True)
+class Refusal:
+    why: Why
+    reason: str
+
+
 class DriverDirectory:
-    """Is a driver registered? Asks the database; remembers answers for when it is down."""
+    """Is a driver registered, and which account pays for it? Asks the database; remembers the
+    answers for when it is down."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._known: set[str] = set()
+        self._known: OrderedDict[str, AccountRow | None] = OrderedDict()
         self._lock = threading.Lock()
 
     def is_registered(self, driver_id: str) -> bool | None:
         """True/False, or None when the database cannot say and the driver is not remembered."""
+        registered, _ = self.lookup(driver_id)
+        return registered
+
+    def lookup(self, driver_id: str) -> tuple[bool | None, AccountRow | None]:
+        """(registered, the driver's account or None); registered is None when the database
+        cannot say and the driver is not remembered."""
         try:
             registered = self.store.driver_exists(driver_id)
+            account = self.store.account_of_driver(driver_id) if registered else None
         except StoreError as exc:
             with self._lock:
                 if driver_id in self._known:
-                    return True
+                    return True, self._known[driver_id]
             log.warning("cannot check driver %s: %s", driver_id, exc)
-            return None
+            return None, None
         with self._lock:
-            (self._known.add if registered else self._known.discard)(driver_id)
-        return registered
+            if registered:
+                keep_newest(self._known, driver_id, account, REMEMBERED)
+            else:
+                self._known.pop(driver_id, None)
+        return registered, account
+
+
+class TagDirectory:
+    """Which account does a tag belong to, and may it charge? Asks the database; remembers the
+    answers for when it is down."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._known: OrderedDict[str, tuple[bool, AccountRow]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, tag_uid: str) -> tuple[bool, AccountRow] | Refusal:
+        """(the tag is active, its account) or a refusal: not registered, or cannot check."""
+        try:
+            found = self.store.find_tag(tag_uid)
+        except StoreError as exc:
+            with self._lock:
+                remembered = self._known.get(tag_uid)
+            if remembered is not None:
+                return remembered
+            log.warning("cannot check tag %s: %s", masked(tag_uid), exc)
+            return Refusal(Why.CANNOT_CHECK, "Central cannot check tags now (database unreachable); try again later")
+        with self._lock:
+            if found is None:
+                self._known.pop(tag_uid, None)
+            else:
+                keep_newest(self._known, tag_uid, (found[0].active, found[1]), REMEMBERED)
+        if found is None:
+            return Refusal(Why.NOT_REGISTERED, "Key is not registered")
+        return found[0].active, found[1]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request being decided: who asks, for which CP, since when, and how it came."""
+
+    at: datetime
+    who: Charger
+    cp_id: str
+    via: str  # "Kafka" (the driver's app or the CP's menu) or "MCSP" (an RFID tag)
 
 
 class SupplyService:
@@ -100,11 +205,14 @@ class SupplyService:
                  observe: Callable[[StateChange], None] | None = None,
                  request_ttl: float = DEFAULT_REQUEST_TTL, cp_answer_timeout: float = CP_ANSWER_TIMEOUT,
                  utcnow: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None,
+                 tags: TagDirectory | None = None, tag_end_wait: float = TAG_END_WAIT) -> None:
         self.network = network
         self.book = book
         self.cps = cps
         self.drivers = drivers
+        self.tags = tags or TagDirectory(store)
+        self.tag_end_wait = tag_end_wait
         self.notifier = notifier
         self.sessions = sessions
         self.store = store
@@ -118,7 +226,7 @@ class SupplyService:
         self._undelivered: dict[str, SessionRow] = {}  # tickets to send again
         self._next_retry = 0.0
         self._say = say or (lambda text: log.info("%s", text))
-        self._pending: dict[str, SupplyRequest] = {}  # driver_id -> their request being decided
+        self._pending: dict[str, Pending] = {}  # "driver D1" / "tag ..." -> their request being decided
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # sessions cancelled at their CP
         self._held: dict[str, float] = {}  # cp_id -> when to free a CP whose Engine ended a supply for a fault
         self._lock = threading.Lock()
@@ -137,64 +245,155 @@ class SupplyService:
         age = (self._utcnow() - r.ts).total_seconds()
         if age > self.request_ttl:
             return self._deny(r, f"request expired ({age:.0f} s old, the limit is {self.request_ttl:g} s)")
-        with self._lock:
-            if r.driver_id in self._pending:
-                return self._deny(r, f"driver {r.driver_id} already has a request being decided")
-            self._pending[r.driver_id] = r
-        try:
-            self._decide(r)
-        finally:
-            with self._lock:
-                self._pending.pop(r.driver_id, None)
+        outcome = self._deciding(Charger(r.driver_id), r.cp_id, "Kafka", lambda: self._decide(r), at=r.ts)
+        if isinstance(outcome, Refusal):
+            self._deny(r, outcome.reason)
 
-    def _decide(self, r: SupplyRequest) -> None:
-        registered = self.drivers.is_registered(r.driver_id)
+    def _decide(self, r: SupplyRequest) -> SessionRow | Refusal:
+        registered, account = self.drivers.lookup(r.driver_id)
         if registered is None:
-            return self._deny(r, "Central cannot check drivers now (database unreachable); try again later")
+            return Refusal(Why.CANNOT_CHECK, "Central cannot check drivers now (database unreachable); "
+                                             "try again later")
         if not registered:
-            return self._deny(r, f"driver {r.driver_id} is not registered")
-        cp = self.network.get(r.cp_id)
-        if cp is None:
-            return self._deny(r, f"unknown CP {r.cp_id}")
-        busy = self.book.active_for_driver(r.driver_id)
-        if busy is not None:
-            return self._deny(r, f"driver {r.driver_id} already has a supply in course at {busy.cp_id}")
-        try:  # reserve the CP: only an ACTIVADO CP can start a supply, atomically
-            self._network_event(r.cp_id, Event.SUPPLY_STARTED, f"supply for driver {r.driver_id} being authorised")
-        except IllegalTransition as exc:  # its state now, not as read above
-            reason = OUT_OF_ORDER if exc.state is State.PARADO else exc.state.value
-            return self._deny(r, f"{r.cp_id} is not available ({reason})")
-        session_id = self.book.new_id()
-        price = cp.price_eur_kwh
-        try:
-            answer = self.cps.ask(r.cp_id, Sup(r.cp_id, session_id, r.driver_id, price), self.cp_answer_timeout)
-            refusal = None if answer.ok else f"{r.cp_id} refused: {answer.reason or 'no reason given'}"
-        except Exception as exc:  # CPUnreachable, or the link failing under us
-            refusal = f"{r.cp_id} did not confirm: {exc}"
-            # the CP may take it late: it must never supply a session Central does not know
-            self._cancel_at_cp(r.cp_id, session_id, "Central gave up waiting for the CP's answer")
-        if refusal is not None:
-            self._release(r.cp_id, "supply not authorised")
-            return self._deny(r, refusal)
-        row = self.book.open(session_id, r.request_id, r.cp_id, r.driver_id, price)
-        self.sessions.put(row)
-        self._notify(r.driver_id, RequestAuthorised(r.request_id, r.driver_id, r.cp_id, session_id, price))
-        self._say(f"authorised: driver {r.driver_id} at {r.cp_id}, session {session_id[:8]}, {price} EUR/kWh")
-        self._publish_status(r.cp_id)
-        # A Stop, fault or lost Monitor while the CP was being asked found no session to interrupt;
-        # the session exists now, so any later change interrupts it: catch the one that came before.
-        now = self.network.get(r.cp_id)
-        if now is not None and now.state != State.SUMINISTRANDO.value:
-            reason = _interruption_for(State(now.state), "CP changed while being asked")
-            if self.book.interrupt(r.cp_id, reason) is not None:
-                self._notify(r.driver_id, SupplyAlert(session_id, r.driver_id, r.cp_id, now.state, reason))
-                self._say(f"supply {session_id[:8]} at {r.cp_id} interrupted: {reason}")
+            return Refusal(Why.NOT_REGISTERED, f"driver {r.driver_id} is not registered")
+        if account is not None and not account.active:
+            return Refusal(Why.DISABLED, f"account {account.account_id} of driver {r.driver_id} is disabled")
+        who = Charger(r.driver_id, account_id=account.account_id if account else None)
+
+        def authorised(row: SessionRow) -> None:
+            self._notify(r.driver_id, RequestAuthorised(r.request_id, r.driver_id, r.cp_id, row.session_id,
+                                                        row.price_eur_kwh))
+
+        return self._authorise(who, r.cp_id, r.request_id, authorised)
 
     def _deny(self, r: SupplyRequest, reason: str) -> None:
         self._notify(r.driver_id, RequestDenied(r.request_id, r.driver_id, r.cp_id, reason))
         self._say(f"denied: driver {r.driver_id} at {r.cp_id}: {reason}")
 
-    def pending_requests(self) -> list[SupplyRequest]:
+    def _deciding(self, who: Charger, cp_id: str, via: str, decide: Callable[[], SessionRow | Refusal], *,
+                  at: datetime | None = None) -> SessionRow | Refusal:
+        """Run ``decide`` unless a request of the same driver or tag is being decided (then that
+        is the refusal); meanwhile the request is among the ongoing ones."""
+        key = f"tag {who.tag_uid}" if who.tag_uid else f"driver {who.driver_id}"
+        with self._lock:
+            if key in self._pending:
+                return Refusal(Why.NOT_AVAILABLE, f"{who} already has a request being decided")
+            self._pending[key] = Pending(at or self._utcnow(), who, cp_id, via)
+        try:
+            return decide()
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def _authorise(self, who: Charger, cp_id: str, request_id: str,
+                   authorised: Callable[[SessionRow], None]) -> SessionRow | Refusal:
+        """The checks every request shares, then the CP asked: the open session, or why not.
+        ``authorised`` runs once the session is open, before anything else is said of it."""
+        cp = self.network.get(cp_id)
+        if cp is None:
+            return Refusal(Why.UNKNOWN, f"unknown CP {cp_id}")
+        busy = self.book.active_for_tag(who.tag_uid) if who.tag_uid else self.book.active_for_driver(who.driver_id)
+        if busy is not None:
+            return Refusal(Why.NOT_AVAILABLE, f"{who} already has a supply in course at {busy.cp_id}")
+        try:  # reserve the CP: only an ACTIVADO CP can start a supply, atomically
+            self._network_event(cp_id, Event.SUPPLY_STARTED, f"supply for {who} being authorised")
+        except IllegalTransition as exc:  # its state now, not as read above
+            reason = OUT_OF_ORDER if exc.state is State.PARADO else exc.state.value
+            return Refusal(Why.NOT_AVAILABLE, f"{cp_id} is not available ({reason})")
+        session_id = self.book.new_id()
+        price = cp.price_eur_kwh
+        refusal = None
+        try:
+            answer = self.cps.ask(cp_id, Sup(cp_id, session_id, who.on_cp, price), self.cp_answer_timeout)
+            if not answer.ok:
+                refusal = Refusal(Why.NOT_AVAILABLE, f"{cp_id} refused: {answer.reason or 'no reason given'}")
+        except Exception as exc:  # CPUnreachable, or the link failing under us
+            refusal = Refusal(Why.UNREACHABLE, f"{cp_id} did not confirm: {exc}")
+            # the CP may take it late: it must never supply a session Central does not know
+            self._cancel_at_cp(cp_id, session_id, "Central gave up waiting for the CP's answer")
+        if refusal is not None:
+            self._release(cp_id, "supply not authorised")
+            return refusal
+        row = self.book.open(session_id, request_id, cp_id, who.driver_id, price, tag_uid=who.tag_uid,
+                             account_id=who.account_id)
+        self.sessions.put(row)
+        authorised(row)
+        self._say(f"authorised: {who} at {cp_id}, session {session_id[:8]}, {price} EUR/kWh")
+        self._publish_status(cp_id)
+        # A Stop, fault or lost Monitor while the CP was being asked found no session to interrupt;
+        # the session exists now, so any later change interrupts it: catch the one that came before.
+        now = self.network.get(cp_id)
+        if now is not None and now.state != State.SUMINISTRANDO.value:
+            reason = _interruption_for(State(now.state), "CP changed while being asked")
+            if self.book.interrupt(cp_id, reason) is not None:
+                self._notify(who.driver_id, SupplyAlert(session_id, who.driver_id, cp_id, now.state, reason))
+                self._say(f"supply {session_id[:8]} at {cp_id} interrupted: {reason}")
+        return row
+
+    # -- RFID tags (MCSP, docs/mcsp.md) ----------------------------------------------------------
+
+    def start_by_tag(self, cp_id: str, tag_uid: str) -> SessionRow | Refusal:
+        """A tag presented at ``cp_id`` (``START``): its session once the CP accepted it, or why not."""
+        self._say(f"MCSP START at {cp_id} with tag {masked(tag_uid)}")
+        outcome = self._deciding(Charger(tag_uid=tag_uid), cp_id, "MCSP", lambda: self._decide_tag(cp_id, tag_uid))
+        if isinstance(outcome, Refusal):
+            self._say(f"denied: tag {masked(tag_uid)} at {cp_id}: {outcome.reason}")
+        return outcome
+
+    def _decide_tag(self, cp_id: str, tag_uid: str) -> SessionRow | Refusal:
+        found = self.tags.lookup(tag_uid)
+        if isinstance(found, Refusal):
+            return found
+        active, account = found
+        if not active:
+            return Refusal(Why.DISABLED, "Key is disabled")
+        if not account.active:
+            return Refusal(Why.DISABLED, f"Account {account.account_id} is disabled")
+        who = Charger(tag_uid=tag_uid, account_id=account.account_id)
+        return self._authorise(who, cp_id, uuid.uuid4().hex, lambda row: None)
+
+    def end_by_tag(self, cp_id: str, session_id: str, tag_uid: str) -> SessionRow | Refusal:
+        """The tag that opened ``session_id`` at ``cp_id`` ends it (``END``): the closed session,
+        with the Engine's final figures, or why not. Ending a closed session gives it again."""
+        self._say(f"MCSP END at {cp_id} of session {session_id[:8]} with tag {masked(tag_uid)}")
+        outcome = self._end_by_tag(cp_id, session_id, tag_uid)
+        if isinstance(outcome, Refusal):
+            self._say(f"END of session {session_id[:8]} at {cp_id} not done: {outcome.reason}")
+        return outcome
+
+    def _end_by_tag(self, cp_id: str, session_id: str, tag_uid: str) -> SessionRow | Refusal:
+        row = self._session(session_id)
+        if isinstance(row, Refusal):
+            return row
+        if row is None or row.cp_id != cp_id or row.tag_uid is None:
+            return Refusal(Why.UNKNOWN, f"No session {session_id} of a tag at station {cp_id}")
+        if row.tag_uid != tag_uid:
+            return Refusal(Why.NOT_YOURS, f"Key is not the key of session {session_id}")
+        if row.ended_at is not None:
+            return row  # ended before: its figures again
+        if not self.cps.command(cp_id, Fin(cp_id, session_id)):
+            return Refusal(Why.UNREACHABLE, f"Central cannot reach {cp_id} (its Monitor is not connected); "
+                                            f"the session goes on")
+        closed = self.book.wait_closed(session_id, self.tag_end_wait)
+        if closed is None:
+            return Refusal(Why.UNREACHABLE, f"{cp_id} did not report the end within {self.tag_end_wait:g} s; "
+                                            f"END again for the figures")
+        return closed
+
+    def _session(self, session_id: str) -> SessionRow | Refusal | None:
+        """A session open, closed recently, or stored; None if there is none."""
+        row = next((r for r in self.book.open_sessions() if r.session_id == session_id), None)
+        row = row or self.book.closed(session_id)
+        if row is not None:
+            return row
+        try:
+            return self.store.get_session(session_id)
+        except StoreError as exc:
+            log.warning("cannot look up session %s: %s", session_id[:8], exc)
+            return Refusal(Why.CANNOT_CHECK, "Central cannot look up sessions now (database unreachable); "
+                                             "try again later")
+
+    def pending_requests(self) -> list[Pending]:
         """Requests being decided now."""
         with self._lock:
             return list(self._pending.values())
@@ -214,7 +413,7 @@ class SupplyService:
         self.sessions.put(row, on_durable)
         self._notify(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
                                                               row.kwh, row.amount_eur, t.power_kw))
-        live_log.info("%s SUMINISTRANDO to driver %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, row.driver_id,
+        live_log.info("%s SUMINISTRANDO to %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, _who(row),
                       row.kwh, row.amount_eur, t.power_kw)
 
     def on_supply_end(self, e: SupplyEnd, on_durable: Callable[[], None] | None = None) -> None:
@@ -297,7 +496,7 @@ class SupplyService:
         else:
             self._release(row.cp_id, f"supply {row.session_id[:8]} ended: {row.end_reason}")
         self.send_ticket(row)
-        self._say(f"ticket {row.session_id[:8]}: driver {row.driver_id} at {row.cp_id}, {row.kwh:.3f} kWh, "
+        self._say(f"ticket {row.session_id[:8]}: {_who(row)} at {row.cp_id}, {row.kwh:.3f} kWh, "
                   f"{row.amount_eur:.2f} EUR, {row.status} ({row.end_reason})")
 
     def _correct(self, row: SessionRow, on_durable: Callable[[], None] | None = None) -> None:
@@ -305,7 +504,7 @@ class SupplyService:
         corrected ticket (once: the row is final now)."""
         self._store_now(row, on_durable)
         self.send_ticket(row)
-        self._say(f"corrected ticket {row.session_id[:8]}: driver {row.driver_id} at {row.cp_id}, the Engine "
+        self._say(f"corrected ticket {row.session_id[:8]}: {_who(row)} at {row.cp_id}, the Engine "
                   f"delivered {row.kwh:.3f} kWh, {row.amount_eur:.2f} EUR")
 
     def _store_now(self, row: SessionRow, on_durable: Callable[[], None] | None) -> None:
@@ -319,6 +518,12 @@ class SupplyService:
         self.sessions.put(row, on_durable)
 
     def send_ticket(self, row: SessionRow) -> None:
+        """The ticket to its driver over Kafka. A tag's session has no driver to tell: its END
+        answer carries the figures, and the account's statement lists it (docs/mcsp.md)."""
+        if not row.driver_id:
+            if not row.ticket_sent:
+                self.sessions.put(_with_ticket_sent(row))
+            return
         ticket = Ticket(row.session_id, row.request_id, row.driver_id, row.cp_id, row.started_at,
                         row.ended_at or self._utcnow(), row.kwh, row.price_eur_kwh, row.amount_eur, row.status,
                         row.end_reason or "", corrected=row.corrected)
@@ -366,8 +571,9 @@ class SupplyService:
             log.info("%s: %s -> %s (%s)", change.cp_id, change.old, change.new, change.cause)
         if interrupted is not None:
             reason = _interruption(change)
-            self.notifier.to_driver(interrupted.driver_id, SupplyAlert(interrupted.session_id, interrupted.driver_id,
-                                                                       interrupted.cp_id, change.new.value, reason))
+            if interrupted.driver_id:
+                self.notifier.to_driver(interrupted.driver_id, SupplyAlert(
+                    interrupted.session_id, interrupted.driver_id, interrupted.cp_id, change.new.value, reason))
             self._say(f"supply {interrupted.session_id[:8]} at {interrupted.cp_id} interrupted: {reason}")
         if change.state_changed or change.old is None:
             self._publish_status_now(change.cp_id)
@@ -397,6 +603,8 @@ class SupplyService:
         return change
 
     def _notify(self, driver_id: str, record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
+        if not driver_id:  # a tag's session: no driver to tell
+            return
         self._effects.submit(self.notifier.to_driver, driver_id, record, on_delivery)
 
     def _cancel_at_cp(self, cp_id: str, session_id: str, reason: str) -> None:
@@ -432,7 +640,7 @@ class SupplyService:
             return
         supply = self.book.active_for_cp(cp_id)
         self.notifier.cp_status(CPStatus(cp_id, row.state, row.location, row.price_eur_kwh,
-                                         supply.driver_id if supply else None))
+                                         supply.driver_id or None if supply else None))
 
 
 def _interruption(change: StateChange) -> str:
@@ -447,6 +655,10 @@ def _interruption_for(state: State, otherwise: str) -> str:
     if state is State.DESCONECTADO:
         return "Monitor lost"
     return otherwise
+
+
+def _who(row: SessionRow) -> str:
+    return who_charges(row.driver_id, row.tag_uid, row.account_id)
 
 
 def _with_ticket_sent(row: SessionRow) -> SessionRow:

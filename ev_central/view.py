@@ -18,6 +18,7 @@ from ev_common.words import CENTRAL_OK, DATABASE_UNREACHABLE, DESCONECTADO, KAFK
 
 from .app import Central
 from .console import execute
+from .supply_service import masked
 
 MAX_MESSAGES = 500
 MONITORS_NAMED = 3  # CPs named in the status line when their Monitors are missing; the rest counted
@@ -31,18 +32,21 @@ class CPTile:
     price_eur_kwh: Decimal
     state: str
     stopped: bool
-    driver_id: str | None = None  # while supplying (or authorised)
+    driver_id: str | None = None  # while supplying (or authorised) for a driver of the app
     kwh: Decimal | None = None
     amount_eur: Decimal | None = None
     fault: str | None = None  # the Engine's fault, as its Monitor reported it
+    account_id: str | None = None  # the account the supply is booked to, if any
+    tag: str | None = None  # while supplying for an RFID tag: its UID, masked ("...E73A")
 
 
 @dataclass(frozen=True)
 class OngoingRequest:
     started_at: datetime
-    driver_id: str
+    who: str  # the driver's id, or "tag ...E73A (FLAT3B)" for an RFID tag
     cp_id: str
     status: str  # "deciding", "authorised", "supplying"
+    via: str = "Kafka"  # "Kafka" (the driver's app, the CP's menu) or "MCSP" (an RFID tag)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,13 @@ class CentralStatus:
     @property
     def ok(self) -> bool:
         return self.level != "error"
+
+
+def _who(driver_id: str, tag_uid: str | None, account_id: str | None) -> str:
+    """A driver's id, or "tag ...E73A (FLAT3B)"."""
+    if tag_uid:
+        return f"tag {masked(tag_uid)}" + (f" ({account_id})" if account_id else "")
+    return driver_id
 
 
 def clock_time(at: datetime, now: datetime | None = None) -> str:
@@ -114,17 +125,21 @@ class CentralView:
             supply = supplies.get(row.cp_id)
             tiles.append(CPTile(
                 row.cp_id, row.location, row.price_eur_kwh, row.state, row.stopped,
-                supply.driver_id if supply else None,
+                (supply.driver_id or None) if supply else None,
                 supply.kwh if supply else None,
                 supply.amount_eur if supply else None,
-                self.central.network.fault_of(row.cp_id)))
+                self.central.network.fault_of(row.cp_id),
+                supply.account_id if supply else None,
+                masked(supply.tag_uid) if supply and supply.tag_uid else None))
         return tiles
 
     def ongoing(self) -> list[OngoingRequest]:
-        rows = [OngoingRequest(r.ts, r.driver_id, r.cp_id, "deciding")
+        rows = [OngoingRequest(r.at, _who(r.who.driver_id, r.who.tag_uid, r.who.account_id), r.cp_id,
+                               "deciding", r.via)
                 for r in self.central.supplies.pending_requests()]
-        rows += [OngoingRequest(s.started_at, s.driver_id, s.cp_id,
-                                "supplying" if s.status == "SUPPLYING" else "authorised")
+        rows += [OngoingRequest(s.started_at, _who(s.driver_id, s.tag_uid, s.account_id), s.cp_id,
+                                "supplying" if s.status == "SUPPLYING" else "authorised",
+                                "MCSP" if s.tag_uid else "Kafka")
                  for s in self.central.book.open_sessions()]
         return sorted(rows, key=lambda r: r.started_at)
 

@@ -54,6 +54,7 @@ AUTO_PLUG_AFTER = 1.0
 FOUR = Decimal("0.0001")
 CANCELLED_KEPT = 256  # cancelled session ids remembered, to refuse a late SUP for them
 KAFKA_DOWN = CANNOT_REPORT
+NORMAL_END = "unplugged"  # supply.end's reason when the person ended the supply
 
 
 class Phase(str, Enum):
@@ -185,6 +186,15 @@ class Engine:
         log.info("session %s cancelled by Central (%s); not held here", session_id, reason)
         return ""
 
+    def finish(self, session_id: str) -> str:
+        """Central ends ``session_id`` as the person would by unplugging (its tag was presented
+        again, ``FIN``): ended now if held, with the energy delivered so far. Idempotent."""
+        with self._lock:
+            if self.supply is not None and self.supply.session_id == session_id:
+                return self._end(NORMAL_END)
+        log.info("session %s ended by Central; not held here (ended before)", session_id)
+        return ""
+
     def supply_state(self) -> tuple[str, str, int, Decimal]:
         """(phase, session id, seq, kWh) of the supply held, as of its last telemetry; for ``SST``."""
         with self._lock:
@@ -221,7 +231,7 @@ class Engine:
         with self._lock:
             if self.supply is None or self.supply.plugged_at is None:
                 return self._tell("nothing to unplug")
-            return self._end("unplugged")
+            return self._end(NORMAL_END)
 
     def toggle_fault(self) -> bool:
         with self._lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ev_common.link import Link, LinkConfig, LinkError, LinkServer
-from ev_common.protocol import Can, Chk, Err, Health, MessageError, Resume, Sq, Sst, Stop, Sup, Supr
+from ev_common.protocol import Can, Chk, Err, Fin, Health, MessageError, Resume, Sq, Sst, Stop, Sup, Supr
 
 from .engine import Engine
 
@@ -63,6 +63,8 @@ class HealthServer:
                     link.send(Sst(message.cp_id, phase, session_id, seq, kwh))
                 elif isinstance(message, Can):
                     self.engine.cancel(message.session_id, message.reason)
+                elif isinstance(message, Fin):
+                    self.engine.finish(message.session_id)
                 elif isinstance(message, Stop):
                     self.engine.stop()
                 elif isinstance(message, Resume):

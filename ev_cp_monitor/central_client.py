@@ -24,8 +24,8 @@ import time
 from typing import Callable
 
 from ev_common.link import Link, LinkConfig, LinkError
-from ev_common.protocol import (Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Resume, Sq, Sst, Stop,
-                                Sup, Supr)
+from ev_common.protocol import (Auth, Avr, Can, Err, Fin, Hb, Message, MessageError, Rec, Reg, Resume, Sq, Sst,
+                                Stop, Sup, Supr)
 from ev_common.retry import Backoff
 from ev_common.words import CANNOT_CONNECT
 
@@ -159,12 +159,14 @@ class CentralClient:
         """Serve one message from Central: requests and commands for the Engine go to the relay."""
         if isinstance(message, Err):
             log.warning("Central answered an error: %s %s", message.code, message.text)
-        elif isinstance(message, (Sup, Stop, Resume, Can)):
+        elif isinstance(message, (Sup, Stop, Resume, Can, Fin)):
             if isinstance(message, Sup):
                 self._say(f"Central asks to authorise a supply for driver {message.driver_id} "
                           f"(session {message.session_id[:8]})")
             elif isinstance(message, Can):
                 self._say(f"Central cancels the supply of session {message.session_id[:8]}: {message.reason}")
+            elif isinstance(message, Fin):
+                self._say(f"Central ends the supply of session {message.session_id[:8]} (its tag was presented)")
             else:
                 self._say(f"Central: {'STOP (out of service)' if isinstance(message, Stop) else 'RESUME'}")
             if self._relay.submit(message):

@@ -68,6 +68,7 @@ class SupplyBook:
         self.end_grace = end_grace
         self.stale_after = stale_after
         self._lock = threading.Lock()
+        self._closing = threading.Condition(self._lock)  # notified whenever a session closes
         self._open: dict[str, _Open] = {}
         self._closed: OrderedDict[str, SessionRow] = OrderedDict()  # the newest last
 
@@ -95,6 +96,10 @@ class SupplyBook:
         with self._lock:
             return next((s.row for s in self._open.values() if s.row.driver_id == driver_id), None)
 
+    def active_for_tag(self, tag_uid: str) -> SessionRow | None:
+        with self._lock:
+            return next((s.row for s in self._open.values() if s.row.tag_uid == tag_uid), None)
+
     def open_sessions(self) -> list[SessionRow]:
         with self._lock:
             return [s.row for s in self._open.values()]
@@ -117,6 +122,18 @@ class SupplyBook:
                     return row
         return None
 
+    def wait_closed(self, session_id: str, timeout: float) -> SessionRow | None:
+        """Wait up to ``timeout`` seconds for ``session_id`` to close: its closed row (at once if it
+        is closed already and still remembered), or None (still open, or unknown)."""
+        deadline = time.monotonic() + timeout
+        with self._closing:
+            while session_id in self._open:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._closing.wait(left)
+            return self._closed.get(session_id)
+
     def remember_closed(self, row: SessionRow) -> None:
         """A closed session read back from the store (after a restart), so that a late end of
         it can still correct its ticket."""
@@ -126,9 +143,13 @@ class SupplyBook:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def open(self, session_id: str, request_id: str, cp_id: str, driver_id: str, price: Decimal) -> SessionRow:
+    def open(self, session_id: str, request_id: str, cp_id: str, driver_id: str, price: Decimal, *,
+             tag_uid: str | None = None, account_id: str | None = None) -> SessionRow:
+        """A new session: for a driver of the app (``driver_id``), or for an RFID tag (``tag_uid``,
+        ``driver_id`` empty); booked to ``account_id`` (None: to no account)."""
         row = SessionRow(session_id, request_id, cp_id, driver_id, price, self._utcnow(), None,
-                         Decimal(0), Decimal(0), "AUTHORISED", None, False, 0, version=1)
+                         Decimal(0), Decimal(0), "AUTHORISED", None, False, 0, version=1,
+                         tag_uid=tag_uid, account_id=account_id)
         with self._lock:
             self._open[session_id] = _Open(row, self._clock())
         return row
@@ -236,6 +257,7 @@ class SupplyBook:
                         amount_eur=amount_for(s.row.kwh, s.row.price_eur_kwh, CENT), version=s.row.version + 1)
         del self._open[s.row.session_id]
         self._keep_closed(s.row)
+        self._closing.notify_all()
         return s.row
 
     def _keep_closed(self, row: SessionRow) -> None:

@@ -67,7 +67,9 @@ def tile_lines(tile: CPTile) -> list[str]:
     if tile.state == PARADO:
         lines.append(OUT_OF_ORDER)
     elif tile.state == SUMINISTRANDO:
-        if tile.driver_id:
+        if tile.tag:
+            lines.append(f"Account {tile.account_id} (tag {tile.tag})" if tile.account_id else f"Tag {tile.tag}")
+        elif tile.driver_id:
             lines.append(f"Driver {tile.driver_id}")
         if tile.kwh is not None:
             lines.append(f"{tile.kwh:.3f} kWh")
@@ -218,9 +220,10 @@ def state_counts(tiles: Iterable[CPTile]) -> str:
 
 
 class OngoingTable(DataTable):
-    """Driver requests being decided, authorised or supplied."""
+    """Requests being decided, authorised or supplied: drivers' (over Kafka) and RFID tags'
+    (over MCSP, their status says so)."""
 
-    COLUMNS = ("Date", "Start", "Driver", "CP", "Status")
+    COLUMNS = ("Date", "Start", "Driver / tag", "CP", "Status")
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="none", zebra_stripes=True, **kwargs)
@@ -232,7 +235,8 @@ class OngoingTable(DataTable):
     @staticmethod
     def row_of(request: OngoingRequest) -> tuple[str, ...]:
         at = local_time(request.started_at)
-        return (f"{at:%Y-%m-%d}", f"{at:%H:%M:%S}", request.driver_id, request.cp_id, request.status)
+        status = request.status + (" (MCSP)" if request.via == "MCSP" else "")
+        return (f"{at:%Y-%m-%d}", f"{at:%H:%M:%S}", request.who, request.cp_id, status)
 
     def sync(self, requests: Iterable[OngoingRequest]) -> None:
         rows = [self.row_of(r) for r in requests]

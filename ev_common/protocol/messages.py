@@ -285,6 +285,18 @@ class Can(Message):
 
 @MESSAGES.register
 @dataclass(frozen=True)
+class Fin(Message):
+    """Central -> Monitor -> Engine: end this supply as the person at the CP would by unplugging
+    (an RFID tag's ``END``, docs/mcsp.md). The Engine ends the session if it holds it, reporting
+    its figures with ``supply.end`` (reason ``unplugged``), and ignores it otherwise."""
+
+    OPCODE: ClassVar[str] = "FIN"
+    cp_id: str = wire(CP_ID)
+    session_id: str = wire(SESSION_ID)
+
+
+@MESSAGES.register
+@dataclass(frozen=True)
 class Sq(Message):
     """Monitor -> Engine: which supply do you hold now? Answered with ``SST``."""
 

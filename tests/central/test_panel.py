@@ -263,7 +263,7 @@ def test_live_figures_ongoing_requests_and_messages(central: Central, five_state
             # ongoing requests: date, start time, driver, CP, status
             started = central.book.active_for_cp("CP4").started_at.astimezone()
             table = app.query_one(OngoingTable)
-            assert [str(c.label) for c in table.columns.values()] == ["Date", "Start", "Driver", "CP", "Status"]
+            assert [str(c.label) for c in table.columns.values()] == ["Date", "Start", "Driver / tag", "CP", "Status"]
             await until(pilot, lambda: table.row_count == 1, WITHIN_REFRESH, "one ongoing request")
             assert table.get_row_at(0) == [f"{started:%Y-%m-%d}", f"{started:%H:%M:%S}", "DRV7", "CP4", "supplying"]
 
@@ -295,6 +295,28 @@ def test_live_figures_ongoing_requests_and_messages(central: Central, five_state
             after = tiles(app)
             assert all(after[cp] is before[cp] for cp in before)
             assert [w.tile.cp_id for w in app.query(CPTileWidget)][:2] == ["CP0", "CP1"]  # in order
+
+    asyncio.run(scenario())
+
+
+def test_a_tag_supply_shows_its_account_and_the_tag_masked(central: Central, connect, messages: MessageLog) -> None:
+    connect().register("CP7", "C/Mayor 7", "0.48")
+    wait_state(central, "CP7", ACTIVADO)
+    central.network.apply("CP7", Event.SUPPLY_STARTED, "test supply started")
+    central.book.open("session-7", "request-7", "CP7", "", Decimal("0.48"), tag_uid="16AC936B1692E73A",
+                      account_id="FLAT3B")
+    central.book.telemetry("session-7", 1, Decimal("1.5"))
+
+    async def scenario() -> None:
+        app = CentralPanel(CentralView(central, messages))
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: "CP7" in tiles(app), WITHIN_REFRESH, "CP7's tile")
+            table = app.query_one(OngoingTable)
+            await until(pilot, lambda: table.row_count == 1, WITHIN_REFRESH, "one ongoing request")
+            assert table.get_row_at(0)[2:] == ["tag ...E73A (FLAT3B)", "CP7", "supplying (MCSP)"]
+            lines = tiles(app)["CP7"].text.splitlines()
+            assert lines[4:] == ["Account FLAT3B (tag ...E73A)", "1.500 kWh", "0.72 EUR"]
+            assert "16AC936B1692E73A" not in tiles(app)["CP7"].text  # the UID is a key: never shown whole
 
     asyncio.run(scenario())
 

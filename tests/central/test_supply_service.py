@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import pytest
 
+from ev_central.core.entities import AccountRow, TagRow
 from ev_central.core.network import ChargingNetwork, StateChange
 from ev_central.core.states import State
 from ev_central.core.supplies import SupplyBook
@@ -133,12 +134,29 @@ class FakeStore:
         self.saved: list[list[SessionRow]] = []
         self.unsent: list[SessionRow] = []
         self.driver_checks = 0
+        self.accounts: dict[str, AccountRow] = {}  # driver id -> its account
+        self.tags: dict[str, tuple[TagRow, AccountRow]] = {}
 
     def driver_exists(self, driver_id: str) -> bool:
         self.driver_checks += 1
         if self.down:
             raise StoreUnavailable("cannot reach the database")
         return driver_id in self.drivers
+
+    def account_of_driver(self, driver_id: str) -> AccountRow | None:
+        if self.down:
+            raise StoreUnavailable("cannot reach the database")
+        return self.accounts.get(driver_id)
+
+    def find_tag(self, tag_uid: str) -> tuple[TagRow, AccountRow] | None:
+        if self.down:
+            raise StoreUnavailable("cannot reach the database")
+        return self.tags.get(tag_uid)
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        if self.down:
+            raise StoreUnavailable("cannot reach the database")
+        return self.sessions.get(session_id)
 
     def save_sessions(self, rows) -> None:
         rows = list(rows)

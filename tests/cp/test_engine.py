@@ -448,3 +448,29 @@ def test_a_supply_held_goes_on_through_a_kafka_outage_and_its_end_waits_for_the_
     delivered(True)
     assert engine.health("CP1") == (True, "")
     assert engine.unconfirmed_ends() == 0 and not path.exists()
+
+
+def test_finish_ends_the_supply_held_as_an_unplug_once(clock, emitted):
+    engine = make(clock, emitted)
+    engine.authorise("s1", "FLAT3B", Decimal("0.5"))
+    engine.plug()
+    clock.now += 2
+    engine.tick()
+    clock.now += 0.5
+    engine.finish("s2")  # not held: nothing happens
+    assert engine.phase is Phase.SUPPLYING and not [r for r in emitted if isinstance(r, SupplyEnd)]
+    engine.finish("s1")
+    [end] = [r for r in emitted if isinstance(r, SupplyEnd)]
+    assert (end.session_id, end.reason, end.kwh) == ("s1", "unplugged", Decimal("0.0250"))  # 36 kW, 2.5 s
+    engine.finish("s1")  # idempotent
+    assert len([r for r in emitted if isinstance(r, SupplyEnd)]) == 1 and engine.phase is Phase.IDLE
+    assert engine.authorise("s3", "D1", Decimal("0.5"))[0]  # the CP is free; s1 is not remembered as cancelled
+
+
+def test_finish_before_the_plug_ends_with_no_energy(clock, emitted):
+    engine = make(clock, emitted)
+    engine.authorise("s1", "FLAT3B", Decimal("0.5"))
+    clock.now += 0.5
+    engine.finish("s1")
+    [end] = [r for r in emitted if isinstance(r, SupplyEnd)]
+    assert (end.reason, end.kwh, end.amount_eur) == ("unplugged", Decimal("0.0000"), Decimal("0.0000"))
