@@ -23,6 +23,7 @@ from .bus_adapter import REQUESTS_GROUP, CentralBus, KafkaNotifier
 from .effects import Effects
 from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER, SupplyBook
+from .mcsp_server import MCSPServer
 from .persistence import cp_state_writer, session_writer
 from .server import MonitorServer
 from .store import Store
@@ -53,8 +54,10 @@ class Central:
                  topics: Topics = Topics(), silence_timeout: float = DEFAULT_SILENCE_TIMEOUT,
                  link_config: LinkConfig = LinkConfig(), request_ttl: float = DEFAULT_REQUEST_TTL,
                  end_grace: float = DEFAULT_END_GRACE, stale_after: float = DEFAULT_STALE_AFTER,
-                 topic_partitions: int = 1, topic_replication: int = 1) -> None:
+                 topic_partitions: int = 1, topic_replication: int = 1, mcsp_port: int | None = None) -> None:
         self.store = store
+        self._host = host
+        self._mcsp_port = mcsp_port  # None: no MCSP port
         self.network = ChargingNetwork(silence_timeout=silence_timeout)
         self.book = SupplyBook(end_grace=end_grace, stale_after=stale_after)
         self.writer = cp_state_writer(store)
@@ -74,12 +77,17 @@ class Central:
         # the Monitor side reports to the core through these two doors only
         self.monitors.on_change = self.supplies.changed
         self.monitors.on_supply_state = self.supplies.on_supply_state
+        self.mcsp: MCSPServer | None = None  # RFID stations (docs/mcsp.md), once started
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         return self.monitors.address
+
+    @property
+    def mcsp_address(self) -> tuple[str, int] | None:
+        return self.mcsp.address if self.mcsp is not None else None
 
     def start(self) -> "Central":
         """Raises ``AnotherCentral`` (before touching anything) when another Central is live on
@@ -103,6 +111,14 @@ class Central:
         self.monitors.start()
         host, port = self.address
         log.info("Central listening for Monitors on %s:%d", host, port)
+        if self._mcsp_port is not None:
+            try:
+                self.mcsp = MCSPServer(self.supplies, self._host, self._mcsp_port).start()
+            except OSError:
+                self.monitors.stop()
+                raise
+            host, port = self.mcsp.address
+            log.info("Central listening for RFID stations (MCSP/1.0) on %s:%d", host, port)
         if self.bus is not None:
             self.bus.start(self.supplies)
         self.supplies.publish_all_status()
@@ -119,6 +135,8 @@ class Central:
         self._stop.set()
         if self._sweeper is not None:  # first: no session closes because Central is stopping
             self._sweeper.join(2)
+        if self.mcsp is not None:
+            self.mcsp.stop()
         self.monitors.stop()
         self.effects.stop()  # what the last decisions caused, before Kafka and the writers stop
         if self.bus is not None:

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=port_number, required=True, help="TCP port Monitors connect to")
     parser.add_argument("--kafka", type=host_port, default=env("EV_KAFKA"), metavar="HOST:PORT",
                         help="Kafka bootstrap server (required unless $EV_KAFKA is set; default: $EV_KAFKA)")
+    parser.add_argument("--mcsp-port", type=port_number, default=env("EV_MCSP_PORT"), metavar="PORT",
+                        help="TCP port RFID charging stations speak MCSP/1.0 to (START/END with a tag, "
+                             "docs/mcsp.md); off unless given (default: $EV_MCSP_PORT)")
     parser.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
     parser.add_argument("--host", default=env("EV_CENTRAL_HOST", "0.0.0.0"),
                         help="address to listen on (default: $EV_CENTRAL_HOST or 0.0.0.0, every interface)")
@@ -181,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         central = Central(store, args.host, args.port, kafka=kafka, topics=Topics(args.topic_prefix),
                           silence_timeout=args.silence_timeout, request_ttl=args.request_ttl,
                           end_grace=args.end_grace, stale_after=args.stale_after,
-                          topic_partitions=args.topic_partitions, topic_replication=args.topic_replication).start()
+                          topic_partitions=args.topic_partitions, topic_replication=args.topic_replication,
+                          mcsp_port=args.mcsp_port).start()
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        ports = f"ports {args.port} and {args.mcsp_port}" if args.mcsp_port is not None else f"port {args.port}"
+        log.error("cannot listen on %s, %s: %s", args.host, ports, exc.strerror or exc)
         store.close()
         return 1
     except AnotherCentral as exc:

@@ -299,7 +299,8 @@ class SupplyService:
             self._network_event(cp_id, Event.SUPPLY_STARTED, f"supply for {who} being authorised")
         except IllegalTransition as exc:  # its state now, not as read above
             reason = OUT_OF_ORDER if exc.state is State.PARADO else exc.state.value
-            return Refusal(Why.NOT_AVAILABLE, f"{cp_id} is not available ({reason})")
+            why = Why.UNREACHABLE if exc.state is State.DESCONECTADO else Why.NOT_AVAILABLE
+            return Refusal(why, f"{cp_id} is not available ({reason})")
         session_id = self.book.new_id()
         price = cp.price_eur_kwh
         refusal = None
@@ -326,7 +327,8 @@ class SupplyService:
         if now is not None and now.state != State.SUMINISTRANDO.value:
             reason = _interruption_for(State(now.state), "CP changed while being asked")
             if self.book.interrupt(cp_id, reason) is not None:
-                self._notify(who.driver_id, SupplyAlert(session_id, who.driver_id, cp_id, now.state, reason))
+                if who.driver_id:
+                    self._notify(who.driver_id, SupplyAlert(session_id, who.driver_id, cp_id, now.state, reason))
                 self._say(f"supply {session_id[:8]} at {cp_id} interrupted: {reason}")
         return row
 
@@ -411,8 +413,9 @@ class SupplyService:
                 on_durable()
             return
         self.sessions.put(row, on_durable)
-        self._notify(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
-                                                              row.kwh, row.amount_eur, t.power_kw))
+        if row.driver_id:
+            self._notify(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
+                                                       row.kwh, row.amount_eur, t.power_kw))
         live_log.info("%s SUMINISTRANDO to %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, _who(row),
                       row.kwh, row.amount_eur, t.power_kw)
 
@@ -603,8 +606,6 @@ class SupplyService:
         return change
 
     def _notify(self, driver_id: str, record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
-        if not driver_id:  # a tag's session: no driver to tell
-            return
         self._effects.submit(self.notifier.to_driver, driver_id, record, on_delivery)
 
     def _cancel_at_cp(self, cp_id: str, session_id: str, reason: str) -> None:
