@@ -16,6 +16,7 @@ PROGRAMS = [
     ("ev_cp_monitor", "EV_CP_M", ["--cp_id", "--central_ip", "--central_port", "--engine_ip", "--engine_port",
                                   "--location", "--price"]),
     ("ev_driver", "EV_Driver", ["--kafka", "--driver_id", "--file", "--cp"]),
+    ("ev_rfid", "EV_RFID", ["start", "end", "--central", "--station", "--key", "--session", "--timeout"]),
 ]
 
 
