@@ -61,6 +61,7 @@ ENGINE_FAULT_END = "fault"  # supply.end's reason when the Engine ended it for a
 FAULT_REPORT_WAIT = 2.5  # s: the Monitor checks every second and reports a fault at once
 TAG_END_WAIT = 10.0  # s an RFID END waits for the Engine's final figures (more than the end grace)
 REMEMBERED = 100_000  # drivers and tags remembered for when the database is down
+FINISHED_KEPT = 20_000  # closed and stored sessions remembered, for END answers (more than the book keeps)
 
 
 class CPGateway(Protocol):
@@ -230,6 +231,8 @@ class SupplyService:
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # sessions cancelled at their CP
         self._held: dict[str, float] = {}  # cp_id -> when to free a CP whose Engine ended a supply for a fault
         self._lock = threading.Lock()
+        self._finished: OrderedDict[str, None] = OrderedDict()  # sessions closed and stored, the newest last
+        self._finishing = threading.Condition()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -371,16 +374,14 @@ class SupplyService:
             return Refusal(Why.UNKNOWN, f"No session {session_id} of a tag at station {cp_id}")
         if row.tag_uid != tag_uid:
             return Refusal(Why.NOT_YOURS, f"Key is not the key of session {session_id}")
-        if row.ended_at is not None:
-            return row  # ended before: its figures again
-        if not self.cps.command(cp_id, Fin(cp_id, session_id)):
+        if row.ended_at is None and not self.cps.command(cp_id, Fin(cp_id, session_id)):
             return Refusal(Why.UNREACHABLE, f"Central cannot reach {cp_id} (its Monitor is not connected); "
                                             f"the session goes on")
-        closed = self.book.wait_closed(session_id, self.tag_end_wait)
-        if closed is None:
+        finished = self._wait_finished(session_id, self.tag_end_wait)
+        if finished is None:
             return Refusal(Why.UNREACHABLE, f"{cp_id} did not report the end within {self.tag_end_wait:g} s; "
                                             f"END again for the figures")
-        return closed
+        return finished
 
     def _session(self, session_id: str) -> SessionRow | Refusal | None:
         """A session open, closed recently, or stored; None if there is none."""
@@ -389,11 +390,37 @@ class SupplyService:
         if row is not None:
             return row
         try:
-            return self.store.get_session(session_id)
+            row = self.store.get_session(session_id)
         except StoreError as exc:
             log.warning("cannot look up session %s: %s", session_id[:8], exc)
             return Refusal(Why.CANNOT_CHECK, "Central cannot look up sessions now (database unreachable); "
                                              "try again later")
+        if row is not None and row.ended_at is not None:
+            self._mark_finished(row.session_id)  # stored closed: as final as it gets
+        return row
+
+    def _wait_finished(self, session_id: str, timeout: float) -> SessionRow | None:
+        """Wait until ``session_id`` is closed *and* its row stored (or with the writer, during an
+        outage): the figures an END answers with are booked. The closed row, or None."""
+        deadline = time.monotonic() + timeout  # a real wait, whatever clock the rules run on
+        with self._finishing:
+            while session_id not in self._finished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self.book.closed(session_id)  # closed but not stored yet (a slow store), or open
+                self._finishing.wait(min(left, 0.25))
+        return self.book.closed(session_id) or self._stored(session_id)
+
+    def _stored(self, session_id: str) -> SessionRow | None:
+        try:
+            return self.store.get_session(session_id)
+        except StoreError:
+            return None
+
+    def _mark_finished(self, session_id: str) -> None:
+        with self._finishing:
+            keep_newest(self._finished, session_id, None, FINISHED_KEPT)
+            self._finishing.notify_all()
 
     def pending_requests(self) -> list[Pending]:
         """Requests being decided now."""
@@ -493,6 +520,7 @@ class SupplyService:
         ended for a fault does not free the CP: its Monitor reports the fault within a second
         or two (``AVERIADO``); showing it ``ACTIVADO`` meanwhile would offer a broken CP."""
         self._store_now(row, on_durable)
+        self._mark_finished(row.session_id)
         if engine_fault:
             with self._lock:
                 self._held[row.cp_id] = self._clock() + FAULT_REPORT_WAIT

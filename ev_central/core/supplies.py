@@ -68,7 +68,6 @@ class SupplyBook:
         self.end_grace = end_grace
         self.stale_after = stale_after
         self._lock = threading.Lock()
-        self._closing = threading.Condition(self._lock)  # notified whenever a session closes
         self._open: dict[str, _Open] = {}
         self._closed: OrderedDict[str, SessionRow] = OrderedDict()  # the newest last
 
@@ -121,18 +120,6 @@ class SupplyBook:
                 if row.request_id == request_id:
                     return row
         return None
-
-    def wait_closed(self, session_id: str, timeout: float) -> SessionRow | None:
-        """Wait up to ``timeout`` seconds for ``session_id`` to close: its closed row (at once if it
-        is closed already and still remembered), or None (still open, or unknown)."""
-        deadline = time.monotonic() + timeout
-        with self._closing:
-            while session_id in self._open:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._closing.wait(left)
-            return self._closed.get(session_id)
 
     def remember_closed(self, row: SessionRow) -> None:
         """A closed session read back from the store (after a restart), so that a late end of
@@ -257,7 +244,6 @@ class SupplyBook:
                         amount_eur=amount_for(s.row.kwh, s.row.price_eur_kwh, CENT), version=s.row.version + 1)
         del self._open[s.row.session_id]
         self._keep_closed(s.row)
-        self._closing.notify_all()
         return s.row
 
     def _keep_closed(self, row: SessionRow) -> None:

@@ -6,9 +6,7 @@ The whole flow with real Engines over Kafka is in tests/e2e/test_mcsp_e2e.py."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
-import time
 from decimal import Decimal
 from typing import Iterator
 
@@ -18,19 +16,10 @@ from ev_central.app import Central
 from ev_central.mcsp_server import message_text
 from ev_central.store import open_store
 from ev_common.link import Link, LinkConfig, LinkError
-from ev_common.mcsp import (
-    CLOSED,
-    NEED_DATA,
-    AnswerReceiver,
-    EndOk,
-    EndRequest,
-    ErrorAnswer,
-    ReceiveError,
-    StartOk,
-    StartRequest,
-)
+from ev_common.mcsp import EndOk, EndRequest, ErrorAnswer, StartOk, StartRequest
 from ev_common.protocol import Auth, Fin, Reg, Sup, Supr
 from ev_common.records import SupplyEnd
+from tests.support.mcsp_station import Station
 from tests.support.waiting import wait_until
 
 HOST = "127.0.0.1"
@@ -38,7 +27,6 @@ FAST = LinkConfig(connect_timeout=1.0, handshake_timeout=1.0, ack_timeout=0.5, m
 QUIET = 3600.0  # the fake Monitors send no heartbeats
 UID = "16AC936B1692E73A"
 OTHER = "04A224B2C3D4E5"
-ANSWER_TIMEOUT = 15.0
 
 
 class FakeCP:
@@ -76,44 +64,6 @@ class FakeCP:
     def close(self) -> None:
         self.link.close("test over")
         self._thread.join(2)
-
-
-class Station:
-    """A station on a raw socket: sends bytes, reads answers with the codec."""
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(address, timeout=ANSWER_TIMEOUT)
-        self.receiver = AnswerReceiver()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def answer(self, timeout: float = ANSWER_TIMEOUT):
-        """The next answer, or CLOSED when the server closed the connection."""
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self.receiver.next_event()
-            if event is not NEED_DATA:
-                assert not isinstance(event, ReceiveError), event
-                return event
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                raise AssertionError(f"no answer within {timeout:g} s") from None
-            except ConnectionResetError:
-                data = b""
-            self.receiver.feed(data)
-
-    def ask(self, request) -> StartOk | EndOk | ErrorAnswer:
-        self.send(request.to_bytes())
-        return self.answer()
-
-    def closed_by_server(self, timeout: float = 5.0) -> bool:
-        return self.answer(timeout) is CLOSED
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
