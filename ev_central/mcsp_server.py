@@ -23,7 +23,6 @@ from typing import Callable
 
 from ev_common.mcsp import (
     CLOSED,
-    NEED_DATA,
     EndOk,
     EndRequest,
     ErrorAnswer,
