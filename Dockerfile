@@ -1,6 +1,6 @@
 # One image for every EVCharging program. Each container runs one of the console
-# scripts: EV_Central, EV_CP_E, EV_CP_M or EV_Driver (see docker-compose.yml and
-# docs/deployment.md).
+# scripts: EV_Central, EV_CP_E, EV_CP_M, EV_Driver or EV_RFID (see docker-compose.yml
+# and docs/deployment.md).
 #
 #   docker build -t evcharging .
 #   docker run --rm evcharging EV_Driver --help
@@ -25,6 +25,7 @@ COPY ev_central /tmp/evcharging/ev_central
 COPY ev_cp_engine /tmp/evcharging/ev_cp_engine
 COPY ev_cp_monitor /tmp/evcharging/ev_cp_monitor
 COPY ev_driver /tmp/evcharging/ev_driver
+COPY ev_rfid /tmp/evcharging/ev_rfid
 RUN pip install --no-deps /tmp/evcharging && rm -rf /tmp/evcharging
 
 # Healthchecks and start order: ev-port listening PORT, ev-port wait HOST PORT.

@@ -497,9 +497,9 @@ def accounts_main(argv: list[str]) -> int:
 
     try:
         if args.action == "add":
-            if not store.add_account(args.account_id, args.name, args.kind):
-                print(f"account {args.account_id} already exists; nothing changed", file=sys.stderr)
-                return 1
+            if not store.add_account(args.account_id, args.name, args.kind):  # as drivers add: not a failure
+                print(f"account {args.account_id} already exists; nothing changed")
+                return 0
             print(f"account {args.account_id} created")
         elif args.action == "list":
             for account in store.list_accounts():
@@ -532,6 +532,9 @@ def tags_main(argv: list[str]) -> int:
         if args.action == "add":
             if not store.add_tag(args.tag_uid, args.account):
                 tag = store.get_tag(args.tag_uid)
+                if tag is not None and tag.account_id == args.account:  # added before: not a failure
+                    print(f"tag {args.tag_uid} already belongs to account {args.account}; nothing changed")
+                    return 0
                 owner = f" to account {tag.account_id}" if tag is not None else ""
                 print(f"tag {args.tag_uid} already belongs{owner}; nothing changed", file=sys.stderr)
                 return 1

