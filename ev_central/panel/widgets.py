@@ -223,7 +223,7 @@ class OngoingTable(DataTable):
     """Requests being decided, authorised or supplied: drivers' (over Kafka) and RFID tags'
     (over MCSP, their status says so)."""
 
-    COLUMNS = ("Date", "Start", "Driver / tag", "CP", "Status")
+    COLUMNS = ("Date", "Start", "User", "CP", "Status")
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="none", zebra_stripes=True, **kwargs)

@@ -263,7 +263,7 @@ def test_live_figures_ongoing_requests_and_messages(central: Central, five_state
             # ongoing requests: date, start time, driver, CP, status
             started = central.book.active_for_cp("CP4").started_at.astimezone()
             table = app.query_one(OngoingTable)
-            assert [str(c.label) for c in table.columns.values()] == ["Date", "Start", "Driver / tag", "CP", "Status"]
+            assert [str(c.label) for c in table.columns.values()] == ["Date", "Start", "User", "CP", "Status"]
             await until(pilot, lambda: table.row_count == 1, WITHIN_REFRESH, "one ongoing request")
             assert table.get_row_at(0) == [f"{started:%Y-%m-%d}", f"{started:%H:%M:%S}", "DRV7", "CP4", "supplying"]
 
