@@ -22,6 +22,10 @@ A supply already held goes on: its telemetry and its end wait in the producer an
 
 A cancelled session id is remembered (the last ``CANCELLED_KEPT``): Central gave up on it,
 so a ``SUP`` for it that arrives later is refused.
+
+A supply an RFID tag opened (``held_by_tag``, told by the reader, ``rfid.py``) is ended by
+that reader with an MCSP ``END``, not by ``--auto`` after ``--auto-seconds``; its ``SUP``
+carries the tag's account in place of a driver, and the lines name it so.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ class Engine:
         self.monitor: str | None = None  # peer address of the connected Monitor
         self.kafka_reachable = True  # kafka_ok(): whether the broker answers (presumed until told)
         self.supply: Supply | None = None
+        self.tag_session: str | None = None  # the supply held was opened by an RFID tag (held_by_tag)
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.closing = False  # shut_down(): no more supplies
         # supply ends the broker has not confirmed: session id -> (record, when to send again; None in flight)
@@ -167,7 +172,7 @@ class Engine:
             if session_id in self._cancelled:
                 refusal = "the supply was cancelled by Central"
             if refusal is None and self.supply is not None:
-                refusal = f"busy with the supply of driver {self.supply.driver_id}"
+                refusal = f"busy with the supply of {self._who(self.supply)}"
             if refusal is not None:
                 self._say(f"refused a supply for driver {driver_id}: {refusal}")
                 return False, refusal
@@ -194,6 +199,15 @@ class Engine:
                 return self._end(NORMAL_END)
         log.info("session %s ended by Central; not held here (ended before)", session_id)
         return ""
+
+    def held_by_tag(self, session_id: str) -> bool:
+        """The RFID reader opened ``session_id`` with a tag: it ends it (``END``), not --auto.
+        False if that supply is not held here (any more)."""
+        with self._lock:
+            if self.supply is None or self.supply.session_id != session_id:
+                return False
+            self.tag_session = session_id
+            return True
 
     def supply_state(self) -> tuple[str, str, int, Decimal]:
         """(phase, session id, seq, kWh) of the supply held, as of its last telemetry; for ``SST``."""
@@ -225,7 +239,7 @@ class Engine:
                 return self._tell("already plugged in")
             now = self._clock()
             self.supply.plugged_at = self.supply.last_tick = now
-            return self._tell(f"plugged in: supplying driver {self.supply.driver_id} at {self.power_kw} kW")
+            return self._tell(f"plugged in: supplying {self._who(self.supply)} at {self.power_kw} kW")
 
     def unplug(self) -> str:
         with self._lock:
@@ -276,7 +290,8 @@ class Engine:
             self._emit(Telemetry(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq,
                                  supply.kwh.quantize(FOUR), supply.amount, self.power_kw))
             self._journal()
-            if self.auto_seconds is not None and now - supply.plugged_at >= self.auto_seconds:
+            if (self.auto_seconds is not None and now - supply.plugged_at >= self.auto_seconds
+                    and supply.session_id != self.tag_session):  # a tag's supply: its reader ends it
                 self.unplug()
 
     def recover(self) -> str | None:
@@ -360,8 +375,12 @@ class Engine:
         if self.journal is not None:  # kept until the broker confirms it
             self.journal.ended(end.session_id, end.to_json())
         self._send_end(end)
-        return self._tell(f"supply of driver {supply.driver_id} ended ({reason}): "  # the figures it reports
+        return self._tell(f"supply of {self._who(supply)} ended ({reason}): "  # the figures it reports
                           f"{end.kwh:.3f} kWh, {end.amount_eur:.2f} EUR")
+
+    def _who(self, supply: Supply) -> str:
+        """``driver D001``, or ``account FLAT3B`` for a supply an RFID tag opened."""
+        return f"{'account' if supply.session_id == self.tag_session else 'driver'} {supply.driver_id}"
 
     def _send_end(self, end: SupplyEnd) -> None:
         """Emit ``end``; it is forgotten (here and in the journal) only once the broker confirms it."""

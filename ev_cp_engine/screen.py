@@ -71,6 +71,7 @@ class EngineStatus:
     price: Decimal | None = None
     kwh: Decimal | None = None
     amount: Decimal | None = None
+    by_tag: bool = False  # the supply was opened by an RFID tag: driver_id is its account
 
     @classmethod
     def read(cls, engine) -> "EngineStatus":
@@ -84,7 +85,8 @@ class EngineStatus:
             return cls(phase=Phase.IDLE, **common)
         phase = Phase.SUPPLYING if supply.plugged_at is not None else Phase.AUTHORISED
         return cls(phase=phase, driver_id=supply.driver_id, session_id=supply.session_id, price=supply.price,
-                   kwh=supply.kwh, amount=supply.amount, **common)
+                   kwh=supply.kwh, amount=supply.amount,
+                   by_tag=supply.session_id == getattr(engine, "tag_session", None), **common)
 
     @property
     def state(self) -> str:
@@ -125,10 +127,11 @@ def cp_line(status: EngineStatus) -> str:
 def supply_line(status: EngineStatus) -> str:
     if status.phase is Phase.IDLE:
         return "Supply: none (waiting for a request)"
+    who = f"account {status.driver_id} (RFID tag)" if status.by_tag else f"driver {status.driver_id}"
     if status.phase is Phase.AUTHORISED:
         then = "plugging in shortly (auto)" if status.auto else "plug in the vehicle [p]"
-        return (f"Supply: AUTHORISED for driver {status.driver_id} at {number(status.price)} EUR/kWh; {then}")
-    return (f"Supply: driver {status.driver_id}: {kwh(status.kwh)} kWh, {eur(status.amount)} EUR "
+        return (f"Supply: AUTHORISED for {who} at {number(status.price)} EUR/kWh; {then}")
+    return (f"Supply: {who}: {kwh(status.kwh)} kWh, {eur(status.amount)} EUR "
             f"({number(status.power_kw)} kW, {number(status.price)} EUR/kWh)")
 
 
