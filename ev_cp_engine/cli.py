@@ -1,8 +1,11 @@
-"""EV_CP_E command line: ``EV_CP_E --port 5001 [--kafka HOST:PORT] [--auto]``.
+"""EV_CP_E command line: ``EV_CP_E --port 5001 [--kafka HOST:PORT] [--auto] [--mcsp HOST:PORT]``.
 
 On a terminal (stdin and stdout) and without ``--auto`` the CP's menu takes the
 screen (``menu.py``); otherwise the Engine prints timestamped lines and reads its
 keys from stdin as they come (``keyboard.py``).
+
+With ``--mcsp`` (Central's MCSP port) the CP has an RFID reader (``rfid.py``): the ``t``
+key presents a tag; under ``--auto``, ``--rfid-tag UID`` presents one by itself.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from typing import Callable
 from ev_common.config import env, host_port, port_number
 from ev_common.lifecycle import Shutdown
 from ev_common.log import add_log_level_argument, setup_logging
+from ev_common.mcsp import LocalProtocolError, check_key
 
 from .engine import DEFAULT_AUTO_SECONDS, DEFAULT_PLUG_TIMEOUT, DEFAULT_POWER_KW, DEFAULT_TIME_SCALE
+from .rfid import DEFAULT_EVERY
 
 log = logging.getLogger(__name__)
 
 STOP_CONFIRM_WAIT = 3.0  # at a clean stop, how long the broker may take to confirm the last supply end
-KEYS = "keys: [p] plug in  [u] unplug  [f] fault on/off  [r] request a supply for a driver  [q] quit"
+KEYS = ("keys: [p] plug in  [u] unplug  [f] fault on/off  [r] request a supply for a driver  "
+        "[t] tap an RFID tag (with --mcsp)  [q] quit")
 
 
 def _positive(what: str, maximum: int):
@@ -42,6 +48,14 @@ def _positive(what: str, maximum: int):
         return value
 
     return parse
+
+
+def _tag_uid(text: str) -> str:
+    """argparse type: an RFID tag's UID (``check_key``), normalised."""
+    try:
+        return check_key(text)
+    except LocalProtocolError:
+        raise argparse.ArgumentTypeError("not a tag UID: 4, 7, 8 or 10 bytes in hex, e.g. 16AC936B1692E73A") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plug-timeout", type=float, default=DEFAULT_PLUG_TIMEOUT, metavar="SECONDS",
                         help="an authorised supply not plugged in within this time is cancelled "
                              "(default: %(default)s)")
+    parser.add_argument("--mcsp", type=host_port, default=env("EV_MCSP"), metavar="HOST:PORT",
+                        help="Central's MCSP address (its --mcsp-port) for the CP's RFID reader: the [t] key "
+                             "presents a tag (default: $EV_MCSP; without it the reader is off)")
+    parser.add_argument("--rfid-tag", type=_tag_uid, metavar="UID",
+                        help="with --auto and --mcsp: present this tag (its UID in hex) by itself, starting a "
+                             "supply whenever the CP is free and ending it after --auto-seconds")
+    parser.add_argument("--rfid-every", type=_positive("time between tag supplies", 86400), default=DEFAULT_EVERY,
+                        metavar="SECONDS", help="with --rfid-tag, at least this long after a tag supply ended or "
+                                                "a START was refused before the next START; longer after repeated "
+                                                "failures (default: %(default)g)")
     add_log_level_argument(parser)
     return parser
 
@@ -85,9 +109,10 @@ def use_menu(auto: bool, stdin=None, stdout=None) -> bool:
         return False
 
 
-def run_ticks(engine, publisher, stop: threading.Event, watch=None, remind=None) -> None:
-    """Every second until ``stop``: the Engine's tick (telemetry, --auto, plug timeout); the
-    publisher's view of the broker to ``watch`` (a KafkaWatch); the status to ``remind``."""
+def run_ticks(engine, publisher, stop: threading.Event, watch=None, remind=None, rfid=None) -> None:
+    """Every second until ``stop``: the Engine's tick (telemetry, --auto, plug timeout) and the
+    RFID reader's (``rfid``: --auto's tag supplies); the publisher's view of the broker to
+    ``watch`` (a KafkaWatch); the status to ``remind``."""
     from .screen import EngineStatus
 
     next_tick = time.monotonic()
@@ -99,6 +124,11 @@ def run_ticks(engine, publisher, stop: threading.Event, watch=None, remind=None)
             engine.tick()
         except Exception:  # a bug in one tick must not stop the next ones
             log.exception("the Engine's tick failed")
+        if rfid is not None:
+            try:
+                rfid.tick()
+            except Exception:
+                log.exception("the RFID reader's tick failed")
         publisher.poll(0)
         if watch is not None:
             watch.publisher_says(publisher.reachable)
@@ -107,7 +137,12 @@ def run_ticks(engine, publisher, stop: threading.Event, watch=None, remind=None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rfid_tag is not None and not args.auto:
+        parser.error("--rfid-tag presents a tag by itself under --auto only (without it, press [t])")
+    if args.rfid_tag is not None and args.mcsp is None:
+        parser.error("--rfid-tag needs --mcsp HOST:PORT (Central's MCSP port), or $EV_MCSP")
     setup_logging("EV_CP_E", args.log_level)
     from ev_common.bus import Publisher, Topics
     from ev_common.records import Record, SupplyRequest
@@ -119,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from .journal import SupplyJournal
     from .kafka_watch import PROBE_TIMEOUT, KafkaWatch
     from .keyboard import Prompt, run_keyboard
+    from .rfid import RfidReader
     from .screen import Messages, MessagesLogHandler, Reminder
 
     shutdown = Shutdown().install()
@@ -149,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(emit, power_kw=args.power_kw, plug_timeout=args.plug_timeout, time_scale=args.time_scale,
                     auto_seconds=args.auto_seconds if args.auto else None, journal=journal, say=messages)
     engine.recover()  # a supply the last run of this Engine left unfinished is reported first
+    reader = RfidReader(engine, _station_client(args.mcsp), say=messages, auto_key=args.rfid_tag,
+                        every=float(args.rfid_every))
     # whether the broker answers: asked once before the Monitor can ask this Engine, then by a thread
     watch = KafkaWatch(lambda: producers[-1].list_topics(timeout=PROBE_TIMEOUT), engine.kafka_ok)
     watch.check()
     try:
         server = HealthServer(engine, args.host, args.port).start()
     except OSError as exc:
+        reader.close()
         _log_to(*saved_handlers)
         messages.detach()
         log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
@@ -164,24 +203,28 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=engine.toggle_fault).start())
     host, port = server.address
     listening = f"Engine listening for its Monitor on {host}:{port}"
+    if args.mcsp is not None:
+        listening += f"; RFID reader to Central's MCSP port {args.mcsp[0]}:{args.mcsp[1]}"
     try:
         if menu:
             from .menu import run_menu
 
             messages(listening)
             ticker = threading.Thread(target=run_ticks, args=(engine, publisher, shutdown.event, watch),
-                                      name="tick", daemon=True)
+                                      kwargs={"rfid": reader}, name="tick", daemon=True)
             ticker.start()
-            run_menu(engine, messages, shutdown.event, subtitle=f"{listening}; Kafka {kafka}")
+            run_menu(engine, messages, shutdown.event, subtitle=f"{listening}; Kafka {kafka}", rfid=reader)
             ticker.join(2)
         else:
             messages(f"{listening} ({'auto mode; ' if args.auto else ''}{KEYS})")
             keys = {"p": engine.plug, "u": engine.unplug, "f": engine.toggle_fault, "q": shutdown.request,
-                    "r": Prompt("driver id: ", lambda driver: engine.request_supply(driver) if driver else None)}
+                    "r": Prompt("driver id: ", lambda driver: engine.request_supply(driver) if driver else None),
+                    "t": Prompt("tag UID: ", lambda uid: reader.tap(uid) if uid else None)}
             threading.Thread(target=run_keyboard, args=(keys, shutdown.event), name="keyboard", daemon=True).start()
-            run_ticks(engine, publisher, shutdown.event, watch, Reminder(messages))
+            run_ticks(engine, publisher, shutdown.event, watch, Reminder(messages), reader)
     finally:
         log.info("shutting down (%s)", shutdown.signal_name or "requested")
+        reader.close()  # an exchange with Central's MCSP port in flight is abandoned
         engine.shut_down()  # ends the supply ("engine stopped") and tells Central its figures
         server.stop()
         publisher.flush(STOP_CONFIRM_WAIT)  # the broker's confirmation of that end, for a bounded time
@@ -192,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         if menu:
             _log_to(*saved_handlers)
     return 0
+
+
+def _station_client(mcsp: tuple[str, int] | None):
+    """The RFID reader's client of Central's MCSP port, or None without ``--mcsp``."""
+    if mcsp is None:
+        return None
+    from ev_rfid.client import StationClient
+
+    return StationClient(*mcsp)
 
 
 def _log_to(*handlers: logging.Handler) -> None:

@@ -3,7 +3,8 @@ under ``--auto``, or when stdin or stdout is not a terminal.
 
 On a terminal each key acts at once (cbreak mode, restored on exit); on a pipe
 the same letters act as they are read. A key bound to a *prompt* collects a line
-(echoed on a terminal) and hands it to its action, e.g. ``r`` then a driver id.
+(echoed on a terminal) and hands it to its action, e.g. ``r`` then a driver id, ``t``
+then an RFID tag's UID (the keys are bound in ``cli.py``).
 """
 
 from __future__ import annotations
