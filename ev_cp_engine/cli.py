@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from .journal import SupplyJournal
     from .kafka_watch import PROBE_TIMEOUT, KafkaWatch
     from .keyboard import Prompt, run_keyboard
-    from .rfid import RfidReader
+    from .rfid import NO_MCSP, RfidReader
     from .screen import Messages, MessagesLogHandler, Reminder
 
     shutdown = Shutdown().install()
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             messages(f"{listening} ({'auto mode; ' if args.auto else ''}{KEYS})")
             keys = {"p": engine.plug, "u": engine.unplug, "f": engine.toggle_fault, "q": shutdown.request,
                     "r": Prompt("driver id: ", lambda driver: engine.request_supply(driver) if driver else None),
-                    "t": Prompt("tag UID: ", lambda uid: reader.tap(uid) if uid else None)}
+                    "t": (Prompt("tag UID: ", lambda uid: reader.tap(uid) if uid else None) if args.mcsp
+                          else lambda: messages(NO_MCSP))}
             threading.Thread(target=run_keyboard, args=(keys, shutdown.event), name="keyboard", daemon=True).start()
             run_ticks(engine, publisher, shutdown.event, watch, Reminder(messages), reader)
     finally:
