@@ -37,7 +37,6 @@ exchange in flight fails with ``CentralUnreachable`` and later calls too.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import threading
 import time
@@ -272,14 +271,12 @@ def _closed_by_peer(sock: socket.socket) -> str | None:
     """Why a kept connection can no longer be used (closed by Central, bytes nobody asked
     for, an error), or None if it looks open. Never blocks."""
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return None
-        data = sock.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0))
+        sock.settimeout(0.0)  # non-blocking: every exchange sets its own timeout again
+        data = sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
-        return None
-    except (OSError, ValueError) as exc:
-        return f"is broken ({exc})"
+        return None  # nothing to read: open
+    except OSError as exc:
+        return f"is broken ({exc.strerror or exc})"
     return "was closed by Central" if not data else "holds bytes Central sent unasked"
 
 
