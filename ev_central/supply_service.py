@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Callable, Protocol
 
 from ev_common.bounded import keep_newest
+from ev_common.mcsp import masked
 from ev_common.protocol import Can, Fin, Message, Resume, Sst, Stop, Sup, Supr
 from ev_common.records import (
     CPStatus,
@@ -92,11 +93,6 @@ class Charger:
 
     def __str__(self) -> str:
         return who_charges(self.driver_id, self.tag_uid, self.account_id)
-
-
-def masked(tag_uid: str) -> str:
-    """A tag UID as logs and screens show it: its last four hex digits (the UID is a key)."""
-    return f"...{tag_uid[-4:]}"
 
 
 def who_charges(driver_id: str, tag_uid: str | None, account_id: str | None) -> str:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from ev_common.mcsp import masked
 from ev_common.words import CENTRAL_OK, DATABASE_UNREACHABLE, DESCONECTADO, KAFKA_UNREACHABLE
 
 from .app import Central
 from .console import execute
-from .supply_service import masked
 
 MAX_MESSAGES = 500
 MONITORS_NAMED = 3  # CPs named in the status line when their Monitors are missing; the rest counted

@@ -39,9 +39,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ev_common.mcsp import EndOk, ErrorAnswer, LocalProtocolError, StartOk, check_key
+from ev_common.mcsp import EndOk, ErrorAnswer, LocalProtocolError, StartOk, check_key, masked
 from ev_common.retry import Backoff
-from ev_rfid.client import CentralUnreachable, masked
+from ev_rfid.client import CentralUnreachable
 
 log = logging.getLogger(__name__)
 

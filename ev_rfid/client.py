@@ -52,6 +52,7 @@ from ev_common.mcsp import (
     ReceiveError,
     StartOk,
     StartRequest,
+    masked,
 )
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,6 @@ DEFAULT_TIMEOUT = 20.0  # s for Central's answer: START takes up to ~4 s, END up
 DEFAULT_CONNECT_TIMEOUT = 5.0
 RECV_SIZE = 4096
 CLOSING_CODES = (ErrorCode.BAD_REQUEST, ErrorCode.VERSION_NOT_SUPPORTED)  # Central closes after these
-
-
-def masked(key: str) -> str:
-    """A tag UID as screens and logs show it: its last four hex digits (the UID is a key)."""
-    return f"...{key[-4:]}"
 
 
 class CentralUnreachable(ConnectionError):

@@ -23,7 +23,7 @@ bytes into them (``feed``/``next_event``), or into a ``ReceiveError`` to answer.
 """
 
 from .errors import DEFAULT_MESSAGES, ErrorCode, LocalProtocolError, ReceiveError
-from .fields import KEY_BYTES, check_key
+from .fields import KEY_BYTES, check_key, masked
 from .messages import (
     Answer,
     EndOk,
@@ -66,4 +66,5 @@ __all__ = [
     "StartOk",
     "StartRequest",
     "check_key",
+    "masked",
 ]

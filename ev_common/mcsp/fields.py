@@ -44,6 +44,12 @@ def check_key(value: object) -> str:
     raise LocalProtocolError(f"Key must be a tag UID of 4, 7, 8 or 10 bytes in hex, not {show(value)}")
 
 
+def masked(key: str) -> str:
+    """A tag UID as logs and screens show it: its last four hex digits (``...E73A``). The UID is
+    a key: whoever knows it can charge to its account."""
+    return f"...{key[-4:]}"
+
+
 def check_decimal(field: str, value: object, places: int) -> Decimal:
     """A finite decimal, 0 <= value < 10^8, with at most ``places`` decimal places."""
     if isinstance(value, bool) or not isinstance(value, (Decimal, int, float, str)):

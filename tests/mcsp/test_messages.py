@@ -189,4 +189,4 @@ def test_docs_list_every_code_header_and_limit():
     for header in ("Content-Length", "Name", "Key", "Session-Id", "Energy-kWh", "Amount-EUR", "Message", "Code"):
         assert f"| `{header}` |" in doc
     assert f"| {MAX_LINE} bytes |" in doc and f"| {MAX_HEADERS} |" in doc and f"| {MAX_MESSAGE} bytes |" in doc
-    assert "## At Central" in doc
+    assert "## 6. At Central: the MCSP port" in doc and "| 64; one more is answered 503 and closed |" in doc
