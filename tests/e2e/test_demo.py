@@ -1,6 +1,7 @@
 """`make demo`, as the README documents it, for a bounded time without a terminal:
-every program runs, tickets come out, and the stop (here: --seconds) shows the drivers' summaries
-and leaves nothing running. Ctrl+C itself: test_demo_stop.py."""
+every program runs, tickets come out, the tag of account FLAT3B charges over MCSP, and the stop
+(here: --seconds) shows the drivers' summaries and the account's statement and leaves nothing
+running. Ctrl+C itself: test_demo_stop.py."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def test_make_demo_runs_unattended_and_stops_cleanly(tmp_path):
     assert len(tickets) >= 4, out[-4000:]
     for driver in ("D001", "D002"):
         assert f"Summary for driver {driver} =====" in out, out[-4000:]
+    # the account's tag at CP004, over MCSP: sessions opened and ended, then the statement
+    assert re.search(r"\[CP004-engine\] .*tag \.\.\.E73A: session \w+ opened", out), out[-4000:]
+    assert re.search(r"\[CP004-engine\] .*tag \.\.\.E73A: session \w+ ended: [\d.]+ kWh", out), out[-4000:]
+    assert re.search(r"\[central\] .*ticket \w+: tag \.\.\.E73A of account FLAT3B at CP004, .*COMPLETED", out)
+    statement = out[out.index("[demo] the statement of account FLAT3B"):]
+    assert re.search(r"^\w{32}  CP004  16AC936B1692E73A  -  .* COMPLETED$", statement, re.MULTILINE), statement
+    assert re.search(r"^Total: \d+ sessions, [\d.]+ kWh, [\d.]+ EUR$", statement, re.MULTILINE), statement
     assert re.search(r"^\[demo\] stopped in [0-9.]+ s; nothing left running$", out, re.MULTILINE), out[-4000:]
     assert "Traceback" not in out and "ERROR" not in out, out[-4000:]
     assert processes_mentioning(str(demo_dir)) == []

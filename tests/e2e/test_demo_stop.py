@@ -25,8 +25,8 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = {  # the demo's groups, in the order they must stop, with the programs of each
     "drivers": ["driver-D001", "driver-D002"],
-    "Monitors": ["CP001-monitor", "CP002-monitor", "CP003-monitor"],
-    "Engines": ["CP001-engine", "CP002-engine", "CP003-engine"],
+    "Monitors": ["CP001-monitor", "CP002-monitor", "CP003-monitor", "CP004-monitor"],
+    "Engines": ["CP001-engine", "CP002-engine", "CP003-engine", "CP004-engine"],
     "Central": ["central"],
     "broker": [],  # writes to broker.log only
 }
@@ -110,7 +110,11 @@ def test_ctrl_c_stops_the_demo_in_order_in_a_second_or_two_without_errors(tmp_pa
     assert not [line for line in lines if line.startswith("make")], text
     assert took < 5, f"the stop took {took:.1f} s:\n{text}"
     assert [line for line in lines if re.search(r"ERROR|Traceback|WARNING", line)] == [], text
-    assert re.search(r"^\[demo\] stopped in [0-9.]+ s; nothing left running$", lines[-1]), text
+    # the last lines: the demo stopped, then the statement of the account whose tag charged at CP004
+    stopped = next(i for i, line in enumerate(lines) if re.search(r"^\[demo\] stopped in [0-9.]+ s; nothing "
+                                                                  r"left running$", line))
+    assert lines[stopped + 1] == "[demo] the statement of account FLAT3B, whose tag charged at CP004 over MCSP:", text
+    assert lines[stopped + 2].startswith("Statement of account FLAT3B") and lines[-1].startswith("Total: "), text
 
     # every group's lines end before the demo says it stopped, and that comes before the next group's last
     stopping = lines.index("[demo] stopping every program: drivers, Monitors, Engines, Central, broker...")

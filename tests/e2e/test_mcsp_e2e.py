@@ -56,6 +56,11 @@ def start_central(system: EVSystem) -> None:
     wait_until(lambda: port_open("127.0.0.1", system.mcsp_port), 20, "Central's MCSP port")
 
 
+def rfid(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ev_rfid", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
 def session(system: EVSystem, session_id: str):
     return system.store.get_session(session_id)
 
@@ -84,6 +89,12 @@ def test_start_end_at_a_real_engine_and_the_statement(system):
         "COMPLETED", "unplugged", UID, "FLAT3B", "")
     assert row.kwh == ended.energy_kwh and row.amount_eur == ended.amount_eur  # the Engine's figures
     assert station.ask(EndRequest("CP001", started.session_id, UID)) == ended  # idempotent
+    # the stand-alone client, as a station that is no Engine would use it
+    central = f"127.0.0.1:{system.mcsp_port}"
+    again = rfid("end", "--central", central, "--station", "CP001", "--key", UID, "--session", started.session_id)
+    assert again.returncode == 0 and f"Energy-kWh: {ended.energy_kwh}" in again.stdout, again
+    refused = rfid("start", "--central", central, "--station", "CP001", "--key", "01:02:03:04")
+    assert refused.returncode == 1 and "Message: Key is not registered\nCode: 401" in refused.stdout, refused
     system.wait_cp_state("CP001", "ACTIVADO", 10)
     system.central.wait_for_output(r"MCSP START at CP001 with tag \.\.\.E73A")
     assert UID not in system.central.output()  # the key is never logged whole
