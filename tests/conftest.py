@@ -10,6 +10,8 @@ Function fixtures
     kafka_topic_prefix  a unique "evt-<test>-<hex>-" prefix for topic names and group ids.
     tansu_factory       tansu_factory(port=None, start=True) -> TansuBroker; brokers owned by
                         the test (stop/kill/restart them freely), killed after it.
+    root_logger_kept    for tests that run a program's main() in-process: the root logger's
+                        handlers and level are put back after the test.
     fresh_mysql_url     like mysql_url, but a new empty database for this test only.
 
 A missing service skips the tests that need it, or fails them when $EV_REQUIRE_SERVICES=1.
@@ -17,6 +19,7 @@ A missing service skips the tests that need it, or fails them when $EV_REQUIRE_S
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -240,3 +243,17 @@ def runner(tmp_path: Path) -> Iterator[ProgramRunner]:
     runner = ProgramRunner(tmp_path)
     yield runner
     runner.stop_all()
+
+
+@pytest.fixture
+def root_logger_kept() -> Iterator[None]:
+    """For tests that run a command in-process: it configures the root logger as a program
+    does; the next tests get theirs back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -5,7 +5,6 @@ Import the helpers with ``from tests.central.conftest import raw`` and so on."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -125,20 +124,6 @@ def migrate_at_once(store, how_many: int) -> list:
     for one in stores:
         one.close()
     return results
-
-
-@pytest.fixture
-def root_logger_kept() -> Iterator[None]:
-    """For tests that run a command in-process: it configures the root logger as a program
-    does; the next tests get theirs back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])

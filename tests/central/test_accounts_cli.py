@@ -12,7 +12,7 @@ from ev_central.cli import main
 from ev_central.store import open_store
 
 
-pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/central/conftest.py)
+pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/conftest.py)
 
 
 

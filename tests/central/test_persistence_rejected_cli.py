@@ -15,7 +15,7 @@ from ev_central.store import SessionRow, open_store
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/central/conftest.py)
+pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/conftest.py)
 
 
 

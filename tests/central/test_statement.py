@@ -19,7 +19,7 @@ UTC = timezone.utc
 MARCH = datetime(2025, 3, 1, tzinfo=UTC)
 
 
-pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/central/conftest.py)
+pytestmark = pytest.mark.usefixtures("root_logger_kept")  # (tests/conftest.py)
 
 
 def ended(session_id: str, started_at: datetime, kwh: str, price: str, amount: str, **changes: Any) -> SessionRow:

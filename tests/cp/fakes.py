@@ -13,6 +13,7 @@ from typing import Callable
 
 from ev_common.link import Link, LinkClosed, LinkConfig, LinkError, LinkServer
 from ev_common.protocol import Auth, Chk, Health, Message, MessageError, Reg, Sq, Sst, Sup, Supr
+from tests.support.waiting import wait_on
 
 HOST = "127.0.0.1"
 FAST = LinkConfig(connect_timeout=1.0, handshake_timeout=1.0, ack_timeout=0.3, max_retries=3, write_timeout=1.0)
@@ -84,17 +85,8 @@ class _Recorder:
             return [t for t, m in self.received if isinstance(m, kind)]
 
     def wait(self, predicate: Callable[[], object], timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
-                                         f"received {[m.to_data() for _, m in self.received][-20:]}")
-                self._cond.wait(min(left, 0.1))
+        return wait_on(self._cond, predicate, timeout, what,
+                       lambda: f"received {[m.to_data() for _, m in self.received][-20:]}")
 
     def wait_for(self, kind: type[Message], timeout: float, count: int = 1,
                  where: Callable[[Message], bool] = lambda m: True) -> Message:

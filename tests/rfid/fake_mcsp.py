@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 from ev_common.mcsp import CLOSED, NEED_DATA, ReceiveError, RequestReceiver
+from tests.support.waiting import wait_on
 
 HOST = "127.0.0.1"
 CLOSE = object()
@@ -70,17 +70,8 @@ class FakeMCSP:
         self.wait(lambda: self.closed_connections >= self.connections, 5, "the connections to close")
 
     def wait(self, predicate: Callable[[], object], timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; "
-                                         f"requests {self.requests}, connections {self.connections}")
-                self._cond.wait(min(left, 0.05))
+        return wait_on(self._cond, predicate, timeout, what,
+                       lambda: f"requests {self.requests}, connections {self.connections}", interval=0.05)
 
     def _accept(self) -> None:
         while not self._stop.is_set():

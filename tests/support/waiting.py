@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
@@ -16,3 +17,19 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_on(condition: threading.Condition, predicate: Callable[[], object], timeout: float, what: str,
+            seen: Callable[[], str] = lambda: "", interval: float = 0.1):
+    """``wait_until`` for state guarded by ``condition`` (notified when it changes): evaluate
+    ``predicate`` holding it; on timeout, the failure says what was ``seen``."""
+    deadline = time.monotonic() + timeout
+    with condition:
+        while True:
+            value = predicate()
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; {seen()}")
+            condition.wait(min(left, interval))
