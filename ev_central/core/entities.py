@@ -138,3 +138,63 @@ class AccountStatement:
     @property
     def total_amount_eur(self) -> Decimal:
         return sum((s.amount_eur for s in self.sessions), Decimal("0.0000"))
+
+
+# -- security (schema version 5: docs/security.md) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistrationRow:
+    """A CP registered at EV_Registry (a row of ``cp_registrations``). Its credential is kept
+    only as a slow salted hash, never in clear; a deregistered CP keeps its row (history) but
+    no credential, so it cannot authenticate."""
+
+    cp_id: str
+    location: str
+    price_eur_kwh: Decimal
+    credential_hash: str | None  # None once deregistered
+    registered_at: datetime  # the last (re)registration, UTC
+    deregistered_at: datetime | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self.credential_hash is not None
+
+
+@dataclass(frozen=True)
+class CPKeyRow:
+    """A symmetric key Central issued to a CP (a row of ``cp_keys``): ``key_sealed`` is the
+    key encrypted with Central's master key, never the key in clear."""
+
+    cp_id: str
+    version: int  # 1, 2, ... per CP; a new key after each revocation
+    key_sealed: str
+    issued_at: datetime
+    revoked_at: datetime | None = None
+
+
+#: Longest texts of an audit entry (its columns' limits).
+AUDIT_ACTOR_MAX, AUDIT_SOURCE_MAX, AUDIT_ACTION_MAX = 100, 64, 64
+AUDIT_DETAILS_MAX, AUDIT_OUTCOME_MAX = 1000, 32
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """What happened, by whom and from where (an entry of ``audit_log`` before it is chained)."""
+
+    at: datetime  # UTC
+    actor: str  # "CP001", "driver D001", "operator", "EV_Registry", "central"...
+    source_ip: str  # "" when there is none (a command typed at Central)
+    action: str  # "auth", "key.issue", "key.revoke", "registry.register", "supply.start"...
+    details: str  # parameters or a description; never a secret
+    outcome: str  # "ok", "refused", "failed", "dropped"...
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """An audit entry as stored: numbered, and chained to the one before by its hash."""
+
+    seq: int
+    entry: AuditEntry
+    prev_hash: str  # hex SHA-256; 64 zeros for the first entry
+    hash: str  # hex SHA-256 of prev_hash and this entry (ev_central/audit.py)

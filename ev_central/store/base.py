@@ -29,8 +29,12 @@ from ev_central.core.entities import (  # noqa: F401  (the entities the store ma
     SESSION_STATUSES,
     AccountRow,
     AccountStatement,
+    AuditEntry,
+    AuditRow,
+    CPKeyRow,
     CPRow,
     DriverRow,
+    RegistrationRow,
     SessionRow,
     TagRow,
 )
@@ -259,6 +263,62 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_rejected(self, limit: int = 100) -> list[RejectedRow]:
         """The rows set aside, newest first."""
+
+    # CP registrations (EV_Registry), CP keys and the audit log: schema version 5
+
+    @abc.abstractmethod
+    def register_cp(self, cp_id: str, location: str, price_eur_kwh, credential_hash: str) -> bool:
+        """Register ``cp_id`` with a new credential (its hash), or register it again (a new
+        credential replaces the old one, a deregistered CP is registered again); True if it
+        was never registered before. In secure mode Central gives the CP this location and
+        price when it authenticates (charging_points is Central's own)."""
+
+    @abc.abstractmethod
+    def deregister_cp(self, cp_id: str) -> bool:
+        """Drop the CP's credential (it can no longer authenticate; its rows stay); False if it
+        is not registered now."""
+
+    @abc.abstractmethod
+    def get_registration(self, cp_id: str) -> RegistrationRow | None:
+        """The CP's registration (registered or deregistered), or None if it never was."""
+
+    @abc.abstractmethod
+    def list_registrations(self) -> list[RegistrationRow]:
+        """Every registration, ordered by cp_id."""
+
+    @abc.abstractmethod
+    def issue_cp_key(self, cp_id: str, key_sealed: str) -> CPKeyRow:
+        """Keep a new key for ``cp_id`` (sealed with Central's master key), numbered one past
+        the CP's last key, revoked or not."""
+
+    @abc.abstractmethod
+    def current_cp_key(self, cp_id: str) -> CPKeyRow | None:
+        """The CP's newest key that is not revoked, or None."""
+
+    @abc.abstractmethod
+    def load_cp_keys(self) -> list[CPKeyRow]:
+        """Every key not revoked (Central loads them at start)."""
+
+    @abc.abstractmethod
+    def revoke_cp_keys(self, cp_id: str) -> int:
+        """Revoke every key of ``cp_id`` not yet revoked; how many were."""
+
+    @abc.abstractmethod
+    def append_audit(self, entries: Iterable[AuditEntry]) -> list[AuditRow]:
+        """Append entries to the audit log, in order, each chained to the one before (its
+        ``hash`` covers the previous entry's hash: ev_central/audit.py); one transaction, so
+        that two programs appending at once (Central and EV_Registry) keep one chain. Texts
+        too long for their column are cut."""
+
+    @abc.abstractmethod
+    def list_audit(self, since: datetime | None = None, action: str | None = None,
+                   after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
+        """Audit entries in order (oldest first), optionally from ``since``, of one action
+        (or a prefix ending in "."), after ``after_seq``; at most ``limit``."""
+
+    @abc.abstractmethod
+    def audit_head(self) -> tuple[int, str]:
+        """(the last entry's seq, its hash): ``(0, "0" * 64)`` when the log is empty."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -33,12 +33,14 @@ import mysql.connector
 from mysql.connector import errorcode, errors
 from mysql.connector.constants import ClientFlag
 
+from ev_central.core.audit import GENESIS
 from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS
 from ev_common.retry import Backoff
 
 from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
 from .breaker import CircuitBreaker
 from .sql import (
+    SELECT_AUDIT_HEAD,
     ACCOUNT_NAME_MAX,
     CP_COLUMNS,
     CP_STATES_SQL,
@@ -253,6 +255,49 @@ _DDL_V4 = (
     ),
 )
 
+_DDL_V5 = (
+    f"""CREATE TABLE IF NOT EXISTS cp_registrations (
+    cp_id VARCHAR(64) NOT NULL,
+    location VARCHAR(200) NOT NULL,
+    price_eur_kwh DECIMAL(10,4) NOT NULL,
+    credential_hash VARCHAR(255) NULL,
+    registered_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    deregistered_at DATETIME(6) NULL,
+    PRIMARY KEY (cp_id)
+) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS cp_keys (
+    cp_id VARCHAR(64) NOT NULL,
+    version INT NOT NULL,
+    key_sealed VARCHAR(200) NOT NULL,
+    issued_at DATETIME(6) NOT NULL,
+    revoked_at DATETIME(6) NULL,
+    PRIMARY KEY (cp_id, version),
+    CONSTRAINT ck_cp_keys_version CHECK (version >= 1)
+) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS audit_log (
+    seq BIGINT NOT NULL,
+    at DATETIME(6) NOT NULL,
+    actor VARCHAR(100) NOT NULL,
+    source_ip VARCHAR(64) NOT NULL DEFAULT '',
+    action VARCHAR(64) NOT NULL,
+    details VARCHAR(1000) NOT NULL DEFAULT '',
+    outcome VARCHAR(32) NOT NULL,
+    prev_hash CHAR(64) NOT NULL,
+    hash CHAR(64) NOT NULL,
+    PRIMARY KEY (seq),
+    INDEX ix_audit_log_at (at),
+    INDEX ix_audit_log_action (action, seq)
+) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS audit_head (
+    id INT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    last_hash CHAR(64) NOT NULL,
+    PRIMARY KEY (id),
+    CONSTRAINT ck_audit_head_one CHECK (id = 1)
+) {_TABLE_OPTIONS}""",
+    f"INSERT IGNORE INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, '{GENESIS}')",
+)
+
 # Errors about the data itself: the same row is refused again, other rows are not.
 _REFUSED_ERRNOS = {
     errorcode.ER_BAD_NULL_ERROR,  # 1048 column cannot be null
@@ -299,7 +344,8 @@ class MySQLStore(SQLStore):
     applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (version)
 ) {_TABLE_OPTIONS}"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5}
+    LOCK_AUDIT_HEAD = f"{SELECT_AUDIT_HEAD} FOR UPDATE"
     # A stored row is replaced only by one of the same or a higher version; ``version`` is
     # assigned last (upsert_assignments).
     UPSERT_CP = (

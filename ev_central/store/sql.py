@@ -21,7 +21,16 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, Union
 
-from ev_central.core.entities import ACCOUNT_KIND_PATTERN, normalise_tag_uid
+from ev_central.core.audit import GENESIS, entry_hash
+from ev_central.core.entities import (
+    ACCOUNT_KIND_PATTERN,
+    AUDIT_ACTION_MAX,
+    AUDIT_ACTOR_MAX,
+    AUDIT_DETAILS_MAX,
+    AUDIT_OUTCOME_MAX,
+    AUDIT_SOURCE_MAX,
+    normalise_tag_uid,
+)
 
 from .base import (
     CP_STATES,
@@ -32,8 +41,12 @@ from .base import (
     AccountDisabled,
     AccountRow,
     AccountStatement,
+    AuditEntry,
+    AuditRow,
+    CPKeyRow,
     CPRow,
     DriverRow,
+    RegistrationRow,
     RejectedRow,
     SessionRow,
     Store,
@@ -56,6 +69,7 @@ MIGRATIONS: dict[int, str] = {
     2: "charging_sessions.request_id and index ix_charging_sessions_status",
     3: "row versions, charging_sessions.engine_final and .corrected, table rejected_rows",
     4: "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id",
+    5: "cp_registrations, cp_keys, audit_log and audit_head",
 }
 LATEST_VERSION = max(MIGRATIONS)
 
@@ -173,6 +187,46 @@ SELECT_DRIVER_ACCOUNT = (
     " FROM drivers d JOIN accounts a ON a.account_id = d.account_id"
     " WHERE d.driver_id = :driver_id"
 )
+
+# -- registrations, keys and the audit log (schema version 5) -----------------------------
+
+LOCATION_MAX = 200
+CREDENTIAL_HASH_MAX = 255
+KEY_SEALED_MAX = 200
+_REGISTRATION_COLUMNS = "cp_id, location, price_eur_kwh, credential_hash, registered_at, deregistered_at"
+SELECT_REGISTRATION = f"SELECT {_REGISTRATION_COLUMNS} FROM cp_registrations WHERE cp_id = :cp_id"
+SELECT_REGISTRATIONS = f"SELECT {_REGISTRATION_COLUMNS} FROM cp_registrations ORDER BY cp_id"
+INSERT_REGISTRATION = (
+    f"INSERT INTO cp_registrations ({_REGISTRATION_COLUMNS})"
+    " VALUES (:cp_id, :location, :price_eur_kwh, :credential_hash, :registered_at, NULL)"
+)
+UPDATE_REGISTRATION = (
+    "UPDATE cp_registrations SET location = :location, price_eur_kwh = :price_eur_kwh,"
+    " credential_hash = :credential_hash, registered_at = :registered_at, deregistered_at = NULL"
+    " WHERE cp_id = :cp_id"
+)
+DEREGISTER = (
+    "UPDATE cp_registrations SET credential_hash = NULL, deregistered_at = :at"
+    " WHERE cp_id = :cp_id AND credential_hash IS NOT NULL"
+)
+_KEY_COLUMNS = "cp_id, version, key_sealed, issued_at, revoked_at"
+SELECT_LAST_KEY_VERSION = "SELECT MAX(version) FROM cp_keys WHERE cp_id = :cp_id"
+INSERT_KEY = (
+    f"INSERT INTO cp_keys ({_KEY_COLUMNS}) VALUES (:cp_id, :version, :key_sealed, :issued_at, NULL)"
+)
+SELECT_CURRENT_KEY = (
+    f"SELECT {_KEY_COLUMNS} FROM cp_keys WHERE cp_id = :cp_id AND revoked_at IS NULL"
+    " ORDER BY version DESC LIMIT 1"
+)
+SELECT_LIVE_KEYS = f"SELECT {_KEY_COLUMNS} FROM cp_keys WHERE revoked_at IS NULL ORDER BY cp_id, version"
+REVOKE_KEYS = "UPDATE cp_keys SET revoked_at = :at WHERE cp_id = :cp_id AND revoked_at IS NULL"
+_AUDIT_COLUMNS = "seq, at, actor, source_ip, action, details, outcome, prev_hash, hash"
+INSERT_AUDIT = (
+    f"INSERT INTO audit_log ({_AUDIT_COLUMNS})"
+    " VALUES (:seq, :at, :actor, :source_ip, :action, :details, :outcome, :prev_hash, :hash)"
+)
+UPDATE_AUDIT_HEAD = "UPDATE audit_head SET last_seq = :seq, last_hash = :hash WHERE id = 1"
+SELECT_AUDIT_HEAD = "SELECT last_seq, last_hash FROM audit_head WHERE id = 1"
 
 INT_MAX = 2**31 - 1  # INTEGER in MySQL
 VERSION_MAX = 2**63 - 1  # BIGINT
@@ -732,6 +786,115 @@ class SQLStore(Store):
 
     # -- rows the database refused --------------------------------------------------------
 
+    # -- registrations, keys, audit (schema version 5) ---------------------------------------
+
+    #: Per backend: the head of the audit chain, read for update (locks it until commit).
+    LOCK_AUDIT_HEAD: str
+
+    def register_cp(self, cp_id: str, location: str, price_eur_kwh, credential_hash: str) -> bool:
+        params = {
+            "cp_id": to_identifier(cp_id, "cp id"),
+            "location": to_text(location, "location", LOCATION_MAX),
+            "price_eur_kwh": to_decimal(price_eur_kwh, "price_eur_kwh"),
+            "credential_hash": to_text(credential_hash, "credential hash", CREDENTIAL_HASH_MAX),
+            "registered_at": self._time(now_utc()),
+        }
+
+        def work(cur: Cursor) -> bool:
+            if _rows(cur, SELECT_REGISTRATION, {"cp_id": cp_id}):
+                cur.execute(UPDATE_REGISTRATION, params)
+                return False
+            cur.execute(INSERT_REGISTRATION, params)
+            return True
+
+        return self._run(work)
+
+    def deregister_cp(self, cp_id: str) -> bool:
+        def work(cur: Cursor) -> bool:
+            cur.execute(DEREGISTER, {"cp_id": cp_id, "at": self._time(now_utc())})
+            return cur.rowcount == 1
+
+        return self._run(work)
+
+    def get_registration(self, cp_id: str) -> RegistrationRow | None:
+        rows = self._run(lambda cur: _rows(cur, SELECT_REGISTRATION, {"cp_id": cp_id}), write=False)
+        return _registration(rows[0]) if rows else None
+
+    def list_registrations(self) -> list[RegistrationRow]:
+        return [_registration(row) for row in self._run(lambda cur: _rows(cur, SELECT_REGISTRATIONS), write=False)]
+
+    def issue_cp_key(self, cp_id: str, key_sealed: str) -> CPKeyRow:
+        params = {"cp_id": to_identifier(cp_id, "cp id"),
+                  "key_sealed": to_text(key_sealed, "sealed key", KEY_SEALED_MAX)}
+        at = now_utc()
+
+        def work(cur: Cursor) -> CPKeyRow:
+            last = _rows(cur, SELECT_LAST_KEY_VERSION, {"cp_id": cp_id})[0][0]
+            version = int(last or 0) + 1
+            cur.execute(INSERT_KEY, {**params, "version": version, "issued_at": self._time(at)})
+            return CPKeyRow(cp_id, version, key_sealed, at)
+
+        return self._run(work)
+
+    def current_cp_key(self, cp_id: str) -> CPKeyRow | None:
+        rows = self._run(lambda cur: _rows(cur, SELECT_CURRENT_KEY, {"cp_id": cp_id}), write=False)
+        return _key(rows[0]) if rows else None
+
+    def load_cp_keys(self) -> list[CPKeyRow]:
+        return [_key(row) for row in self._run(lambda cur: _rows(cur, SELECT_LIVE_KEYS), write=False)]
+
+    def revoke_cp_keys(self, cp_id: str) -> int:
+        def work(cur: Cursor) -> int:
+            cur.execute(REVOKE_KEYS, {"cp_id": cp_id, "at": self._time(now_utc())})
+            return cur.rowcount
+
+        return self._run(work)
+
+    def append_audit(self, entries: Iterable[AuditEntry]) -> list[AuditRow]:
+        entries = [_audit_entry(entry) for entry in entries]
+        if not entries:
+            return []
+
+        def work(cur: Cursor) -> list[AuditRow]:
+            head = _rows(cur, self.LOCK_AUDIT_HEAD)
+            if not head:
+                raise StoreError("the audit log has no head row (audit_head): the schema is damaged")
+            seq, prev = int(head[0][0]), head[0][1]
+            appended = []
+            for entry in entries:
+                seq += 1
+                digest = entry_hash(prev, seq, entry)
+                cur.execute(INSERT_AUDIT, {
+                    "seq": seq, "at": self._time(entry.at), "actor": entry.actor, "source_ip": entry.source_ip,
+                    "action": entry.action, "details": entry.details, "outcome": entry.outcome,
+                    "prev_hash": prev, "hash": digest})
+                appended.append(AuditRow(seq, entry, prev, digest))
+                prev = digest
+            cur.execute(UPDATE_AUDIT_HEAD, {"seq": seq, "hash": prev})
+            return appended
+
+        return self._run(work)
+
+    def list_audit(self, since: datetime | None = None, action: str | None = None,
+                   after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
+        where, params = ["seq > :after"], {"after": after_seq, "limit": to_count(limit, "limit")}
+        if since is not None:
+            where.append("at >= :since")
+            params["since"] = self._time(since)
+        if action:
+            if action.endswith("."):  # a family: "key." is key.issue, key.revoke...
+                where.append("SUBSTR(action, 1, :action_len) = :action")
+                params["action"], params["action_len"] = action, len(action)
+            else:
+                where.append("action = :action")
+                params["action"] = action
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT :limit"
+        return [_audit_row(row) for row in self._run(lambda cur: _rows(cur, sql, params), write=False)]
+
+    def audit_head(self) -> tuple[int, str]:
+        rows = self._run(lambda cur: _rows(cur, SELECT_AUDIT_HEAD), write=False)
+        return (int(rows[0][0]), rows[0][1]) if rows else (0, GENESIS)
+
     def add_rejected(self, kind: str, row_id: str, reason: str, row_json: str,
                      at: datetime | None = None) -> None:
         if kind not in REJECTED_KINDS:
@@ -799,6 +962,42 @@ def _account(row: Sequence[Any]) -> AccountRow:
     account_id, name, kind, active, created_at = row
     return AccountRow(account_id=account_id, name=name, kind=kind, active=bool(active),
                       created_at=from_time(created_at))
+
+
+def _registration(row: Sequence[Any]) -> RegistrationRow:
+    cp_id, location, price, credential_hash, registered_at, deregistered_at = row
+    return RegistrationRow(cp_id, location, from_decimal(price), credential_hash, from_time(registered_at),
+                           from_time(deregistered_at) if deregistered_at is not None else None)
+
+
+def _key(row: Sequence[Any]) -> CPKeyRow:
+    cp_id, version, key_sealed, issued_at, revoked_at = row
+    return CPKeyRow(cp_id, int(version), key_sealed, from_time(issued_at),
+                    from_time(revoked_at) if revoked_at is not None else None)
+
+
+def _audit_entry(entry: AuditEntry) -> AuditEntry:
+    """The entry as it will be stored (and hashed): texts cut to their columns, printable."""
+    return AuditEntry(
+        at=utc(entry.at),
+        actor=_printable(entry.actor, AUDIT_ACTOR_MAX),
+        source_ip=_printable(entry.source_ip, AUDIT_SOURCE_MAX),
+        action=_printable(entry.action, AUDIT_ACTION_MAX),
+        details=_printable(entry.details, AUDIT_DETAILS_MAX),
+        outcome=_printable(entry.outcome, AUDIT_OUTCOME_MAX),
+    )
+
+
+def _printable(text: Any, limit: int) -> str:
+    text = storable(text, 10 * limit)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
+def _audit_row(row: Sequence[Any]) -> AuditRow:
+    seq, at, actor, source_ip, action, details, outcome, prev_hash, digest = row
+    return AuditRow(int(seq), AuditEntry(from_time(at), actor, source_ip, action, details, outcome),
+                    prev_hash, digest)
 
 
 def _tag(row: Sequence[Any]) -> TagRow:

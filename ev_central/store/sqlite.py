@@ -13,10 +13,12 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
+from ev_central.core.audit import GENESIS
 from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS
 
 from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
 from .sql import (
+    SELECT_AUDIT_HEAD,
     ACCOUNT_NAME_MAX,
     CP_COLUMNS,
     CP_STATES_SQL,
@@ -160,6 +162,45 @@ _DDL_V4 = (
 )
 
 
+_DDL_V5 = (
+    f"""CREATE TABLE IF NOT EXISTS cp_registrations (
+    cp_id TEXT NOT NULL PRIMARY KEY CHECK (length(cp_id) <= 64),
+    location TEXT NOT NULL CHECK (length(location) <= 200),
+    price_eur_kwh TEXT NOT NULL,
+    credential_hash TEXT NULL CHECK (length(credential_hash) <= 255),
+    registered_at TEXT NOT NULL DEFAULT {_NOW},
+    deregistered_at TEXT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS cp_keys (
+    cp_id TEXT NOT NULL CHECK (length(cp_id) <= 64),
+    version INTEGER NOT NULL CHECK (version >= 1),
+    key_sealed TEXT NOT NULL CHECK (length(key_sealed) <= 200),
+    issued_at TEXT NOT NULL,
+    revoked_at TEXT NULL,
+    PRIMARY KEY (cp_id, version)
+)""",
+    """CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER NOT NULL PRIMARY KEY CHECK (seq >= 1),
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL CHECK (length(actor) <= 100),
+    source_ip TEXT NOT NULL DEFAULT '' CHECK (length(source_ip) <= 64),
+    action TEXT NOT NULL CHECK (length(action) <= 64),
+    details TEXT NOT NULL DEFAULT '' CHECK (length(details) <= 1000),
+    outcome TEXT NOT NULL CHECK (length(outcome) <= 32),
+    prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64),
+    hash TEXT NOT NULL CHECK (length(hash) = 64)
+)""",
+    "CREATE INDEX IF NOT EXISTS ix_audit_log_at ON audit_log (at)",
+    "CREATE INDEX IF NOT EXISTS ix_audit_log_action ON audit_log (action, seq)",
+    """CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    last_seq INTEGER NOT NULL,
+    last_hash TEXT NOT NULL CHECK (length(last_hash) = 64)
+)""",
+    f"INSERT OR IGNORE INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, '{GENESIS}')",
+)
+
+
 def _keep_newer(table: str, columns: tuple[str, ...]) -> str:
     """The upsert's update of every column but the key, only by a row of the same or a
     higher version."""
@@ -179,7 +220,8 @@ class SQLiteStore(SQLStore):
     description TEXT NOT NULL DEFAULT '',
     applied_at TEXT NOT NULL DEFAULT {_NOW}
 )"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5}
+    LOCK_AUDIT_HEAD = SELECT_AUDIT_HEAD  # BEGIN IMMEDIATE already holds the write lock
     UPSERT_CP = f"{INSERT_CP}\n{_keep_newer('charging_points', CP_COLUMNS)}"
     INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)
 VALUES (:driver_id, :name, :registered_at)

@@ -65,7 +65,7 @@ def test_a_malformed_uid_is_refused(text: Any) -> None:
 
 
 def test_version_4_tables_columns_and_indexes(store: SQLStore) -> None:
-    assert store.schema_versions()[-1] == LATEST_VERSION == 4
+    assert store.schema_versions()[-1] == LATEST_VERSION == 5
     found = columns(store)
     assert found["accounts"] == {"account_id", "name", "kind", "active", "created_at"}
     assert found["rfid_tags"] == {"tag_uid", "account_id", "active", "created_at"}
@@ -90,9 +90,9 @@ def test_a_version_3_database_is_upgraded_keeping_its_rows(store: SQLStore) -> N
         "DELETE FROM schema_version WHERE version = 4",
     ):
         raw(store, statement)
-    assert store.schema_versions() == [1, 2, 3]
-    assert store.migrate() == 4
-    assert store.schema_versions() == [1, 2, 3, 4]
+    assert store.schema_versions() == [1, 2, 3, 5]
+    assert store.migrate() == LATEST_VERSION
+    assert store.schema_versions() == list(range(1, LATEST_VERSION + 1))
     assert store.get_session("S001") == session()
     (driver,) = store.list_drivers()
     assert (driver.driver_id, driver.name, driver.account_id) == ("D001", "Ana", None)
@@ -105,8 +105,8 @@ def test_version_4_applied_again_over_its_own_changes_is_harmless(store: SQLStor
     store.add_tag("04A23B1C", "FLAT3B")
     store.save_sessions([session(account_id="FLAT3B", tag_uid="04A23B1C", driver_id="")])
     raw(store, "DELETE FROM schema_version WHERE version = 4")
-    assert store.migrate() == 4
-    assert store.schema_versions() == [1, 2, 3, 4]
+    assert store.migrate() == LATEST_VERSION
+    assert store.schema_versions() == list(range(1, LATEST_VERSION + 1))
     assert [t.tag_uid for t in store.list_tags("FLAT3B")] == ["04A23B1C"]
     assert store.sessions_of_account("FLAT3B")[0].tag_uid == "04A23B1C"
 

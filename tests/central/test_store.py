@@ -75,6 +75,14 @@ EXPECTED_COLUMNS = {
     "rejected_rows": {"id", "at", "kind", "row_id", "reason", "row_json"},
     "accounts": {"account_id", "name", "kind", "active", "created_at"},
     "rfid_tags": {"tag_uid", "account_id", "active", "created_at"},
+    "cp_registrations": {
+        "cp_id", "location", "price_eur_kwh", "credential_hash", "registered_at", "deregistered_at",
+    },
+    "cp_keys": {"cp_id", "version", "key_sealed", "issued_at", "revoked_at"},
+    "audit_log": {
+        "seq", "at", "actor", "source_ip", "action", "details", "outcome", "prev_hash", "hash",
+    },
+    "audit_head": {"id", "last_seq", "last_hash"},
 }  # fmt: skip
 
 
@@ -91,36 +99,40 @@ def test_schema_has_the_documented_tables_columns_and_indexes(store: SQLStore) -
     }
     assert indexes(store, "drivers") == {"ix_drivers_account_id": ("account_id",)}
     assert indexes(store, "rfid_tags") == {"ix_rfid_tags_account_id": ("account_id", "tag_uid")}
+    assert indexes(store, "audit_log") == {"ix_audit_log_at": ("at",), "ix_audit_log_action": ("action", "seq")}
     assert foreign_keys(store) == []
 
 
 def test_migrate_is_idempotent(store: SQLStore) -> None:
-    assert store.migrate() == LATEST_VERSION == 4
+    assert store.migrate() == LATEST_VERSION == 5
     assert store.migrate() == LATEST_VERSION
     again = same_kind(store)
     try:
         assert again.migrate() == LATEST_VERSION
     finally:
         again.close()
-    assert store.schema_versions() == [1, 2, 3, 4]
+    assert store.schema_versions() == list(range(1, LATEST_VERSION + 1))
     assert raw(store, "SELECT version, description FROM schema_version ORDER BY version") == [
         (1, "charging_points, drivers and charging_sessions"),
         (2, "charging_sessions.request_id and index ix_charging_sessions_status"),
         (3, "row versions, charging_sessions.engine_final and .corrected, table rejected_rows"),
         (4, "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id"),
+        (5, "cp_registrations, cp_keys, audit_log and audit_head"),
     ]
     assert columns(store) == EXPECTED_COLUMNS
 
 
 def test_concurrent_migrations_apply_each_version_once(store: SQLStore) -> None:
     for table in ("schema_version", "charging_points", "drivers", "charging_sessions",
-                  "rejected_rows", "accounts", "rfid_tags"):  # fmt: skip
+                  "rejected_rows", "accounts", "rfid_tags", "cp_registrations", "cp_keys", "audit_log",
+                  "audit_head"):  # fmt: skip
         raw(store, f"DROP TABLE {table}")
     results = migrate_at_once(store, 4)
     assert results == [LATEST_VERSION] * 4
     assert raw(store, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,)
+        (1,), (2,), (3,), (4,), (5,)
     ]
+    assert raw(store, "SELECT id, last_seq FROM audit_head") == [(1, 0)]  # one head, whoever made it
     assert columns(store) == EXPECTED_COLUMNS
 
 

@@ -1,0 +1,122 @@
+"""Schema version 5 on both backends: CP registrations, CP keys and the chained audit log."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from ev_central.core.audit import GENESIS, ChainVerifier, entry_hash
+from ev_central.core.entities import AuditEntry
+from ev_central.store.base import StoreRefused
+from tests.central.conftest import raw, same_kind
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+def entry(n: int, action: str = "auth", **changes) -> AuditEntry:
+    fields = dict(at=T0 + timedelta(seconds=n), actor=f"CP{n:03d}", source_ip="10.0.0.7", action=action,
+                  details=f"attempt {n}", outcome="ok")
+    fields.update(changes)
+    return AuditEntry(**fields)
+
+
+def verify(store):
+    verifier = ChainVerifier()
+    after = 0
+    while rows := store.list_audit(after_seq=after, limit=7):
+        verifier.feed(rows)
+        after = rows[-1].seq
+    return verifier.finish(store.audit_head())
+
+
+def test_register_again_and_deregister(store):
+    assert store.get_registration("CP001") is None
+    assert store.register_cp("CP001", "C/Mayor 45", Decimal("0.48"), "scrypt$a") is True
+    assert store.register_cp("CP001", "C/Mayor 47", "0.5", "scrypt$b") is False  # a new credential
+    row = store.get_registration("CP001")
+    assert (row.location, row.price_eur_kwh, row.credential_hash, row.registered) == (
+        "C/Mayor 47", Decimal("0.5000"), "scrypt$b", True)
+    assert store.deregister_cp("CP001") is True and store.deregister_cp("CP001") is False
+    gone = store.get_registration("CP001")
+    assert gone.credential_hash is None and not gone.registered and gone.deregistered_at is not None
+    assert store.register_cp("CP001", "C/Mayor 47", "0.5", "scrypt$c") is False
+    assert store.get_registration("CP001").deregistered_at is None
+    assert [r.cp_id for r in store.list_registrations()] == ["CP001"]
+
+
+@pytest.mark.parametrize("field, value", [("cp_id", "CP 1"), ("cp_id", "x" * 65), ("location", "x" * 201),
+                                          ("location", "bad\x00"), ("price", "abc"), ("price", "1e9"),
+                                          ("credential_hash", "h" * 256)])
+def test_registration_fields_are_checked_against_the_columns(store, field, value):
+    args = {"cp_id": "CP001", "location": "C/Mayor 45", "price": "0.48", "credential_hash": "scrypt$a"}
+    args[field] = value
+    with pytest.raises(StoreRefused):
+        store.register_cp(args["cp_id"], args["location"], args["price"], args["credential_hash"])
+    assert store.list_registrations() == []
+
+
+def test_keys_are_numbered_per_cp_and_revoked(store):
+    assert store.current_cp_key("CP001") is None
+    first = store.issue_cp_key("CP001", "sealed-1")
+    assert (first.version, first.key_sealed, first.revoked_at) == (1, "sealed-1", None)
+    store.issue_cp_key("CP002", "sealed-x")
+    assert store.current_cp_key("CP001").version == 1
+    assert store.revoke_cp_keys("CP001") == 1 and store.revoke_cp_keys("CP001") == 0
+    assert store.current_cp_key("CP001") is None
+    assert store.issue_cp_key("CP001", "sealed-2").version == 2  # never reuses a revoked number
+    assert [(k.cp_id, k.version) for k in store.load_cp_keys()] == [("CP001", 2), ("CP002", 1)]
+
+
+def test_audit_entries_are_chained_and_filtered(store):
+    rows = store.append_audit([entry(1), entry(2, "key.issue"), entry(3, "key.revoke")])
+    assert [r.seq for r in rows] == [1, 2, 3]
+    assert rows[0].prev_hash == GENESIS and rows[1].prev_hash == rows[0].hash
+    assert rows[2].hash == entry_hash(rows[1].hash, 3, rows[2].entry)
+    assert store.audit_head() == (3, rows[2].hash)
+    stored = store.list_audit()
+    assert stored == rows  # every field read back as hashed (microseconds included)
+    assert [r.seq for r in store.list_audit(action="key.")] == [2, 3]
+    assert [r.seq for r in store.list_audit(action="auth")] == [1]
+    assert [r.seq for r in store.list_audit(since=T0 + timedelta(seconds=2))] == [2, 3]
+    assert verify(store).ok
+
+
+def test_texts_too_long_or_not_printable_are_cut_and_still_verify(store):
+    [row] = store.append_audit([entry(1, details="d" * 5000 + "\x00", actor="a\nb")])
+    assert len(row.entry.details) == 1000 and row.entry.details.endswith("...") and row.entry.actor == "a?b"
+    assert store.list_audit() == [row] and verify(store).ok
+
+
+def test_two_programs_appending_at_once_keep_one_chain(store):
+    other = same_kind(store)  # EV_Registry's connection beside Central's
+    try:
+        def append(target, base):
+            for n in range(10):
+                target.append_audit([entry(base + n), entry(base + n, "supply.start")])
+
+        threads = [threading.Thread(target=append, args=(target, base)) for target, base in ((store, 0), (other, 100))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert store.audit_head()[0] == 40
+        check = verify(store)
+        assert check.ok and check.checked == 40, check
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("tamper, problem", [
+    ("UPDATE audit_log SET details = 'nothing happened' WHERE seq = 2", "entry 2 was changed"),
+    ("DELETE FROM audit_log WHERE seq = 2", "entry 2 is missing"),
+    ("DELETE FROM audit_log WHERE seq = 3", "entries were removed from its end"),
+    ("UPDATE audit_log SET outcome = 'ok', hash = prev_hash WHERE seq = 1", "entry 1 was changed"),
+])
+def test_a_chain_changed_by_hand_is_detected(store, tamper, problem):
+    store.append_audit([entry(1), entry(2), entry(3)])
+    raw(store, tamper)
+    check = verify(store)
+    assert not check.ok and problem in check.problem, check
