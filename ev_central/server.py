@@ -192,7 +192,7 @@ class MonitorServer:
             self._changed(self.network.session_ended(session.cp_id, session, f"Monitor connection lost: {cause}"))
 
     def _accept_registration(self, session: MonitorSession, reg: Reg) -> list[Message]:
-        log.info("REG received from %s: %s", session.link.peer, reg.to_data().decode())
+        log.info("REG received from %s: %s", session.link.peer, reg.redacted())
         session.cp_id = reg.cp_id
         change, replaced = self.network.register(reg.cp_id, reg.location, reg.price_eur_kwh, session)
         if replaced is not None:

@@ -18,11 +18,17 @@ Every error keeps the offending bytes in ``raw`` (bounded: at most
 
 from __future__ import annotations
 
+import re
+
 RAW_KEEP = 128
+
+# The secret fields of REG (the credential) and KEY (the key): never kept in an error, which
+# is logged (a malformed REG may still carry a good credential).
+_SECRETS = re.compile(rb"(REG#[^#]*#[^#]*#[^#]*#|KEY#[^#]*#[^#]*#)[^#\x03]+")
 
 
 def _clip(raw: bytes) -> bytes:
-    return bytes(raw[:RAW_KEEP])
+    return _SECRETS.sub(rb"\1***", bytes(raw[:RAW_KEEP]))
 
 
 class ProtocolError(Exception):
@@ -97,8 +103,9 @@ class UnknownOpcode(MessageError):
 
 
 class FieldCountError(MessageError):
-    def __init__(self, raw: bytes, opcode: str, expected: int, got: int) -> None:
-        super().__init__(f"{opcode} takes {expected} field(s), got {got}", raw, opcode)
+    def __init__(self, raw: bytes, opcode: str, expected: int, got: int, minimum: int | None = None) -> None:
+        takes = f"{minimum} to {expected}" if minimum is not None and minimum != expected else str(expected)
+        super().__init__(f"{opcode} takes {takes} field(s), got {got}", raw, opcode)
         self.expected = expected
         self.got = got
 

@@ -167,3 +167,20 @@ class Integer(Number):
 
     def format(self, value: int) -> str:
         return str(value)
+
+
+class Token(FieldType):
+    """A secret such as a CP's credential or key, in base64url: ``[A-Za-z0-9_-]{0,max}`` (empty
+    for "none"). Never shown: messages keep such fields out of their repr."""
+
+    description = "token [A-Za-z0-9_-]"
+    _PATTERN = re.compile(r"[A-Za-z0-9_-]*")
+
+    def __init__(self, max_len: int = 128) -> None:
+        super().__init__(max_len=max_len, allow_empty=True)
+
+    def check(self, value: Any) -> str:
+        value = super().check(value)
+        if not self._PATTERN.fullmatch(value):
+            raise ValueError("is not base64url text (A-Z a-z 0-9 _ -)")
+        return value

@@ -25,7 +25,8 @@ from decimal import Decimal
 from typing import Any, ClassVar, Iterator
 
 from .errors import FieldCountError, InvalidField, LocalProtocolError, MessageError, UnknownOpcode
-from .fields import Choice, FieldType, Identifier, Integer, Number, OptionalIdentifier, Text, check_text, safe_text
+from .fields import (Choice, FieldType, Identifier, Integer, Number, OptionalIdentifier, Text, Token, check_text,
+                     safe_text)
 from .framing import MAX_DATA
 
 SEPARATOR = "#"
@@ -58,7 +59,23 @@ class Message:
         return cls._WIRE
 
     def to_fields(self) -> tuple[str, ...]:
-        return tuple(ftype.format(getattr(self, name)) for name, ftype in self._wire_fields())
+        fields = [ftype.format(getattr(self, name)) for name, ftype in self._wire_fields()]
+        optional = self._optional_count()
+        while optional and fields and fields[-1] == "":  # an empty optional field is left out
+            fields.pop()
+            optional -= 1
+        return tuple(fields)
+
+    @classmethod
+    def _optional_count(cls) -> int:
+        """How many trailing wire fields are optional (they have a default): a sender leaves
+        them out when empty, and a receiver takes a message without them."""
+        count = 0
+        for f in reversed([f for f in dataclasses.fields(cls) if "wire" in f.metadata]):
+            if f.default is dataclasses.MISSING:
+                break
+            count += 1
+        return count
 
     def to_data(self) -> bytes:
         """DATA of this message: ``OPCODE#f1#...#fN`` in UTF-8, at most MAX_DATA bytes."""
@@ -70,15 +87,19 @@ class Message:
     @classmethod
     def from_fields(cls, fields: list[str], raw: bytes = b"") -> "Message":
         spec = cls._wire_fields()
-        if len(fields) != len(spec):
-            raise FieldCountError(raw, cls.OPCODE, len(spec), len(fields))
+        if not len(spec) - cls._optional_count() <= len(fields) <= len(spec):
+            raise FieldCountError(raw, cls.OPCODE, len(spec), len(fields), len(spec) - cls._optional_count())
+        spec = spec[:len(fields)]
         values = {}
         for (name, ftype), text in zip(spec, fields):
             try:
                 values[name] = ftype.parse(text)
             except ValueError as exc:
                 raise InvalidField(raw, cls.OPCODE, name, str(exc)) from None
-        return cls(**values)
+        try:
+            return cls(**values)
+        except LocalProtocolError as exc:  # a rule between fields (KEY: a version goes with a key)
+            raise InvalidField(raw, cls.OPCODE, "fields", str(exc)) from None
 
 
 class Registry:
@@ -126,6 +147,8 @@ MESSAGES = Registry()
 
 CP_ID = Identifier()
 PRICE = Number(minimum=Decimal(0), maximum=Decimal(1000), places=4)  # the DB keeps 4 places
+CREDENTIAL_MAX = 128  # a CP's credential from EV_Registry (ev_common/credentials.py)
+KEY_TEXT_LEN = 43  # a 256-bit key in base64url without padding
 
 
 @MESSAGES.register
@@ -137,6 +160,12 @@ class Reg(Message):
     cp_id: str = wire(CP_ID)
     location: str = wire(Text(max_len=200))
     price_eur_kwh: Decimal = wire(PRICE)
+    credential: str = wire(Token(CREDENTIAL_MAX), default="", repr=False)  # secure mode; left out when empty
+
+    def redacted(self) -> str:
+        """The message as logs show it: the credential replaced by ``***``."""
+        data = SEPARATOR.join((self.OPCODE, self.cp_id, self.location, str(self.price_eur_kwh)))
+        return data + (f"{SEPARATOR}***" if self.credential else "")
 
 
 @MESSAGES.register
@@ -159,6 +188,42 @@ class Auth(Message):
     @classmethod
     def refused(cls, reason: str) -> "Auth":
         return cls("KO", safe_text(reason, 400))
+
+
+@MESSAGES.register
+@dataclass(frozen=True)
+class Key(Message):
+    """Central -> Monitor right after every ``AUTH#OK``, and Monitor -> Engine on every new
+    link: the CP's symmetric key (256 bits, base64url) and its version, with which the Engine
+    seals every record it sends over Kafka (docs/security.md). Version 0 with no key: open
+    mode, records travel in clear."""
+
+    OPCODE: ClassVar[str] = "KEY"
+    cp_id: str = wire(CP_ID)
+    version: int = wire(Integer(0, 2**31 - 1))
+    key: str = wire(Token(KEY_TEXT_LEN), default="", repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.version == 0) != (self.key == ""):
+            raise LocalProtocolError("cannot build KEY: version 0 goes with no key, a version from 1 with a key")
+        if self.key and len(self.key) != KEY_TEXT_LEN:
+            raise LocalProtocolError(f"cannot build KEY: a key is {KEY_TEXT_LEN} base64url characters")
+
+    @property
+    def open_mode(self) -> bool:
+        return self.version == 0
+
+
+@MESSAGES.register
+@dataclass(frozen=True)
+class Rvk(Message):
+    """Central -> Monitor (and the Monitor -> its Engine): the CP's keys were revoked; the CP is
+    out of service until its Monitor authenticates again. Central closes the session after it."""
+
+    OPCODE: ClassVar[str] = "RVK"
+    cp_id: str = wire(CP_ID)
+    reason: str = wire(Text(max_len=200))
 
 
 # --- state of a registered CP (Monitor -> Central; ACK only, no answer frame) ----

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -12,12 +13,14 @@ from ev_common.protocol import (
     Avr,
     Can,
     Fin,
+    Key,
     Chk,
     Err,
     Hb,
     Health,
     Rec,
     Resume,
+    Rvk,
     Sq,
     Sst,
     Stop,
@@ -54,6 +57,10 @@ ROUND_TRIPS = [
     ("RESUME#CP001", Resume("CP001")),
     ("CAN#CP001#s-1#Central gave up", Can("CP001", "s-1", "Central gave up")),
     ("FIN#CP001#s-1", Fin("CP001", "s-1")),
+    ("KEY#CP001#0", Key("CP001", 0)),
+    ("KEY#CP001#3#" + "A" * 43, Key("CP001", 3, "A" * 43)),
+    ("RVK#CP001#keys revoked by the operator", Rvk("CP001", "keys revoked by the operator")),
+    ("REG#CP001#C/Mayor, 45#0.48#evc1_Zm9vYmFy", Reg("CP001", "C/Mayor, 45", Decimal("0.48"), "evc1_Zm9vYmFy")),
     ("SQ#CP001", Sq("CP001")),
     ("SST#CP001#IDLE##0#0", Sst.idle("CP001")),
     ("SST#CP001#SUPPLYING#s-1#12#2.7500", Sst("CP001", "SUPPLYING", "s-1", 12, Decimal("2.7500"))),
@@ -76,9 +83,11 @@ BAD_CONTENT = [
     ("FOO#1", UnknownOpcode, "FOO"),
     ("reg#CP1#x#1", UnknownOpcode, "reg"),
     ("", UnknownOpcode, ""),
-    ("REG", FieldCountError, "takes 3"),
+    ("REG", FieldCountError, "takes 3 to 4"),
     ("REG#CP1#x", FieldCountError, "got 2"),
-    ("REG#CP1#x#1#extra", FieldCountError, "got 4"),
+    ("REG#CP1#x#1#credential#extra", FieldCountError, "got 5"),
+    ("REG#CP1#x#1#not base64!", InvalidField, "credential"),
+    ("KEY#CP1#1", InvalidField, "KEY"),
     ("REG#CP 1#x#1", InvalidField, "cp_id"),
     ("REG##x#1", InvalidField, "cp_id"),
     ("REG#" + "C" * 65 + "#x#1", InvalidField, "cp_id"),
@@ -101,12 +110,17 @@ BAD_CONTENT = [
 ]
 
 
+def kept(data: str) -> bytes:
+    """What an error keeps of ``data``: at most 128 bytes, and a REG's credential as ``***``."""
+    return re.sub(rb"^(REG#[^#]*#[^#]*#[^#]*#)[^#]+", rb"\1***", data.encode()[:128])
+
+
 @pytest.mark.parametrize("data,error,mentions", BAD_CONTENT, ids=[r[0][:30] or "empty" for r in BAD_CONTENT])
 def test_bad_content_raises_typed_error_with_bytes(data, error, mentions):
     with pytest.raises(error) as info:
         MESSAGES.decode(data)
     assert isinstance(info.value, MessageError)
-    assert info.value.raw == data.encode()[:128]
+    assert info.value.raw == kept(data)
     assert mentions in str(info.value)
 
 
@@ -171,3 +185,29 @@ def test_every_registered_message_is_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
     for cls in MESSAGES:
         assert f"`{cls.OPCODE}#" in doc or f"`{cls.OPCODE}`" in doc, f"{cls.OPCODE} is missing from docs/protocol.md"
+
+
+def test_an_empty_optional_field_is_left_out_and_a_message_without_it_is_taken():
+    assert Reg("CP001", "C/Mayor, 45", Decimal("0.48")).to_data() == b"REG#CP001#C/Mayor, 45#0.48"  # Release 1
+    assert MESSAGES.decode("REG#CP001#C/Mayor, 45#0.48#").credential == ""
+    with pytest.raises(FieldCountError):
+        MESSAGES.decode("REG#CP001#C/Mayor, 45")
+    with pytest.raises(FieldCountError):
+        MESSAGES.decode("REG#CP001#C/Mayor, 45#0.48#evc1_x#extra")
+
+
+def test_secrets_are_never_shown():
+    reg = Reg("CP001", "C/Mayor, 45", Decimal("0.48"), "evc1_SECRETvalue")
+    key = Key("CP001", 2, "S" * 43)
+    assert "SECRET" not in repr(reg) and "SSSS" not in repr(key)
+    assert reg.redacted() == "REG#CP001#C/Mayor, 45#0.48#***"
+    with pytest.raises(MessageError) as bad:
+        MESSAGES.decode("REG#CP001#C/Mayor, 45#-1#evc1_SECRETvalue")  # a bad price, a good credential
+    assert "SECRET" not in str(bad.value) and "***" in str(bad.value)
+    with pytest.raises(MessageError) as bad:
+        MESSAGES.decode("KEY#CP001#x#" + "S" * 43)
+    assert "SSSS" not in str(bad.value)
+    with pytest.raises(LocalProtocolError):
+        Key("CP001", 1)  # a version from 1 needs its key
+    with pytest.raises(LocalProtocolError):
+        Key("CP001", 0, "S" * 43)
