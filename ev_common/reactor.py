@@ -26,6 +26,14 @@ same state machine as ``Link``: one handshake, one ACK wait):
 * ``handler.opened(link)`` runs when a session opens, ``handler.closed(state, cause)``
   exactly once when it ends (closed by the peer, broken, closed by anyone with
   ``link.close``, or at ``stop``), after the messages read before the end were served.
+
+With ``tls`` (an ``ssl.SSLContext``, ``ev_common.tls.server_context``) every session is TLS on
+memory buffers (``TLSChannel``): the reactor thread reads the raw bytes, decrypts them for the
+session's ``LinkState`` and encrypts what it writes, never blocking. The TLS handshake and the
+ENQ must both come within ``config.handshake_timeout`` of the connection; a peer whose first
+byte is not a TLS record (a plaintext Monitor's ENQ or frame) is closed at once, logged once.
+Sessions without ``tls`` take the same path as before (TLS sessions are a subclass of
+``ReactorLink`` and are dispatched apart).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,13 +59,15 @@ from .linkstate import (
     LinkConfig,
     LinkError,
     LinkState,
+    LinkTimeout,
     NeverOpened,
     Opened,
     Received,
     Refused,
     Role,
 )
-from .protocol import MESSAGES, Message, Registry
+from .protocol import ETX, MESSAGES, STX, ControlByte, Message, Registry
+from .tls import TLSChannel
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,19 @@ class Reply:
 
     messages: tuple[Message, ...] = ()
     keep_open: bool = True
+
+
+_TLS_RECORD = 0x16  # a TLS handshake record: how every ClientHello begins
+
+
+_BYTE_NAMES = {STX: "STX", ETX: "ETX", **{byte.value: byte.name for byte in ControlByte}}
+
+
+def _first_byte(chunk: bytes) -> str:
+    """A plaintext peer's first byte, for the log: "ENQ (0x05)", "STX (0x02)", "0x47"."""
+    byte = chunk[0]
+    name = _BYTE_NAMES.get(byte)
+    return f"{name} (0x{byte:02x})" if name else f"0x{byte:02x}"
 
 
 class SessionHandler(Protocol):
@@ -100,7 +124,7 @@ class ReactorLink:
 
     __slots__ = ("peer", "config", "state", "_reactor", "_sock", "_fd", "_link", "_lock", "_inbox", "_busy",
                  "_stop_serving", "_outgoing", "_outstanding", "_callbacks", "_close_request", "_cause",
-                 "_reason", "_opened", "_finished", "_timer_at", "__weakref__")
+                 "_reason", "_opened", "_finished", "_timer_at", "_tls", "__weakref__")
 
     def __init__(self, reactor: "LinkReactor", sock: socket.socket, peer: str, link: LinkState) -> None:
         self.peer = peer
@@ -123,6 +147,7 @@ class ReactorLink:
         self._opened = False
         self._finished = False  # handler.closed called
         self._timer_at: float | None = None
+        self._tls: TLSChannel | None = None  # touched by the reactor thread only
 
     @property
     def closed(self) -> bool:
@@ -175,11 +200,31 @@ class ReactorLink:
         return f"ReactorLink({self.peer})"
 
 
+class TLSReactorLink(ReactorLink):
+    """A session of a ``LinkReactor`` with ``tls``: the same, its bytes through ``_tls``."""
+
+    __slots__ = ()
+
+    def __init__(self, reactor: "LinkReactor", sock: socket.socket, peer: str, link: LinkState,
+                 tls: TLSChannel) -> None:
+        super().__init__(reactor, sock, peer, link)
+        self._tls = tls
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tls.version if self._tls.handshaken else None
+
+    def __repr__(self) -> str:
+        return f"TLSReactorLink({self.peer})"
+
+
 class LinkReactor:
     def __init__(self, host: str, port: int, handler: SessionHandler, *, name: str = "link",
                  max_sessions: int = 10_000, busy_reason: str | None = None, config: LinkConfig = LinkConfig(),
-                 registry: Registry = MESSAGES, workers: int = 8, backlog: int = 4096) -> None:
+                 registry: Registry = MESSAGES, workers: int = 8, backlog: int = 4096,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.name = name
         self.max_sessions = max_sessions
         self.busy_reason = busy_reason or f"{max_sessions} sessions open, the most allowed"
@@ -302,6 +347,8 @@ class LinkReactor:
                 what = key.data
                 if what.__class__ is ReactorLink:
                     self._read(what)
+                elif what.__class__ is TLSReactorLink:
+                    self._read_tls(what)
                 elif what == "accept":
                     self._accept()
                 else:
@@ -333,7 +380,15 @@ class LinkReactor:
                 pass
             peer = f"{address[0]}:{address[1]}"
             state = LinkState(Role.SERVER, self.config, self.registry, peer)
-            link = ReactorLink(self, sock, peer, state)
+            if self.tls is None:
+                link = ReactorLink(self, sock, peer, state)
+            else:
+                try:
+                    link = TLSReactorLink(self, sock, peer, state, TLSChannel(self.tls, server_side=True))
+                except ssl.SSLError as exc:  # (the context cannot make a session: say so, keep serving)
+                    log.error("%s: cannot start TLS with %s: %s", self.name, peer, exc)
+                    sock.close()
+                    continue
             state.start(now)
             stale = self._selector.get_map().get(link._fd)
             if stale is not None:  # a socket closed without unregistering left its number behind
@@ -363,7 +418,78 @@ class LinkReactor:
             self._write(link, out)
         self._process(link, now)
 
+    def _read_tls(self, link: ReactorLink) -> None:
+        """``_read`` for a TLS session: raw bytes -> TLS (the handshake, then decryption) -> the link."""
+        try:
+            chunk = link._sock.recv(self.config.recv_chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            link._link.fail(LinkBroken(f"{link.peer}: read failed: {exc.strerror or exc}"))
+            self._process(link, time.monotonic())
+            return
+        tls = link._tls
+        state = link._link
+        now = time.monotonic()
+        handshaken = tls.handshaken
+        if not handshaken:
+            if not chunk:
+                if tls.heard:
+                    state.fail(LinkBroken(f"{link.peer} closed the connection during the TLS handshake"))
+                else:
+                    state.feed(b"", now)  # nothing sent: a port probe (NeverOpened)
+                self._process(link, now)
+                return
+            if not tls.heard and chunk[0] != _TLS_RECORD:  # a plaintext peer at a TLS port
+                state.fail(LinkBroken(f"{link.peer} is not a TLS client: it sent {_first_byte(chunk)} to this "
+                                      f"TLS port; closed"))
+                self._process(link, now)
+                return
+        try:
+            plain = tls.receive(chunk)
+        except ssl.SSLError as exc:
+            self._send_raw(link, tls.outgoing())  # an alert, if OpenSSL made one
+            what = "session" if handshaken else "handshake"
+            state.fail(LinkBroken(f"{link.peer}: TLS {what} failed: {exc.reason or exc}"))
+            self._process(link, now)
+            return
+        raw = tls.outgoing()  # handshake messages
+        if raw:
+            self._send_raw(link, raw)
+        if plain or tls.eof:
+            if not state.is_open and state.refuse is None:
+                with self._lock:
+                    if len(self._sessions) >= self.max_sessions:
+                        state.refuse = self.busy_reason
+            state.backlog = len(link._inbox)
+            out = state.feed(plain, now) if plain else b""
+            if tls.eof:  # close_notify or the end of the stream
+                out += state.feed(b"", now)
+            if out:
+                self._write(link, out)
+        self._process(link, now)
+
+    def _send_raw(self, link: ReactorLink, data: bytes) -> None:
+        """Bytes TLS made on its own (handshake, alerts): as ``_write`` does, without encrypting."""
+        if not data or link._cause is not None:
+            return
+        try:
+            sent = link._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            link._link.fail(LinkBroken(f"{link.peer}: write failed: {exc.strerror or exc}"))
+            return
+        if sent < len(data):
+            link._link.fail(LinkBroken(f"{link.peer}: does not read what it is sent (send buffer full)"))
+
     def _write(self, link: ReactorLink, data: bytes) -> None:
+        if link._tls is not None:
+            try:
+                data = link._tls.encrypt(data)
+            except (ssl.SSLError, ValueError) as exc:  # ValueError: no session (never handshaken)
+                link._link.fail(LinkBroken(f"{link.peer}: TLS write failed: {exc}"))
+                return
         try:
             sent = link._sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -494,6 +620,15 @@ class LinkReactor:
         key = keys.get(link._fd) if keys is not None else None
         if key is not None and key.data is link:
             self._selector.unregister(link._fd)
+        tls = link._tls
+        if tls is not None and not tls.handshaken and isinstance(cause, LinkTimeout):
+            cause = LinkTimeout(f"{link.peer} did not {'complete' if tls.heard else 'start'} the TLS handshake "
+                                f"within {self.config.handshake_timeout:g} s")
+        if tls is not None and tls.handshaken:
+            try:
+                link._sock.send(tls.close())  # close_notify, best effort (never waits)
+            except (OSError, ssl.SSLError, ValueError):
+                pass
         try:
             link._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
