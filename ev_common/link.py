@@ -16,6 +16,12 @@ in flight.
 
 ``LinkServer`` accepts links on a port, one thread per session, and closes
 them all on ``stop()``.
+
+``Link.connect(..., tls=client)`` (a ``TLSClient``, ``ev_common.tls.client_context``) opens
+TLS before the ENQ, within ``handshake_timeout``, and verifies the server (CA file or pinned
+fingerprint); the session then runs as before, its bytes through a ``TLSChannel`` (TLS on
+memory buffers, guarded by the write lock), so a reader never blocks on half a TLS record
+nor misses decrypted bytes that ``poll`` cannot see.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import logging
 import select
 import socket
 import socketserver
+import ssl
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .linkstate import (
     Acked,
@@ -46,9 +53,13 @@ from .linkstate import (
     SessionRefused,
 )
 from .protocol import MESSAGES, Message, MessageError, Registry
+from .tls import TLSError
+
+if TYPE_CHECKING:
+    from .tls import TLSChannel, TLSClient
 
 __all__ = ["Link", "LinkBroken", "LinkClosed", "LinkConfig", "LinkError", "LinkServer", "LinkTimeout",
-           "SessionRefused"]
+           "SessionRefused", "TLSError"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +69,7 @@ _tokens = itertools.count(1)
 class Link:
     """One session on a blocking socket. Build it with ``Link.connect`` or ``Link.accept``."""
 
-    def __init__(self, sock: socket.socket, state: LinkState) -> None:
+    def __init__(self, sock: socket.socket, state: LinkState, tls: "TLSChannel | None" = None) -> None:
         self.peer = state.peer
         self.config = state.config
         self.registry = state.registry
@@ -73,13 +84,21 @@ class Link:
         self._pumping = False
         self._opened = state.is_open
         self._closed: LinkError | None = None
+        self._tls = tls  # used under the write lock only
+        self._plain = b""  # decrypted, not fed yet (the handshake's answer is fed one byte at a time)
+        self._eof = False  # the peer closed its side of TLS (close_notify or end of stream)
 
     # -- opening -----------------------------------------------------------------
 
     @classmethod
     def connect(cls, host: str, port: int, config: LinkConfig = LinkConfig(),
-                registry: Registry = MESSAGES) -> "Link":
-        """Connect, send ENQ, wait for ACK. Raises LinkTimeout, SessionRefused or LinkBroken."""
+                registry: Registry = MESSAGES, tls: "TLSClient | None" = None) -> "Link":
+        """Connect, send ENQ, wait for ACK. Raises LinkTimeout, SessionRefused or LinkBroken.
+
+        With ``tls`` (``ev_common.tls.client_context``) TLS comes first, within
+        ``config.handshake_timeout``: ``TLSError`` (a ``LinkBroken``) when it fails,
+        ``CertificateRejected`` when the server's certificate is not accepted (CA file, host
+        name or pinned fingerprint), ``TLSTimeout`` (a ``LinkTimeout``) when it takes too long."""
         peer = f"{host}:{port}"
         try:
             sock = socket.create_connection((host, port), timeout=config.connect_timeout)
@@ -87,7 +106,14 @@ class Link:
             raise LinkTimeout(f"no answer from {peer} within {config.connect_timeout:g} s") from None
         except OSError as exc:
             raise LinkBroken(f"cannot connect to {peer}: {exc.strerror or exc}") from None
-        return cls._open(sock, LinkState(Role.CLIENT, config, registry, peer))
+        channel = None
+        if tls is not None:
+            try:
+                channel = tls.handshake(sock, host, timeout=config.handshake_timeout, peer=peer)
+            except BaseException:
+                sock.close()
+                raise
+        return cls._open(sock, LinkState(Role.CLIENT, config, registry, peer), channel)
 
     @classmethod
     def accept(cls, sock: socket.socket, peer: str, config: LinkConfig = LinkConfig(),
@@ -96,12 +122,12 @@ class Link:
         return cls._open(sock, LinkState(Role.SERVER, config, registry, peer, refuse=refuse))
 
     @classmethod
-    def _open(cls, sock: socket.socket, state: LinkState) -> "Link":
+    def _open(cls, sock: socket.socket, state: LinkState, tls: "TLSChannel | None" = None) -> "Link":
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        link = cls(sock, state)
+        link = cls(sock, state, tls)
         with link._write_lock:
             link._write(state.start(time.monotonic()))
         link._wait_for(lambda: link._opened or link._closed is not None, None)
@@ -159,7 +185,13 @@ class Link:
 
     @property
     def socket(self) -> socket.socket:
+        """The TCP socket (under TLS: the raw one, carrying encrypted bytes)."""
         return self._sock
+
+    @property
+    def tls_version(self) -> str | None:
+        """"TLSv1.3" or "TLSv1.2" on a TLS link, else None."""
+        return self._tls.version if self._tls is not None else None
 
     def close_cause(self) -> LinkError | None:
         """Why the session is over (None while it is open)."""
@@ -172,11 +204,13 @@ class Link:
                 return
             out = self._state.close(reason, send_eot)
             self._take_events()
-        if out and self._write_lock.acquire(timeout=0.2):
+        if (out or self._tls is not None) and self._write_lock.acquire(timeout=0.2):
             try:
+                if self._tls is not None:  # EOT, then close_notify
+                    out = self._tls.encrypt(out) + self._tls.close()
                 self._sock.settimeout(0.2)
                 self._sock.sendall(out)
-            except OSError:
+            except (OSError, ValueError):  # (ssl.SSLError is an OSError)
                 pass
             finally:
                 self._write_lock.release()
@@ -206,6 +240,12 @@ class Link:
 
     def _write(self, data: bytes) -> None:
         """(Holding the write lock.) Write bytes the state machine made; a failure ends the link."""
+        if self._tls is not None:
+            try:
+                data = self._tls.encrypt(data)  # (with anything TLS made meanwhile)
+            except (ssl.SSLError, ValueError) as exc:
+                self._fail(LinkBroken(f"{self.peer}: TLS write failed: {exc}"))
+                return
         if not data:
             return
         try:
@@ -281,6 +321,9 @@ class Link:
         """Read what arrives within ``timeout`` and hand it to the state machine."""
         if self._closed is not None:
             return
+        if self._tls is not None:
+            self._pump_tls(timeout)
+            return
         try:
             if not _readable(self._sock, timeout):
                 return
@@ -302,6 +345,53 @@ class Link:
                 out += self._state.on_timer(now)
                 self._take_events()
             self._write(out)
+        if self._closed is not None:
+            self._shutdown_socket()
+
+
+    def _pump_tls(self, timeout: float | None) -> None:
+        """``_pump`` under TLS: raw bytes -> the channel (under the write lock) -> the state machine.
+        Decrypted bytes wait in ``_plain`` and are fed before the socket is read again."""
+        tls = self._tls
+        raw = None
+        if not self._plain and not self._eof:
+            try:
+                if not _readable(self._sock, timeout):
+                    return
+                raw = self._sock.recv(self.config.recv_chunk)
+            except (BlockingIOError, InterruptedError, socket.timeout):
+                return
+            except (OSError, ValueError) as exc:
+                if self._closed is None:
+                    self._fail(LinkBroken(f"{self.peer}: read failed: {getattr(exc, 'strerror', None) or exc}"))
+                return
+        with self._write_lock:
+            with self._cond:
+                if self._closed is not None:
+                    return
+                if raw is not None:
+                    try:
+                        self._plain += tls.receive(raw)
+                    except ssl.SSLError as exc:
+                        error = LinkBroken(f"{self.peer}: TLS failed: {exc.reason or exc}")
+                        self._state.fail(error)
+                        self._take_events()
+                        raw = None
+                    self._eof = tls.eof
+                if self._closed is None:
+                    # the handshake's answer is one byte: what follows it waits for the next read
+                    size = self.config.recv_chunk if self._opened else 1
+                    chunk, self._plain = self._plain[:size], self._plain[size:]
+                    now = time.monotonic()
+                    self._state.backlog = len(self._inbound)
+                    out = self._state.feed(chunk, now) if chunk else b""
+                    if self._eof and not self._plain:
+                        out += self._state.feed(b"", now)
+                    out += self._state.on_timer(now)
+                    self._take_events()
+                else:
+                    out = b""
+            self._write(out)  # also what TLS made on its own (an alert, a key update)
         if self._closed is not None:
             self._shutdown_socket()
 
