@@ -470,6 +470,9 @@ class TLSClient:
                 if not raw:
                     raise TLSError(f"{peer} closed the connection during the TLS handshake (is it a TLS port? "
                                    f"does it accept this client?)")
+                if not channel.heard and not _looks_like_tls(raw):
+                    raise TLSError(f"{peer} does not speak TLS: it answered the TLS handshake with {raw[:16]!r} "
+                                   f"(a plaintext port?)")
                 channel.receive(raw)
                 out = channel.outgoing()
         except ssl.SSLCertVerificationError as exc:
@@ -513,6 +516,11 @@ class TLSClient:
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
             "HTTP_REQUEST", "UNEXPECTED_EOF_WHILE_READING", "EOF", "RECORD_LENGTH_MISMATCH",
             "UNEXPECTED_MESSAGE")
+
+
+def _looks_like_tls(data: bytes) -> bool:
+    """A TLS record begins with its type (20 to 23) and the major version 3."""
+    return 20 <= data[0] <= 23 and (len(data) < 2 or data[1] == 3)
 
 
 def _handshake_failure(peer: str, exc: ssl.SSLError) -> str:
