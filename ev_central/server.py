@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -69,11 +70,12 @@ class MonitorServer:
 
     def __init__(self, network: ChargingNetwork, on_change: Callable[[StateChange], None],
                  host: str, port: int, *, config: LinkConfig = LinkConfig(),
-                 max_sessions: int = 10_000, workers: int = 4) -> None:
+                 max_sessions: int = 10_000, workers: int = 4, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve TLS on the port (``ev_common.tls.server_context``); None, plaintext."""
         self.network = network
         self.on_change = on_change
         self._server = LinkReactor(host, port, self, name="monitor", max_sessions=max_sessions, config=config,
-                                   workers=workers)
+                                   workers=workers, tls=tls)
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._unregistered: set[MonitorSession] = set()
