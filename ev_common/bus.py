@@ -216,19 +216,25 @@ class Publisher:
         self._producer = producer_factory(self._config)
         self._lock = threading.RLock()
         self._fatal: str | None = None
-        self._resend: list[tuple] = []  # (topic, key, record, on_delivery, sends so far)
+        self._resend: list[tuple] = []  # (topic, key, record, on_delivery, sends so far, encoder)
         self.failed = 0
         self.replaced = 0
         self.resent = 0
 
     def publish(self, topic: str, key: str, record: Record,
-                on_delivery: Callable[[bool], None] | None = None) -> None:
-        """Queue ``record``; ``on_delivery(ok)`` runs from a later ``poll``/``flush`` once the broker answered."""
+                on_delivery: Callable[[bool], None] | None = None,
+                encode: Callable[[Record], bytes] | None = None) -> None:
+        """Queue ``record``; ``on_delivery(ok)`` runs from a later ``poll``/``flush`` once the broker answered.
+
+        ``encode(record)`` gives the value (default: ``records.encode``); it is called again
+        for a record sent again by a new producer (a sealed record gets a fresh counter). An
+        ``encode`` that raises makes the record undelivered (``on_delivery(False)``)."""
         with self._lock:
             self._replace_if_fatal()
-            self._produce(topic, key, record, on_delivery, 1)
+            self._produce(topic, key, record, on_delivery, 1, encode)
 
-    def _produce(self, topic: str, key: str, record: Record, on_delivery, sends: int) -> None:
+    def _produce(self, topic: str, key: str, record: Record, on_delivery, sends: int,
+                 encoder: Callable[[Record], bytes] | None = None) -> None:
         def delivered(err, _msg):
             if err is None:
                 self._outage.ok()
@@ -238,14 +244,21 @@ class Publisher:
                     self._fatal = err.str()
                 if (dead or err.code() in _PURGED) and sends <= self.MAX_RESENDS:
                     # the producer is (being) replaced: the new one sends the record again
-                    self._resend.append((topic, key, record, on_delivery, sends + 1))
+                    self._resend.append((topic, key, record, on_delivery, sends + 1, encoder))
                     return
                 self.failed += 1
                 log.error("record %s for %s not delivered: %s", record.TYPE, key, err.str())
             if on_delivery is not None:
                 on_delivery(err is None)
 
-        value = encode(record)
+        try:
+            value = encode(record) if encoder is None else encoder(record)
+        except Exception as exc:  # e.g. no key to seal it with now; the text names no secret
+            self.failed += 1
+            log.error("record %s for %s not queued: cannot encode it (%s)", record.TYPE, key, exc)
+            if on_delivery is not None:
+                on_delivery(False)
+            return
         for _attempt in range(2):
             try:
                 while True:
@@ -318,8 +331,8 @@ class Publisher:
         if pending:  # in their original order; one that fails again waits for the next replacement
             self.resent += len(pending)
             log.warning("sending %d record(s) again with the new Kafka producer", len(pending))
-            for topic, key, record, on_delivery, sends in pending:
-                self._produce(topic, key, record, on_delivery, sends)
+            for topic, key, record, on_delivery, sends, encoder in pending:
+                self._produce(topic, key, record, on_delivery, sends, encoder)
 
 
 # delivery errors after which this producer's identity is dead: only a new producer can go on
@@ -337,6 +350,7 @@ def _is_fatal(exc: KafkaException) -> bool:
 
 Handler = Callable[[str | None, Record], None]
 Done = Callable[[], None]
+Decoder = Callable[..., Record]  # decoder(topic, value, partition=, offset=) -> Record, or raises BadRecord
 
 
 class OffsetTracker:
@@ -409,13 +423,18 @@ class RecordConsumer:
     earlier record of its partition (for work that becomes durable later, on another
     thread). At most ``max_in_flight`` records wait for their ``done``; beyond that the
     consumer pauses its partitions until they drain.
+
+    ``decoder(topic, value, partition=, offset=)`` turns a record value into a record (default:
+    ``records.decode``); one that raises ``BadRecord`` makes the record skipped (counted in
+    ``skipped``), its offset done at once, as a malformed record's.
     """
 
     def __init__(self, bootstrap: str, group_id: str, topics: list[str], handler: Handler,
                  client_id: str = "", commit_every: float = 0.5, commit: bool = True,
                  on_assign: Callable[[], None] | None = None, deferred: bool = False,
-                 max_in_flight: int = 100_000, **overrides) -> None:
+                 max_in_flight: int = 100_000, decoder: Decoder | None = None, **overrides) -> None:
         self._outage = _OutageReporter(client_id or group_id, bootstrap)
+        self._decoder = decoder
         config = {"bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id or group_id,
                   "error_cb": self._outage.error, **_CLIENT_LOG, **CONSUMER_DEFAULTS, **overrides}
         if not commit:
@@ -479,11 +498,23 @@ class RecordConsumer:
         key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
         done = self._tracker.add(msg.topic(), msg.partition(), msg.offset()) if self._tracker else None
         try:
-            record = decode(msg.value())
+            if self._decoder is None:
+                record = decode(msg.value())
+            else:
+                record = self._decoder(msg.topic(), msg.value(), partition=msg.partition(), offset=msg.offset())
         except BadRecord as exc:
             self.skipped += 1
-            log.warning("skipped a malformed record on %s (key %s, offset %d): %s; value %r",
-                        msg.topic(), key, msg.offset(), exc, exc.raw)
+            if getattr(exc, "reason", None):  # refused by the decoder (a sealed record's check): said there
+                log.warning("skipped a record on %s (key %s, partition %d, offset %d): %s: %s", msg.topic(), key,
+                            msg.partition(), msg.offset(), exc.reason, exc)
+            else:
+                log.warning("skipped a malformed record on %s (key %s, offset %d): %s; value %r",
+                            msg.topic(), key, msg.offset(), exc, exc.raw)
+            if done is not None:
+                done()
+        except Exception:  # a bug in a decoder must not stop the stream either
+            self.skipped += 1
+            log.exception("failed to decode a record from %s (offset %d); skipped", msg.topic(), msg.offset())
             if done is not None:
                 done()
         else:
