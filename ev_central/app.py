@@ -10,17 +10,21 @@ write what is pending, close the database.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Callable
 
 from ev_common.bus import GroupMembers, Publisher, Topics, group_members
+from ev_common.words import KEYS_REVOKED
 from ev_common.link import LinkConfig
 from ev_common.records import CPStatus, Record
 
+from .auth import Audit, CPAuthenticator
 from .bus_adapter import REQUESTS_GROUP, CentralBus, KafkaNotifier
 from .effects import Effects
+from .keys import KeyRing
 from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER, SupplyBook
 from .mcsp_server import MCSPServer
@@ -54,8 +58,14 @@ class Central:
                  topics: Topics = Topics(), silence_timeout: float = DEFAULT_SILENCE_TIMEOUT,
                  link_config: LinkConfig = LinkConfig(), request_ttl: float = DEFAULT_REQUEST_TTL,
                  end_grace: float = DEFAULT_END_GRACE, stale_after: float = DEFAULT_STALE_AFTER,
-                 topic_partitions: int = 1, topic_replication: int = 1, mcsp_port: int | None = None) -> None:
+                 topic_partitions: int = 1, topic_replication: int = 1, mcsp_port: int | None = None,
+                 secure: bool = False, tls: ssl.SSLContext | None = None, master_key: bytes | None = None) -> None:
+        """``secure``: CPs authenticate with their credential and get a key (docs/security.md);
+        it needs ``master_key`` (ev_central/keys.py), and ``tls`` for the Monitor port."""
+        if secure and (master_key is None or tls is None):
+            raise ValueError("secure mode needs a master key and a TLS context")
         self.store = store
+        self.secure = secure
         self._host = host
         self._mcsp_port = mcsp_port  # None: no MCSP port
         self.network = ChargingNetwork(silence_timeout=silence_timeout)
@@ -63,7 +73,8 @@ class Central:
         self.writer = cp_state_writer(store)
         self.session_writer = session_writer(store)
         self.effects = Effects()  # the one thread that carries out what the decisions cause outside
-        self.monitors = MonitorServer(self.network, lambda change: None, host, port, config=link_config)
+        self.keys = KeyRing(store, master_key) if secure else None  # the CPs' keys, in secure mode
+        self.monitors = MonitorServer(self.network, lambda change: None, host, port, config=link_config, tls=tls)
         if kafka:
             publisher = Publisher(kafka, "ev-central")
             self.bus: CentralBus | None = CentralBus(kafka, topics, publisher, partitions=topic_partitions,
@@ -77,6 +88,8 @@ class Central:
         # the Monitor side reports to the core through these two doors only
         self.monitors.on_change = self.supplies.changed
         self.monitors.on_supply_state = self.supplies.on_supply_state
+        if self.keys is not None:
+            self.monitors.authenticator = CPAuthenticator(store, self.keys, getattr(self, "audit", None) or Audit())
         self.mcsp: MCSPServer | None = None  # RFID stations (docs/mcsp.md), once started
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -94,6 +107,12 @@ class Central:
         the same broker and topic prefix, and OSError when the Monitor port cannot be opened."""
         if self.bus is not None:
             self._refuse_if_another_central()
+        if self.keys is not None:
+            log.info("secure mode: CPs authenticate with their EV_Registry credential over TLS; %d CP key(s) in "
+                     "force", self.keys.load())
+        else:
+            log.warning("open mode: CPs are NOT authenticated and their records travel in clear (Release 1); "
+                        "EV_Central --secure authenticates them (docs/security.md)")
         self.store.mark_all_disconnected(datetime.now(timezone.utc))
         rows = self.store.load_charging_points()
         self.network.load(rows)
@@ -153,6 +172,25 @@ class Central:
 
     def resume_cp(self, cp_id: str) -> StateChange:
         return self.supplies.resume(cp_id)
+
+    def revoke_keys(self, cp_id: str, actor: str = "operator") -> str:
+        """Restore keys: delete the CP's keys. It goes out of service at once (its records are
+        refused; a running supply ends with the energy known so far, and its ticket); its
+        Monitor must authenticate again to get a new key. Raises KeyError (unknown CP),
+        ValueError (open mode) or StoreError (nothing revoked)."""
+        if self.keys is None:
+            raise ValueError("CPs have no keys in open mode (EV_Central --secure)")
+        if self.network.get(cp_id) is None:
+            raise KeyError(cp_id)
+        count = self.keys.revoke(cp_id)
+        told = self.monitors.revoke(cp_id, KEYS_REVOKED)
+        audit = getattr(self, "audit", None)
+        if audit is not None:
+            audit.record("key.revoke", actor, f"{cp_id}: {count} key(s) revoked", "ok")
+        log.warning("%s: keys revoked (%d); %s", cp_id, count,
+                    "its Monitor was told and must authenticate again" if told
+                    else "its Monitor is not connected; it must authenticate again")
+        return f"{cp_id}: keys revoked; out of service until its Monitor authenticates again"
 
     def cp_ids(self) -> list[str]:
         return [row.cp_id for row in self.network.snapshot()]

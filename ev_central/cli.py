@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -28,6 +29,7 @@ from ev_common.log import add_log_level_argument, setup_logging
 
 from .core.network import DEFAULT_SILENCE_TIMEOUT
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER
+from .keys import MASTER_KEY_FILE, KeyError_
 from .supply_service import DEFAULT_REQUEST_TTL
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="EV_Central",
         description="EVCharging Central: registers CPs, watches their state, authorises supplies.",
         epilog="Operator commands, on the panel's command line or (--ui log) on standard input: "
-               "stop <CP|all>, resume <CP|all>, list, help. Drivers, accounts and RFID tags: "
+               "stop <CP|all>, resume <CP|all>, keys revoke <CP> (secure mode), list, help. Drivers, accounts and "
+               "RFID tags: "
                "'EV_Central drivers --help', 'EV_Central accounts --help', 'EV_Central tags --help'.",
     )
     parser.add_argument("--port", type=port_number, required=True, help="TCP port Monitors connect to")
@@ -54,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TCP port RFID charging stations speak MCSP/1.0 to (START/END with a tag, "
                              "docs/mcsp.md); off unless given (default: $EV_MCSP_PORT)")
     parser.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
+    secure = parser.add_argument_group(
+        "secure mode (docs/security.md)",
+        "CPs authenticate with the credential EV_Registry gave them, over TLS, and seal every record with a key "
+        "of their own. Without --secure Central runs in open mode (Release 1): CPs are not authenticated.")
+    secure.add_argument("--secure", action="store_true", default=env("EV_SECURE", "") in ("1", "true", "yes"),
+                        help="secure mode (default: $EV_SECURE=1, else open mode)")
+    secure.add_argument("--tls-cert", type=Path, metavar="FILE",
+                        help="Central's certificate for the Monitor port (PEM); default: ev_central.crt in "
+                             "$EV_DATA_DIR or the working directory, made (self-signed) on first start")
+    secure.add_argument("--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)")
+    secure.add_argument("--tls-name", action="append", metavar="HOST", dest="tls_names",
+                        help="a name or address Monitors reach Central by, put in a certificate made on first "
+                             "start (repeat it; default: localhost, 127.0.0.1 and this machine's name)")
+    secure.add_argument("--master-key", type=Path, metavar="FILE",
+                        help="the key that seals the CPs' keys in the database; default: "
+                             f"{MASTER_KEY_FILE} in $EV_DATA_DIR or the working directory, made on first start "
+                             "(keep it, and keep it private)")
     parser.add_argument("--host", default=env("EV_CENTRAL_HOST", "0.0.0.0"),
                         help="address to listen on (default: $EV_CENTRAL_HOST or 0.0.0.0, every interface)")
     parser.add_argument("--topic-prefix", default=env("EV_TOPIC_PREFIX", ""),
@@ -81,6 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
                              "or the working directory; in log mode: no file)")
     add_log_level_argument(parser)
     return parser
+
+
+def data_directory() -> Path:
+    from .store import ENV_DATA_DIR
+
+    return Path(os.environ.get(ENV_DATA_DIR, "").strip() or Path.cwd())
+
+
+def secure_parts(args: argparse.Namespace):
+    """Secure mode's TLS context for the Monitor port and the master key (made on first start
+    when not given); says where they are and the certificate's fingerprint Monitors pin."""
+    from ev_common.tls import ensure_certificate, fingerprint_of, server_context
+
+    from .keys import load_or_make_master_key
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("give both --tls-cert and --tls-key, or neither (a certificate is then made)")
+    if args.tls_cert is None:
+        names = args.tls_names or ["localhost", "127.0.0.1", socket.gethostname()]
+        made = ensure_certificate(data_directory(), "ev_central", names)
+        cert_path, key_path = made.cert_path, made.key_path
+    else:
+        cert_path, key_path = args.tls_cert, args.tls_key
+    context = server_context(cert_path, key_path)
+    fingerprint = fingerprint_of(Path(cert_path).read_bytes())
+    log.info("TLS on the Monitor port with %s; its fingerprint (a Monitor's --central-fingerprint): %s",
+             cert_path, fingerprint)
+    master_key = load_or_make_master_key(args.master_key or data_directory() / MASTER_KEY_FILE)
+    return context, master_key
 
 
 def choose_ui(requested: str, stdout: TextIO | None) -> str:
@@ -181,11 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     kafka = "%s:%d" % args.kafka
     try:
+        tls, master_key = secure_parts(args) if args.secure else (None, None)
+    except (OSError, ValueError, KeyError_) as exc:
+        log.error("secure mode cannot start: %s", exc)
+        store.close()
+        return 1
+    try:
         central = Central(store, args.host, args.port, kafka=kafka, topics=Topics(args.topic_prefix),
                           silence_timeout=args.silence_timeout, request_ttl=args.request_ttl,
                           end_grace=args.end_grace, stale_after=args.stale_after,
                           topic_partitions=args.topic_partitions, topic_replication=args.topic_replication,
-                          mcsp_port=args.mcsp_port).start()
+                          mcsp_port=args.mcsp_port, secure=args.secure, tls=tls, master_key=master_key).start()
     except OSError as exc:
         ports = f"ports {args.port} and {args.mcsp_port}" if args.mcsp_port is not None else f"port {args.port}"
         log.error("cannot listen on %s, %s: %s", args.host, ports, exc.strerror or exc)

@@ -3,6 +3,8 @@
     stop CP001 | stop all        out of service: ends any supply, the CP shows PARADO
     resume CP001 | resume all    back in service (ACTIVADO)
     list                         every CP with its state
+    keys revoke CP001            secure mode: delete the CP's keys; out of service until its
+                                 Monitor authenticates again
     help
 
 Answers go to Central's log, where the operator already watches.
@@ -16,10 +18,11 @@ from typing import TextIO
 
 from .app import Central
 from .core.states import IllegalTransition
+from .store.base import StoreError
 
 log = logging.getLogger("ev_central.operator")
 
-HELP = "commands: stop <CP|all>, resume <CP|all>, list, help"
+HELP = "commands: stop <CP|all>, resume <CP|all>, keys revoke <CP>, list, help"
 
 
 def execute(central: Central, line: str) -> str:
@@ -48,6 +51,15 @@ def execute(central: Central, line: str) -> str:
                 return f"{cp_id}: {exc}"
             done.append(f"{cp_id} {change.new}")
         return f"{verb}: " + (", ".join(done) if done else "no CPs")
+    if verb == "keys" and len(args) == 2 and args[0].lower() == "revoke":
+        try:
+            return central.revoke_keys(args[1])
+        except KeyError:
+            return f"unknown CP {args[1]}"
+        except ValueError as exc:
+            return f"keys revoke: {exc}"
+        except StoreError as exc:
+            return f"keys revoke {args[1]}: nothing revoked, the database cannot be reached ({exc}); try again"
     return f"unknown command {line.strip()!r}; {HELP}"
 
 

@@ -25,8 +25,9 @@ from typing import Callable
 from ev_common.bounded import keep_newest
 from ev_common.link import LinkConfig
 from ev_common.reactor import LinkReactor, ReactorLink
-from ev_common.protocol import Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Sst, Stop, Sup, Supr
+from ev_common.protocol import Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Rvk, Sst, Stop, Sup, Supr
 
+from .auth import OpenDoor, Refused
 from .core.network import ChargingNetwork, StateChange
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,13 @@ class MonitorServer:
 
     def __init__(self, network: ChargingNetwork, on_change: Callable[[StateChange], None],
                  host: str, port: int, *, config: LinkConfig = LinkConfig(),
-                 max_sessions: int = 10_000, workers: int = 4, tls: ssl.SSLContext | None = None) -> None:
-        """``tls``: serve TLS on the port (``ev_common.tls.server_context``); None, plaintext."""
+                 max_sessions: int = 10_000, workers: int = 4, tls: ssl.SSLContext | None = None,
+                 authenticator=None) -> None:
+        """``tls``: serve TLS on the port (``ev_common.tls.server_context``); None, plaintext.
+        ``authenticator``: who may register (``ev_central.auth``: ``OpenDoor`` by default,
+        ``CPAuthenticator`` in secure mode)."""
         self.network = network
+        self.authenticator = authenticator or OpenDoor()
         self.on_change = on_change
         self._server = LinkReactor(host, port, self, name="monitor", max_sessions=max_sessions, config=config,
                                    workers=workers, tls=tls)
@@ -193,19 +198,36 @@ class MonitorServer:
         if session.cp_id is not None and not self._stopping:
             self._changed(self.network.session_ended(session.cp_id, session, f"Monitor connection lost: {cause}"))
 
+    def revoke(self, cp_id: str, reason: str) -> bool:
+        """The CP's keys were revoked: it is out of service at once (DESCONECTADO, ``reason``);
+        its Monitor is told (``RVK``) and its session closed. True if a session was open."""
+        session = self.network.owner(cp_id)
+        if session is None:
+            return False
+        self._changed(self.network.session_ended(cp_id, session, reason))
+        link = session.link
+        if not self._server.send(link, Rvk(cp_id, reason), lambda ok: link.close(reason)):
+            link.close(reason)
+        return True
+
     def _accept_registration(self, session: MonitorSession, reg: Reg) -> list[Message]:
         log.info("REG received from %s: %s", session.link.peer, reg.redacted())
+        admitted = self.authenticator.authenticate(reg, session.link.peer)
+        if isinstance(admitted, Refused):
+            log.info("AUTH#KO sent to %s from %s (%s)", reg.cp_id, session.link.peer, admitted.reason)
+            return [Auth.refused(admitted.reason)]
         session.cp_id = reg.cp_id
-        change, replaced = self.network.register(reg.cp_id, reg.location, reg.price_eur_kwh, session)
+        change, replaced = self.network.register(reg.cp_id, admitted.location, admitted.price_eur_kwh, session)
         if replaced is not None:
             log.warning("%s: a newer Monitor session from %s replaces %r", reg.cp_id, session.link.peer, replaced)
             replaced.link.close("replaced by a newer session for the same CP")
         self._changed(change)  # queued for the DB before the Monitor hears AUTH#OK
-        reply = Auth.accepted()  # returned: the reactor sends it, and STOP behind it
+        reply = Auth.accepted()  # returned: the reactor sends it, then the key, then STOP
         log.info("AUTH#OK sent to %s (%s)", reg.cp_id, reply.text)
+        replies: list[Message] = [reply, admitted.key]  # KEY#cp#0 in open mode: records in clear
         if change.stopped:  # the CP must know it is out of service, also after a restart
-            return [reply, Stop(reg.cp_id)]  # (after AUTH's ACK)
-        return [reply]
+            replies.append(Stop(reg.cp_id))
+        return replies
 
     def _handle(self, session: MonitorSession, message: Message) -> bool | list[Message]:
         """Serve one message of a registered session: its replies, or False when the session must end."""
@@ -213,7 +235,11 @@ class MonitorServer:
         if isinstance(message, Reg):
             if message.cp_id != cp_id:
                 return [Auth.refused(f"this session is registered as {cp_id}")]
-            return self._accept_registration(session, message)
+            replies = self._accept_registration(session, message)
+            if isinstance(replies[0], Auth) and not replies[0].ok:  # refused now: the session ends
+                self._changed(self.network.session_ended(cp_id, session, f"registration refused: {replies[0].text}"))
+                session.link.close("registration refused")
+            return replies
         if getattr(message, "cp_id", cp_id) != cp_id:
             return [Err("UNEXPECTED", f"this session speaks for {cp_id}, not {message.cp_id}")]
         if not self.network.heartbeat(cp_id, session):  # every message is a sign of life

@@ -40,7 +40,7 @@ from ev_common.records import (
     Telemetry,
     Ticket,
 )
-from ev_common.words import CANNOT_REPORT, OUT_OF_ORDER, STOPPED_BY_CENTRAL
+from ev_common.words import CANNOT_REPORT, KEYS_REVOKED, OUT_OF_ORDER, STOPPED_BY_CENTRAL
 
 from .core.network import ChargingNetwork, StateChange
 from .core.states import Event, IllegalTransition, State
@@ -669,6 +669,8 @@ class SupplyService:
 
 
 def _interruption(change: StateChange) -> str:
+    if change.cause == KEYS_REVOKED:  # out of service for its keys, not for a lost link
+        return KEYS_REVOKED
     return _interruption_for(change.new, change.cause)
 
 

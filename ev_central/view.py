@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from ev_common.mcsp import masked
-from ev_common.words import CENTRAL_OK, DATABASE_UNREACHABLE, DESCONECTADO, KAFKA_UNREACHABLE
+from ev_common.words import CENTRAL_OK, DATABASE_UNREACHABLE, DESCONECTADO, KAFKA_UNREACHABLE, KEYS_REVOKED
 
 from .app import Central
 from .console import execute
@@ -23,6 +23,7 @@ from .console import execute
 MAX_MESSAGES = 500
 MONITORS_NAMED = 3  # CPs named in the status line when their Monitors are missing; the rest counted
 QUIET_LOGGERS = ("ev_central.live",)  # per-second figures: the tiles show them
+OPEN_MODE = "open mode: CPs not authenticated"  # said in the status line (docs/security.md)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class CPTile:
     fault: str | None = None  # the Engine's fault, as its Monitor reported it
     account_id: str | None = None  # the account the supply is booked to, if any
     tag: str | None = None  # while supplying for an RFID tag: its UID, masked ("...E73A")
+    note: str | None = None  # why it is out of service when it is not a fault (keys revoked)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class CentralView:
 
     def tiles(self) -> list[CPTile]:
         supplies = {row.cp_id: row for row in self.central.book.open_sessions()}
+        keys = getattr(self.central, "keys", None)
         tiles = []
         for row in self.central.network.snapshot():
             supply = supplies.get(row.cp_id)
@@ -130,7 +133,8 @@ class CentralView:
                 supply.amount_eur if supply else None,
                 self.central.network.fault_of(row.cp_id),
                 supply.account_id if supply else None,
-                masked(supply.tag_uid) if supply and supply.tag_uid else None))
+                masked(supply.tag_uid) if supply and supply.tag_uid else None,
+                KEYS_REVOKED if keys is not None and row.state == DESCONECTADO and keys.revoked(row.cp_id) else None))
         return tiles
 
     def ongoing(self) -> list[OngoingRequest]:
@@ -177,6 +181,7 @@ class CentralView:
             self._db_down_since = self._db_down_since or now
             parts.append(f"{DATABASE_UNREACHABLE} since {clock_time(self._db_down_since, now)} "
                          f"(working from memory)")
+        parts.append("secure mode" if getattr(self.central, "secure", False) else OPEN_MODE)
         rows = self.central.network.snapshot()
         missing = [row for row in rows if row.state == DESCONECTADO]
         if not rows:

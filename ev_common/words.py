@@ -44,3 +44,7 @@ STOPPED_BY_CENTRAL: Final = "stopped by Central"
 # an Engine that cannot reach Kafka says so in its health answers: Central then authorises
 # nothing at that CP, but does not end a supply for it (its figures reach Central later)
 CANNOT_REPORT: Final = "Kafka unreachable: this CP cannot report supplies"
+
+#: Why a CP is out of service after an operator's "keys revoke" (secure mode): its Monitor must
+#: authenticate again (docs/security.md). Also the reason of a supply it interrupted.
+KEYS_REVOKED = "keys revoked by the operator"

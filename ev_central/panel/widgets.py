@@ -77,6 +77,8 @@ def tile_lines(tile: CPTile) -> list[str]:
             lines.append(f"{tile.amount_eur:.2f} EUR")
     elif tile.state == AVERIADO and tile.fault:
         lines.append(tile.fault)
+    elif tile.note:
+        lines.append(tile.note)
     if tile.stopped and tile.state != PARADO:
         lines.append(f"({STOPPED_BY_CENTRAL})")
     return lines

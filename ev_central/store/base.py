@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ev_central.core.entities import (  # noqa: F401  (the entities the store maps to rows)
     CP_STATES,
@@ -287,9 +287,10 @@ class Store(abc.ABC):
         """Every registration, ordered by cp_id."""
 
     @abc.abstractmethod
-    def issue_cp_key(self, cp_id: str, key_sealed: str) -> CPKeyRow:
-        """Keep a new key for ``cp_id`` (sealed with Central's master key), numbered one past
-        the CP's last key, revoked or not."""
+    def issue_cp_key(self, cp_id: str, seal: Callable[[int], str]) -> CPKeyRow:
+        """Keep a new key for ``cp_id``, numbered one past the CP's last key, revoked or not:
+        ``seal(version)`` gives the key sealed with Central's master key for that version
+        (called inside the transaction, so that the version it binds is the one stored)."""
 
     @abc.abstractmethod
     def current_cp_key(self, cp_id: str) -> CPKeyRow | None:

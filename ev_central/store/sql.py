@@ -823,15 +823,16 @@ class SQLStore(Store):
     def list_registrations(self) -> list[RegistrationRow]:
         return [_registration(row) for row in self._run(lambda cur: _rows(cur, SELECT_REGISTRATIONS), write=False)]
 
-    def issue_cp_key(self, cp_id: str, key_sealed: str) -> CPKeyRow:
-        params = {"cp_id": to_identifier(cp_id, "cp id"),
-                  "key_sealed": to_text(key_sealed, "sealed key", KEY_SEALED_MAX)}
+    def issue_cp_key(self, cp_id: str, seal: Callable[[int], str]) -> CPKeyRow:
+        cp_id = to_identifier(cp_id, "cp id")
         at = now_utc()
 
         def work(cur: Cursor) -> CPKeyRow:
             last = _rows(cur, SELECT_LAST_KEY_VERSION, {"cp_id": cp_id})[0][0]
             version = int(last or 0) + 1
-            cur.execute(INSERT_KEY, {**params, "version": version, "issued_at": self._time(at)})
+            key_sealed = to_text(seal(version), "sealed key", KEY_SEALED_MAX)
+            cur.execute(INSERT_KEY, {"cp_id": cp_id, "key_sealed": key_sealed, "version": version,
+                                     "issued_at": self._time(at)})
             return CPKeyRow(cp_id, version, key_sealed, at)
 
         return self._run(work)

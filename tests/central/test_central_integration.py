@@ -19,7 +19,7 @@ from ev_central.app import Central
 from ev_central.core.states import Event
 from ev_central.store import CPRow, open_store
 from ev_common.link import Link, LinkConfig, LinkError
-from ev_common.protocol import Auth, Avr, Err, Hb, Message, Rec, Reg, wire
+from ev_common.protocol import Auth, Avr, Err, Hb, Key, Message, Rec, Reg, wire
 from ev_common.protocol.fields import Text
 from tests.support.waiting import wait_until
 
@@ -77,6 +77,9 @@ class FakeMonitor:
     def register(self, cp_id: str, location: str = "C/Mayor, 45", price: str = "0.48") -> Auth:
         answer = self.ask(Reg(cp_id, location, Decimal(price)))
         assert isinstance(answer, Auth), answer
+        if answer.ok:  # open mode: KEY#<cp>#0 follows every AUTH#OK (records in clear)
+            key = self.answer()
+            assert key == Key(cp_id, 0), key
         return answer
 
     def expect_closed(self, timeout: float = ANSWER_TIMEOUT) -> LinkError:

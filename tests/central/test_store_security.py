@@ -60,13 +60,14 @@ def test_registration_fields_are_checked_against_the_columns(store, field, value
 
 def test_keys_are_numbered_per_cp_and_revoked(store):
     assert store.current_cp_key("CP001") is None
-    first = store.issue_cp_key("CP001", "sealed-1")
+    first = store.issue_cp_key("CP001", lambda version: f"sealed-{version}")
     assert (first.version, first.key_sealed, first.revoked_at) == (1, "sealed-1", None)
-    store.issue_cp_key("CP002", "sealed-x")
+    store.issue_cp_key("CP002", lambda version: "sealed-x")
     assert store.current_cp_key("CP001").version == 1
     assert store.revoke_cp_keys("CP001") == 1 and store.revoke_cp_keys("CP001") == 0
     assert store.current_cp_key("CP001") is None
-    assert store.issue_cp_key("CP001", "sealed-2").version == 2  # never reuses a revoked number
+    second = store.issue_cp_key("CP001", lambda version: f"sealed-{version}")
+    assert (second.version, second.key_sealed) == (2, "sealed-2")  # never reuses a revoked number
     assert [(k.cp_id, k.version) for k in store.load_cp_keys()] == [("CP001", 2), ("CP002", 1)]
 
 

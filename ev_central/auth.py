@@ -1,0 +1,155 @@
+"""Who may register a CP at Central (docs/security.md).
+
+Open mode (Release 1, the default): every well-formed ``REG`` is accepted; Central sends
+``KEY#<cp>#0`` after ``AUTH#OK``: the CP's records travel in clear.
+
+Secure mode (``EV_Central --secure``): a ``REG`` must carry the credential EV_Registry gave
+the CP. ``CPAuthenticator.authenticate`` checks it against the registration's salted scrypt
+hash (constant time), refuses a CP that is not registered or was deregistered, and rate-limits
+failed attempts per CP and per address; on success the CP gets its key (``KeyRing.issue``),
+and the location and price registered at EV_Registry. Every attempt is audited, with the
+reason of a refusal; no secret is ever logged or audited.
+
+A check that passed is remembered (the credential's SHA-256 beside the stored hash it matched),
+so that a Monitor registering again after a lost link costs a hash, not an scrypt; a new
+registration or a deregistration at EV_Registry changes the stored hash and voids it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable
+
+from ev_common.bounded import keep_newest
+from ev_common.credentials import FailureLimiter, verify_credential
+from ev_common.protocol import Key, Reg
+
+from .keys import KeyRing, key_text
+from .store.base import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+REMEMBERED = 100_000  # checks that passed, kept
+
+
+class Audit:  # what this module needs of ev_central.audit.AuditLog
+    def record(self, action: str, actor: str, details: str = "", outcome: str = "ok", source_ip: str = "") -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The CP may register: with this location and price, and this key for its Engine."""
+
+    location: str
+    price_eur_kwh: Decimal
+    key: Key
+
+
+@dataclass(frozen=True)
+class Refused:
+    """``AUTH#KO`` with this reason."""
+
+    reason: str
+
+
+class OpenDoor:
+    """Open mode: every REG is admitted as it comes, with no key."""
+
+    secure = False
+
+    def authenticate(self, reg: Reg, peer: str) -> Admitted | Refused:
+        return Admitted(reg.location, reg.price_eur_kwh, Key(reg.cp_id, 0))
+
+
+class CPAuthenticator:
+    """Secure mode's check of a REG (see the module doc). Thread-safe."""
+
+    secure = True
+
+    def __init__(self, store: Store, keys: KeyRing, audit: Audit, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 per_cp: FailureLimiter | None = None, per_address: FailureLimiter | None = None) -> None:
+        self.store = store
+        self.keys = keys
+        self.audit = audit
+        self.per_cp = per_cp or FailureLimiter(clock=clock)
+        self.per_address = per_address or FailureLimiter(clock=clock)
+        self._passed: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # cp -> (stored hash, sha256)
+        self._lock = threading.Lock()
+
+    def authenticate(self, reg: Reg, peer: str) -> Admitted | Refused:
+        cp_id, address = reg.cp_id, _host(peer)
+        outcome = self._check(reg, address)
+        if isinstance(outcome, Refused):
+            log.warning("%s from %s refused: %s", cp_id, peer, outcome.reason)
+            self.audit.record("auth", cp_id, outcome.reason, "refused", address)
+        else:
+            self.audit.record("auth", cp_id, f"authenticated; key v{outcome.key.version}", "ok", address)
+        return outcome
+
+    def _check(self, reg: Reg, address: str) -> Admitted | Refused:
+        cp_id = reg.cp_id
+        for limiter, what in ((self.per_address, address), (self.per_cp, cp_id)):
+            wait = limiter.locked(what)
+            if wait:
+                return Refused(f"too many failed attempts for {cp_id if what == cp_id else 'this address'}; "
+                               f"try again in {wait:.0f} s")
+        if not reg.credential:
+            return self._failed(reg, address, "this Central runs in secure mode: REG must carry the CP's credential "
+                                              "(from EV_Registry)")
+        try:
+            registration = self.store.get_registration(cp_id)
+        except StoreError as exc:
+            log.warning("cannot check %s's credential: %s", cp_id, exc)
+            return Refused("Central cannot check credentials now (database unreachable); try again later")
+        if registration is None:
+            return self._failed(reg, address, f"{cp_id} is not registered at EV_Registry")
+        if registration.credential_hash is None:
+            return self._failed(reg, address, f"{cp_id} was deregistered at EV_Registry")
+        if not self._matches(cp_id, reg.credential, registration.credential_hash):
+            return self._failed(reg, address, f"wrong credential for {cp_id}")
+        self.per_cp.success(cp_id)
+        try:
+            version, key, new = self.keys.issue(cp_id)
+        except StoreError as exc:
+            log.warning("cannot issue a key to %s: %s", cp_id, exc)
+            return Refused("Central cannot issue a key now (database unreachable); try again later")
+        if new:
+            log.info("issued key v%d to %s", version, cp_id)
+            self.audit.record("key.issue", cp_id, f"key v{version}", "ok", address)
+        if (registration.location, registration.price_eur_kwh) != (reg.location, reg.price_eur_kwh):
+            log.info("%s registers with the location and price of EV_Registry (%s, %s EUR/kWh), not its own "
+                     "(%s, %s EUR/kWh)", cp_id, registration.location, registration.price_eur_kwh, reg.location,
+                     reg.price_eur_kwh)
+        return Admitted(registration.location, registration.price_eur_kwh, Key(cp_id, version, key_text(key)))
+
+    def _matches(self, cp_id: str, credential: str, stored: str) -> bool:
+        digest = hashlib.sha256(credential.encode()).digest()
+        with self._lock:
+            passed = self._passed.get(cp_id)
+        if passed is not None and passed[0] == stored and hmac.compare_digest(passed[1], digest):
+            return True
+        if not verify_credential(credential, stored):
+            return False
+        with self._lock:
+            keep_newest(self._passed, cp_id, (stored, digest), REMEMBERED)
+        return True
+
+    def _failed(self, reg: Reg, address: str, reason: str) -> Refused:
+        self.per_cp.failure(reg.cp_id)
+        self.per_address.failure(address)
+        return Refused(reason)
+
+
+def _host(peer: str) -> str:
+    """``10.0.0.7`` of ``10.0.0.7:5123`` (``[::1]:5123`` -> ``::1``)."""
+    host, _, _port = peer.rpartition(":")
+    return host.strip("[]") or peer
