@@ -10,6 +10,11 @@ Durable before acknowledged: a request's offset is committed once it has been de
 a telemetry record's or a ``supply.end``'s once the session row it changed is in the
 database (or was set aside as refused); while the database is down they wait, and a
 restart reads them again (every handler is idempotent).
+
+With a ``gate`` (``record_gate.RecordGate``) both consumers decode through it: sealed records
+are opened, and a record it refuses (reported to its ``on_rejected``, counted in
+``gate.rejected``) is skipped, its offset done at once, and never reaches the supply service.
+Without one, records are decoded as in Release 1.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ev_common.bus import Done, KafkaHealth, Publisher, RecordConsumer, Topics, 
 from ev_common.records import CPStatus, Record, SupplyEnd, SupplyRequest, Telemetry
 from ev_common.retry import Backoff
 
+from .record_gate import RecordGate
 from .supply_service import SupplyService
 
 log = logging.getLogger(__name__)
@@ -64,8 +70,11 @@ class KafkaNotifier:
 class CentralBus:
     def __init__(self, bootstrap: str, topics: Topics, publisher: Publisher, *, partitions: int = 1,
                  replication: int = 1, workers: int = 8, max_in_flight: int = 64,
-                 topic_wait: float = TOPIC_WAIT) -> None:
+                 topic_wait: float = TOPIC_WAIT, gate: RecordGate | None = None) -> None:
         self.bootstrap = bootstrap
+        self.gate = gate  # None: records decoded as they come (open mode, Release 1)
+        if gate is not None and gate.topics is None:
+            gate.topics = topics  # which topic is the CPs' own
         self.health: KafkaHealth = kafka_health(bootstrap)  # shared by every Kafka client of Central
         self.topic_wait = topic_wait
         self.topics = topics
@@ -77,6 +86,7 @@ class CentralBus:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.service: SupplyService | None = None
+        self.consumers: list[RecordConsumer] = []
 
     def start(self, service: SupplyService) -> "CentralBus":
         self.service = service
@@ -88,10 +98,12 @@ class CentralBus:
             log.info("Kafka topics ready")
         self._spawn("kafka-topics", self._keep_topics, ready)
         # group ids carry the topic prefix: two systems sharing a broker never share a group
+        decoder = self.gate.open if self.gate is not None else None
         requests = RecordConsumer(self.bootstrap, self.topics.prefix + REQUESTS_GROUP, [self.topics.driver_requests],
-                                  self._on_request, client_id="ev-central", deferred=True)
+                                  self._on_request, client_id="ev-central", deferred=True, decoder=decoder)
         telemetry = RecordConsumer(self.bootstrap, self.topics.prefix + TELEMETRY_GROUP, [self.topics.cp_telemetry],
-                                   self._on_telemetry, client_id="ev-central", deferred=True)
+                                   self._on_telemetry, client_id="ev-central", deferred=True, decoder=decoder)
+        self.consumers = [requests, telemetry]
         self._spawn("kafka-requests", requests.run, self._stop)
         self._spawn("kafka-telemetry", telemetry.run, self._stop)
         self._spawn("kafka-delivery", self._deliver)
