@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import Engine
     from .health_server import HealthServer
     from .journal import SupplyJournal
+    from .secure_mode import SecureMark
     from .kafka_watch import PROBE_TIMEOUT, KafkaWatch
     from .keyboard import Prompt, run_keyboard
     from .rfid import NO_MCSP, RfidReader
@@ -175,15 +176,23 @@ def main(argv: list[str] | None = None) -> int:
 
     publisher = Publisher(kafka, "ev-cp-engine", producer_factory=new_producer)
 
-    def emit(record: Record, on_delivery: Callable[[bool], None] | None = None) -> None:
+    def emit(record: Record, on_delivery: Callable[[bool], None] | None = None, seal=None) -> None:
+        """To its topic; with ``seal`` (secure mode), sealed by it for that topic each time it is produced."""
         if isinstance(record, SupplyRequest):
-            publisher.publish(topics.driver_requests, record.driver_id, record, on_delivery)
+            topic, key = topics.driver_requests, record.driver_id
         else:
-            publisher.publish(topics.cp_telemetry, getattr(record, "cp_id", ""), record, on_delivery)
+            topic, key = topics.cp_telemetry, getattr(record, "cp_id", "")
+        encoder = None if seal is None else (lambda r: seal(topic, r))
+        publisher.publish(topic, key, record, on_delivery, encode=encoder)
 
     journal = SupplyJournal(Path(args.data_dir) / f"ev_cp_engine-{args.port}.journal.json")
+    secure_mark = SecureMark(Path(args.data_dir) / f"ev_cp_engine-{args.port}.secure.json")
     engine = Engine(emit, power_kw=args.power_kw, plug_timeout=args.plug_timeout, time_scale=args.time_scale,
-                    auto_seconds=args.auto_seconds if args.auto else None, journal=journal, say=messages)
+                    auto_seconds=args.auto_seconds if args.auto else None, journal=journal, say=messages,
+                    secure_mark=secure_mark)
+    if engine.waiting_for_key:
+        messages("secure mode (this CP got a key before): no record leaves in clear; waiting for this CP's key "
+                 "from its Monitor")
     engine.recover()  # a supply the last run of this Engine left unfinished is reported first
     reader = RfidReader(engine, _station_client(args.mcsp), say=messages, auto_key=args.rfid_tag,
                         every=float(args.rfid_every))

@@ -26,6 +26,16 @@ so a ``SUP`` for it that arrives later is refused.
 A supply an RFID tag opened (``held_by_tag``, told by the reader, ``rfid.py``) is ended by
 that reader with an MCSP ``END``, not by ``--auto`` after ``--auto-seconds``; its ``SUP``
 carries the tag's account in place of a driver, and the lines name it so.
+
+Secure mode (docs/topics.md, "Sealed records (secure mode)"): the Monitor passes the CP's key
+(``set_key``, from ``KEY``); from then on every record goes out sealed: ``emit`` is called with
+``seal=`` (``seal(topic, record)``, run by the producer each time it produces the record, so that
+a record produced again is sealed again, with the key in force then). ``KEY#<cp>#0`` is open
+mode: records in clear, as in Release 1. An Engine that got a key notes it in its data
+directory (``SecureMark``): after a restart, or after a revocation (``revoke``, from ``RVK``:
+the supply held ends, "keys revoked"), it sends nothing in clear: its supply ends wait
+(in the journal) for the next key and go out sealed with it, and it refuses supplies and
+requests until then. An Engine never given a key behaves as in Release 1.
 """
 
 from __future__ import annotations
@@ -42,11 +52,13 @@ from enum import Enum
 from typing import Callable
 
 from ev_common.bounded import keep_newest
-from ev_common.records import BadRecord, SupplyEnd, SupplyRequest, Telemetry, decode
+from ev_common.envelope import KEY_BYTES, MAX_KEY_VERSION, Counter, Sealer
+from ev_common.records import BadRecord, Record, SupplyEnd, SupplyRequest, Telemetry, decode, encode
 from ev_common.retry import Backoff
 from ev_common.words import CANNOT_REPORT
 
 from .journal import MAX_ENDS, SupplyJournal
+from .secure_mode import SecureMark
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,14 @@ FOUR = Decimal("0.0001")
 CANCELLED_KEPT = 256  # cancelled session ids remembered, to refuse a late SUP for them
 KAFKA_DOWN = CANNOT_REPORT
 NORMAL_END = "unplugged"  # supply.end's reason when the person ended the supply
+KEYS_REVOKED = "keys revoked"  # supply.end's reason when Central revoked the CP's keys (RVK)
+OPEN_MODE = "open mode"
+WAITING_FOR_KEY = "waiting for this CP's key"
+HELD = float("inf")  # a supply end waiting for this CP's key: sent when it comes
+
+
+class NoKey(RuntimeError):
+    """Secure mode, and no key to seal a record with now (revoked, or not given yet)."""
 
 
 class Phase(str, Enum):
@@ -83,14 +103,17 @@ class Supply:
         return (self.kwh * self.price).quantize(FOUR, rounding=ROUND_HALF_UP)
 
 
-Emit = Callable[..., None]  # emit(record, on_delivery=None); on_delivery(ok) once the broker answered
+# emit(record, on_delivery=None[, seal=]); on_delivery(ok) once the broker answered; with a key,
+# seal(topic, record) -> bytes is passed: the record must go out sealed by it
+Emit = Callable[..., None]
 
 
 class Engine:
     def __init__(self, emit: Emit | None = None, *, power_kw: Decimal = DEFAULT_POWER_KW,
                  plug_timeout: float = DEFAULT_PLUG_TIMEOUT, auto_seconds: float | None = None,
                  time_scale: Decimal = Decimal(1), journal: SupplyJournal | None = None,
-                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None,
+                 secure_mark: SecureMark | None = None) -> None:
         self._emit = emit if emit is not None else (lambda record, on_delivery=None: None)
         self.power_kw = power_kw
         self.time_scale = time_scale  # simulated seconds of charging per real second
@@ -113,6 +136,14 @@ class Engine:
         self._ends_lock = threading.Lock()  # a leaf lock: delivery callbacks take it from any thread
         self._unconfirmed: collections.OrderedDict[str, tuple[SupplyEnd, float | None]] = collections.OrderedDict()
         self._resend_backoff = Backoff(initial=5.0, cap=60.0)
+        # secure mode: the key in force (in a Sealer: never shown), or none
+        self.secure_mark = secure_mark
+        self.secure = secure_mark is not None and secure_mark.is_set()  # records must go out sealed
+        self._sealer: Sealer | None = None
+        self._counter = Counter()  # the records' counter, shared by every key of this run
+        self.key_version: int | None = None
+        self.revoked: str | None = None  # why Central revoked the keys, until a new key comes
+        self._told_mode = False  # a KEY came (the status shows the mode)
 
     @property
     def phase(self) -> Phase:
@@ -162,6 +193,84 @@ class Engine:
             self.monitor = None
             self._end("monitor lost")
         self._say(f"Monitor lost: {why}; no supplies until it is back")
+
+    # -- keys (secure mode) --------------------------------------------------------------------------
+
+    def set_key(self, version: int, key: bytes | None, cp_id: str | None = None) -> None:
+        """The CP's key from its Monitor (``KEY``): version 0 with no key is open mode, records in
+        clear; a version from 1 with its 32-byte key: every record goes out sealed with it. The
+        supply ends that waited for a key go out now. Raises ValueError for a bad pair."""
+        if version == 0 and key is None:
+            with self._lock:
+                was = self.records_mode
+                self._sealer, self.key_version, self.secure, self.revoked = None, None, False, None
+                self._told_mode = True
+                if self.secure_mark is not None:
+                    self.secure_mark.clear()
+            if was != OPEN_MODE:
+                self._say("open mode: this CP's records travel in clear (Central is not in secure mode)")
+            self._release_held()
+            return
+        if (isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_KEY_VERSION
+                or not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES):
+            raise ValueError(f"a key is a version from 1 to {MAX_KEY_VERSION} with {KEY_BYTES} bytes, "
+                             "or version 0 with none")
+        with self._lock:
+            if cp_id is not None and cp_id != self.cp_id:
+                previous, self.cp_id = self.cp_id, cp_id
+                self._say(f"this Engine is CP {cp_id}" + (f" (was {previous})" if previous else ""))
+            if self.cp_id is None:
+                raise ValueError("a key for an Engine that does not know its CP id yet")
+            was = self.records_mode
+            self._sealer = Sealer(self.cp_id, version, bytes(key), counter=self._counter)
+            self.key_version, self.secure, self.revoked = version, True, None
+            self._told_mode = True
+            if self.secure_mark is not None:
+                self.secure_mark.set(self.cp_id, version)
+            now = self.records_mode
+        if now != was:
+            self._say(now + " (secure mode: no record leaves this CP in clear)")
+        self._release_held()
+
+    def revoke(self, reason: str) -> str:
+        """Central revoked this CP's keys (``RVK``): the key is forgotten, the supply held ends
+        ("keys revoked"; its end waits for the next key) and supplies are refused until a new
+        key comes."""
+        with self._lock:
+            self._sealer, self.key_version, self.secure, self.revoked = None, None, True, reason
+            self._told_mode = True
+            if self.secure_mark is not None:
+                self.secure_mark.set(self.cp_id, None)
+            ended = self._end(KEYS_REVOKED)
+        return self._tell(f"Central REVOKED this CP's keys ({reason}): " + (
+            "its supply ended; its figures wait for a new key. " if ended else "")
+            + "No supplies until the Monitor authenticates again and a new key comes")
+
+    @property
+    def waiting_for_key(self) -> bool:
+        """Secure mode without a key now: no record can leave this CP."""
+        return self.secure and self._sealer is None
+
+    @property
+    def records_mode(self) -> str | None:
+        """How this CP's records travel, for its screen: "records sealed with key v3", "open mode",
+        "waiting for this CP's key" (also after a revocation); None: never told (Release 1)."""
+        sealer = self._sealer
+        if sealer is not None:
+            return f"records sealed with key v{sealer.key_version}"
+        if self.secure:
+            return (f"{KEYS_REVOKED}: " if self.revoked else "") + WAITING_FOR_KEY
+        return OPEN_MODE if self._told_mode else None
+
+    def seal(self, topic: str, record: Record) -> bytes:
+        """The value of ``record`` on ``topic`` now: sealed with the key in force; in clear in open
+        mode; NoKey while waiting for a key (the record is then reported undelivered)."""
+        sealer = self._sealer
+        if sealer is not None:
+            return sealer.seal(topic, record)
+        if self.secure:
+            raise NoKey(f"{WAITING_FOR_KEY}: a {record.TYPE} cannot leave this CP in clear")
+        return encode(record)
 
     def authorise(self, session_id: str, driver_id: str, price: Decimal) -> tuple[bool, str]:
         """Central authorised a supply here; the CP accepts it or says why not."""
@@ -266,7 +375,7 @@ class Engine:
             if refusal is not None:
                 return self._tell(f"cannot request a supply: {refusal}")
             request = SupplyRequest(uuid.uuid4().hex, driver_id, self.cp_id, source="cp")
-            self._emit(request)
+            self._send(request)
         return self._tell(f"supply requested at Central for driver {driver_id}")
 
     # -- time ------------------------------------------------------------------------------------------
@@ -287,7 +396,7 @@ class Engine:
                 return
             self._tick_energy(now)
             supply.seq += 1
-            self._emit(Telemetry(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq,
+            self._send(Telemetry(self.cp_id or "?", supply.session_id, supply.driver_id, supply.seq,
                                  supply.kwh.quantize(FOUR), supply.amount, self.power_kw))
             self._journal()
             if (self.auto_seconds is not None and now - supply.plugged_at >= self.auto_seconds
@@ -326,6 +435,9 @@ class Engine:
         earlier = len(ends) - len(said)
         if earlier > 0:
             said.append(f"sending again {earlier} supply end(s) the broker had not confirmed before the last stop")
+        if ends and self.waiting_for_key:
+            said.append(f"secure mode: {'it waits' if len(ends) == 1 else 'they wait'} for this CP's key "
+                        "from its Monitor")
         for end in ends:
             self._send_end(end)
         return self._tell("; ".join(said)) if said else None
@@ -352,6 +464,9 @@ class Engine:
             return "the CP is faulty"
         if not self.kafka_reachable:
             return KAFKA_DOWN
+        if self.waiting_for_key:
+            return (f"this CP's keys were revoked ({self.revoked}); " if self.revoked else "secure mode: ") + \
+                WAITING_FOR_KEY
         if self.stopped:
             return "the CP is stopped by Central (Out of Order)"
         return None
@@ -399,14 +514,45 @@ class Engine:
             else:
                 log.warning("the end of session %s was not delivered; it will be sent again", session_id)
 
-        with self._ends_lock:
+        with self._ends_lock:  # decided with the key state of now: set_key releases what is held after it
+            sealer, hold = self._sealer, self.waiting_for_key
             self._unconfirmed.pop(session_id, None)
-            self._unconfirmed[session_id] = (end, None)
+            self._unconfirmed[session_id] = (end, HELD if hold else None)
             while len(self._unconfirmed) > MAX_ENDS:
                 lost, _ = self._unconfirmed.popitem(last=False)
                 log.error("%d supply ends not confirmed: no longer sending the end of session %s again",
                           MAX_ENDS, lost)
-        self._emit(end, delivered)
+        if hold:
+            log.info("the end of session %s waits for this CP's key", session_id)
+            return
+        if sealer is not None:
+            self._emit(end, delivered, seal=self.seal)
+        else:
+            self._emit(end, delivered)
+
+    def _send(self, record: Record) -> bool:
+        """Emit a record that is not kept (telemetry, a request): sealed with a key, in clear in
+        open mode; False (dropped) while waiting for a key."""
+        if self.waiting_for_key:
+            log.info("a %s not sent: %s", record.TYPE, WAITING_FOR_KEY)
+            return False
+        if self._sealer is not None:
+            self._emit(record, seal=self.seal)
+        else:
+            self._emit(record)
+        return True
+
+    def _release_held(self) -> None:
+        """A key came (or open mode): the supply ends that wait go out now."""
+        if self.waiting_for_key:
+            return
+        with self._ends_lock:  # those held, and those waiting to be sent again after a failure
+            due = [end for end, at in self._unconfirmed.values() if at is not None]
+            held = sum(1 for _, at in self._unconfirmed.values() if at == HELD)
+        if held:
+            self._say(f"sending the {held} supply end(s) that waited for a key: {self.records_mode}")
+        for end in due:
+            self._send_end(end)
 
     def _resend_due_ends(self) -> None:
         now = self._clock()

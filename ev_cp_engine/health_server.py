@@ -1,5 +1,6 @@
 """The Engine's socket: one Monitor at a time: health checks, supplies to accept or cancel, the
-supply it holds (``SQ`` -> ``SST``), Stop and Resume.
+supply it holds (``SQ`` -> ``SST``), Stop and Resume, the CP's key (``KEY``) and its revocation
+(``RVK``), both answered by the ACK only. A key is never logged.
 
 A second Monitor is refused at session opening (NACK). A Monitor silent for
 ``silence_timeout`` seconds is considered lost and its session closed.
@@ -7,10 +8,13 @@ A second Monitor is refused at session opening (NACK). A Monitor silent for
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 
 from ev_common.link import Link, LinkConfig, LinkError, LinkServer
-from ev_common.protocol import Can, Chk, Err, Fin, Health, MessageError, Resume, Sq, Sst, Stop, Sup, Supr
+from ev_common.protocol import (Can, Chk, Err, Fin, Health, Key, MessageError, Resume, Rvk, Sq, Sst, Stop, Sup,
+                                Supr)
 
 from .engine import Engine
 
@@ -69,9 +73,25 @@ class HealthServer:
                     self.engine.stop()
                 elif isinstance(message, Resume):
                     self.engine.resume()
+                elif isinstance(message, Key):
+                    self._take_key(message)
+                elif isinstance(message, Rvk):
+                    self.engine.revoke(message.reason)
                 else:
                     link.send(Err("UNEXPECTED", f"the Engine does not accept {message.OPCODE}"))
         except LinkError as exc:
             why = str(exc)
         finally:
             self.engine.monitor_lost(why)
+
+    def _take_key(self, message: Key) -> None:
+        """``KEY``: open mode, or the CP's key (43 base64url characters: 32 bytes)."""
+        if message.open_mode:
+            self.engine.set_key(0, None, cp_id=message.cp_id)
+            return
+        try:
+            key = base64.urlsafe_b64decode(message.key + "=")
+            self.engine.set_key(message.version, key, cp_id=message.cp_id)
+        except (ValueError, binascii.Error):  # the text names no key
+            log.error("KEY#%s#%d#***: not a usable key (32 bytes in base64url); ignored", message.cp_id,
+                      message.version)

@@ -72,6 +72,8 @@ class EngineStatus:
     kwh: Decimal | None = None
     amount: Decimal | None = None
     by_tag: bool = False  # the supply was opened by an RFID tag: driver_id is its account
+    records: str | None = None  # how records travel (Engine.records_mode); None: never told
+    waiting_for_key: bool = False  # secure mode without a key: nothing can be reported
 
     @classmethod
     def read(cls, engine) -> "EngineStatus":
@@ -80,7 +82,8 @@ class EngineStatus:
         supply = engine.supply
         common = dict(cp_id=engine.cp_id, monitor=engine.monitor, faulty=engine.faulty, stopped=engine.stopped,
                       power_kw=engine.power_kw, auto=engine.auto_seconds is not None,
-                      kafka=engine.kafka_reachable)
+                      kafka=engine.kafka_reachable, records=getattr(engine, "records_mode", None),
+                      waiting_for_key=getattr(engine, "waiting_for_key", False))
         if supply is None:
             return cls(phase=Phase.IDLE, **common)
         phase = Phase.SUPPLYING if supply.plugged_at is not None else Phase.AUTHORISED
@@ -109,6 +112,8 @@ def problems(status: EngineStatus) -> list[str]:
                                               if status.phase is not Phase.IDLE else KAFKA_DOWN.partition(": ")[2]))
     if status.monitor is None:
         found.append("Monitor NOT CONNECTED: the CP cannot reach Central")
+    if status.waiting_for_key:
+        found.append(f"NO KEY: {status.records or 'waiting for a key'}; no supplies, nothing sent in clear")
     return found
 
 
@@ -138,6 +143,8 @@ def supply_line(status: EngineStatus) -> str:
 def flags_line(status: EngineStatus) -> str:
     fault = "Fault: ON (answering KO to the Monitor)" if status.faulty else "Fault: off"
     stopped = f"{STOPPED_BY_CENTRAL}: {OUT_OF_ORDER}" if status.stopped else "Central: in service"
+    if status.records:  # told by its Monitor (KEY): secure or open mode
+        return f"{fault} | {stopped} | {status.records}"
     return f"{fault} | {stopped}"
 
 
