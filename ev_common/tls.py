@@ -368,6 +368,8 @@ class TLSChannel:
             return b""
         pieces = []
         read = self._obj.read
+        incoming = self._in
+        pending = self._obj.pending
         while True:
             try:
                 piece = read(_READ)
@@ -380,7 +382,9 @@ class TLSChannel:
                 self.eof = True
                 break
             pieces.append(piece)
-        return b"".join(pieces)
+            if not incoming.pending and not pending():  # all taken (a record is read whole): no
+                break  # second read, and no exception raised, for each record
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _step(self) -> bool:
         try:
@@ -458,6 +462,7 @@ class TLSClient:
         hostname = self.server_hostname or server_hostname
         peer = peer or _peer_of(sock)
         deadline = time.monotonic() + timeout
+        _no_delay(sock)
         channel = TLSChannel(self.context, server_side=False, server_hostname=hostname)
         try:
             out = channel.start()
@@ -492,6 +497,7 @@ class TLSClient:
         failure it is closed. The socket keeps ``timeout`` for later operations."""
         hostname = self.server_hostname or server_hostname
         peer = _peer_of(sock)
+        _no_delay(sock)
         sock.settimeout(timeout)
         tls = self.context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
         try:
@@ -527,6 +533,15 @@ def _handshake_failure(peer: str, exc: ssl.SSLError) -> str:
     reason = exc.reason or str(exc)
     hint = " (does it speak TLS?)" if any(key in str(reason).upper() for key in _NOT_TLS) else ""
     return f"TLS handshake with {peer} failed: {reason}{hint}"
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Small records go out at once: without it the Finished and the first record after it
+    (the ENQ) wait for a delayed ACK (about 40 ms)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
 
 
 def _peer_of(sock: socket.socket) -> str:
