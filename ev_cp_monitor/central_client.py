@@ -13,6 +13,16 @@ thread asks the Engine which supply it holds (``SQ``) after every registration
 and after every new link to the Engine, and passes the ``SST`` on to Central;
 an Engine that cannot answer is asked again, with backoff, while it is
 reachable, and at once when a new link to it opens.
+
+Secure mode (docs/security.md): the link is TLS (``tls``, Central's certificate verified)
+and ``REG`` carries the CP's credential. Central answers ``AUTH#OK`` and then the CP's key
+(``KEY``), which the client keeps in memory only and hands to the Engine (``EngineProbe.
+set_keys``: before anything else, and again on every new Engine link). ``RVK`` (an operator
+revoked the keys) is passed on the same way; the key is forgotten and the client does not
+register again by itself: it waits (``halted``) until ``reauthenticate`` (the menu's [a]).
+So does an ``AUTH#KO`` when a person can press [a] (``interactive``); otherwise the client
+stops and the Monitor exits 1. Transient failures (Central unreachable, a lost session)
+are retried with backoff.
 """
 
 from __future__ import annotations
@@ -21,11 +31,14 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 from ev_common.link import Link, LinkConfig, LinkError
-from ev_common.protocol import (Auth, Avr, Can, Err, Fin, Hb, Message, MessageError, Rec, Reg, Resume, Sq, Sst,
-                                Stop, Sup, Supr)
+from ev_common.protocol import (Auth, Avr, Can, Err, Fin, Hb, Key, Message, MessageError, Rec, Reg, Resume, Rvk,
+                                Sq, Sst, Stop, Sup, Supr)
+from ev_common.tls import TLSClient, fingerprint_of
 from ev_common.retry import Backoff
 from ev_common.words import CANNOT_CONNECT
 
@@ -40,19 +53,71 @@ ENGINE_LATE = "the Engine did not answer"
 BUSY = "the Monitor is busy with earlier requests"
 
 
+AGAIN = "press [a] to authenticate again"
+RESTART = "restart the Monitor to authenticate again"
+REFUSED = "refused"
+REVOKED = "keys revoked"
+
+
 class RegistrationRefused(Exception):
     """Central answered AUTH#KO: retrying with the same data would not help."""
+
+
+class KeysRevoked(Exception):
+    """Central sent RVK: the CP is out of service until it authenticates again."""
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Why the client waits for a person instead of registering again: ``kind`` is REFUSED
+    (AUTH#KO) or REVOKED (RVK), ``reason`` Central's text."""
+
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CentralStatus:
+    """What the client can tell about its link to Central, for the menu's [s] (never the key)."""
+
+    address: str
+    tls: bool
+    tls_version: str | None
+    fingerprint: str | None  # Central's certificate, as last seen (or the pinned one before)
+    verified_by: str | None  # "pinned fingerprint" or "CA file"
+    registered_since: datetime | None
+    key_version: int | None  # None: no KEY held
+    credential: bool  # REG carries one (secure mode)
+    halted: Halt | None
+
+
+class _SeenCertificate:
+    """``Link.connect``'s ``tls``: the ``TLSClient``'s handshake, noting Central's certificate."""
+
+    def __init__(self, client: TLSClient) -> None:
+        self.client = client
+        self.fingerprint: str | None = client.pinned
+
+    def handshake(self, sock, server_hostname=None, **options):
+        channel = self.client.handshake(sock, server_hostname, **options)
+        self.fingerprint = fingerprint_of(channel.peer_certificate())
+        return channel
 
 
 class CentralClient:
     def __init__(self, host: str, port: int, registration: Reg, *, config: LinkConfig = LinkConfig(),
                  heartbeat: float = 1.0, poll: float = 0.1, auth_timeout: float = 5.0,
                  backoff: Backoff | None = None, say: Callable[[str], None] | None = None,
-                 engine: EngineProbe | None = None, relay_queue: int = RELAY_QUEUE) -> None:
+                 engine: EngineProbe | None = None, relay_queue: int = RELAY_QUEUE,
+                 tls: TLSClient | None = None, interactive: bool = False,
+                 now: Callable[[], datetime] = datetime.now) -> None:
         self.host, self.port = host, port
         self.engine = engine  # where Central's requests and commands are passed on
         self.registration = registration
         self.config = config
+        self._tls = None if tls is None else _SeenCertificate(tls)
+        self.interactive = interactive  # a person can press [a]: an AUTH#KO waits for it
+        self._now = now
         self.heartbeat = heartbeat
         self.poll = poll
         self.auth_timeout = auth_timeout
@@ -61,50 +126,123 @@ class CentralClient:
         self._health: Verdict | None = None
         self._lock = threading.Lock()
         self.registered = threading.Event()
-        self.refused: str | None = None
+        self.refused: str | None = None  # AUTH#KO with nobody to press [a]: the client has stopped
         self._relay: EngineRelay | None = None
         self.relay_queue = relay_queue
+        self._halted: Halt | None = None  # waiting for reauthenticate()
+        self._again = threading.Event()  # reauthenticate() was asked: register now
+        self._registered_since: datetime | None = None
+        self._key: Key | None = None  # Central's last KEY, in memory only
+        self._link: Link | None = None
+
+    @property
+    def secure(self) -> bool:
+        """REG carries a credential: Central must answer AUTH#OK with the CP's KEY."""
+        return bool(self.registration.credential)
+
+    @property
+    def halted(self) -> Halt | None:
+        return self._halted
+
+    def status(self) -> CentralStatus:
+        link, tls, key = self._link, self._tls, self._key
+        return CentralStatus(
+            address=f"{self.host}:{self.port}", tls=tls is not None,
+            tls_version=link.tls_version if link is not None else None,
+            fingerprint=tls.fingerprint if tls is not None else None,
+            verified_by=None if tls is None else "pinned fingerprint" if tls.client.pin is not None else "CA file",
+            registered_since=self._registered_since if self.registered.is_set() else None,
+            key_version=None if key is None else key.version, credential=self.secure, halted=self._halted)
+
+    def reauthenticate(self, registration: Reg | None = None) -> None:
+        """The menu's [a]: end the session if any and register again now (with ``registration``,
+        e.g. a credential read again), whatever stopped the client from doing it by itself."""
+        with self._lock:
+            if registration is not None:
+                self.registration = registration
+            self._halted = None
+            self._backoff.reset()
+        self._say("authenticating again at Central...")
+        self._again.set()
 
     def set_health(self, verdict: Verdict) -> None:
         with self._lock:
             self._health = verdict
 
     def run(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set (or Central refuses the registration)."""
+        """Until ``stop`` is set (or Central refuses the registration and nobody can press [a])."""
         down_said = False
         while not stop.is_set():
+            if self._halted is not None:  # only a person's [a] registers again
+                self._again.wait(self.poll)
+                continue
+            self._again.clear()
             try:
-                link = Link.connect(self.host, self.port, self.config)
+                link = Link.connect(self.host, self.port, self.config, tls=self._tls)
             except LinkError as exc:
                 if not down_said:
                     self._say(f"{CANNOT_CONNECT} at {self.host}:{self.port} ({exc}); retrying")
                     down_said = True
-                stop.wait(self._backoff.next())
+                self._pause(stop, self._backoff.next())
                 continue
+            self._link = link
+            why = "reconnecting"
             try:
                 self._register(link)
                 down_said = False
                 self._backoff.reset()
                 self._session(link, stop)
+                why = "authenticating again"
             except RegistrationRefused as exc:
-                self.refused = str(exc)
-                self._say(f"Central refused the registration: {exc}")
-                link.close("registration refused")
-                return
+                why = "registration refused"
+                if not self.interactive:
+                    self.refused = str(exc)
+                    self._say(f"Central refused the registration: {exc}")
+                    return
+                self._halt(Halt(REFUSED, str(exc)), f"Central refused the registration: {exc}; {AGAIN}")
+            except KeysRevoked as exc:
+                why = "keys revoked"
+                self._halt(Halt(REVOKED, str(exc)),
+                           f"keys revoked by Central: {exc}; {AGAIN if self.interactive else RESTART}")
             except LinkError as exc:
                 self._say(f"{CANNOT_CONNECT}: session lost ({exc}); reconnecting")
                 down_said = True
             finally:
                 self.registered.clear()
-                link.close("Monitor stopping" if stop.is_set() else "reconnecting")  # EOT
+                link.close("Monitor stopping" if stop.is_set() else why)  # EOT
+                self._link = None
                 if self._relay is not None:  # after the close: an answer it was sending fails at once
                     self._relay.join(SUP_TIMEOUT + 1.0)
                     self._relay = None
-            stop.wait(self._backoff.next())
+            if self._halted is not None and self._halted.kind == REVOKED and self.engine is not None:
+                self.engine.deliver_keys()  # the RVK, if the relay did not pass it on before the session ended
+            if self._halted is None:
+                self._pause(stop, self._backoff.next())
+
+    def _pause(self, stop: threading.Event, seconds: float) -> None:
+        """Wait ``seconds`` before the next attempt; [a] or ``stop`` cut it short."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and not self._again.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            stop.wait(min(left, self.poll))
+
+    def _halt(self, halt: Halt, text: str) -> None:
+        with self._lock:
+            if self._again.is_set():  # [a] was pressed meanwhile: it wins
+                return
+            self._halted = halt
+        self._say(text)
 
     def _register(self, link: Link) -> None:
-        link.send(self.registration)
+        """REG, then AUTH; in secure mode also the KEY that follows AUTH#OK, so that the Engine
+        has it before anything else is relayed."""
+        with self._lock:
+            registration = self.registration
+        link.send(registration)
         deadline = time.monotonic() + self.auth_timeout
+        authorised = False
         while True:
             try:
                 answer = link.recv(timeout=max(0.0, deadline - time.monotonic()))
@@ -112,14 +250,24 @@ class CentralClient:
                 log.warning("Central sent a bad message while registering: %s", exc)
                 continue
             if answer is None:
-                raise LinkError(f"no AUTH from Central within {self.auth_timeout:g} s")
-            if isinstance(answer, Auth):
+                raise LinkError(f"no {'KEY' if authorised else 'AUTH'} from Central within {self.auth_timeout:g} s")
+            if isinstance(answer, Auth) and not authorised:
                 if not answer.ok:
-                    raise RegistrationRefused(answer.text)
+                    raise RegistrationRefused(answer.text or "no reason given")
+                self._registered_since = self._now()
                 self.registered.set()
-                self._say(f"Registered at Central as {self.registration.cp_id}: {answer.text}")
+                self._say(f"Registered at Central as {registration.cp_id}: {answer.text}")
+                if not registration.credential:  # open mode: a KEY#<cp>#0 may follow (or not, from an older Central)
+                    return
+                authorised = True
+            elif isinstance(answer, Key) and authorised and answer.cp_id == registration.cp_id:
+                self._take_key(answer)
                 return
-            log.warning("Central sent %s before AUTH; ignored", answer.OPCODE)
+            elif isinstance(answer, Rvk) and answer.cp_id == registration.cp_id:
+                self._revoked(answer)
+            else:
+                log.warning("Central sent %s while %s was awaited; ignored", answer.OPCODE,
+                            "KEY" if authorised else "AUTH")
 
     def _session(self, link: Link, stop: threading.Event) -> None:
         self._relay = EngineRelay(link, self.engine, self.registration.cp_id, self._say, poll=self.poll,
@@ -134,7 +282,7 @@ class CentralClient:
         cp_id = self.registration.cp_id
         reported_ok = True  # a fresh registration presumes the Engine healthy
         next_beat = time.monotonic()
-        while not stop.is_set():
+        while not stop.is_set() and not self._again.is_set():
             with self._lock:
                 health = self._health
             if health is not None and health.ok != reported_ok:
@@ -159,6 +307,14 @@ class CentralClient:
         """Serve one message from Central: requests and commands for the Engine go to the relay."""
         if isinstance(message, Err):
             log.warning("Central answered an error: %s %s", message.code, message.text)
+        elif isinstance(message, (Key, Rvk)) and message.cp_id != self.registration.cp_id:
+            log.warning("Central sent %s for %s, not this CP; ignored", message.OPCODE, message.cp_id)
+            link.send(Err("UNEXPECTED", f"{message.OPCODE} for {message.cp_id} at the Monitor of "
+                                        f"{self.registration.cp_id}"))
+        elif isinstance(message, Key):
+            self._take_key(message)
+        elif isinstance(message, Rvk):
+            self._revoked(message)
         elif isinstance(message, (Sup, Stop, Resume, Can, Fin)):
             if isinstance(message, Sup):
                 self._say(f"Central asks to authorise a supply for driver {message.driver_id} "
@@ -177,6 +333,27 @@ class CentralClient:
                 link.send(Supr(message.cp_id, message.session_id, "KO", BUSY))
         else:
             link.send(Err("UNEXPECTED", f"a Monitor does not accept {message.OPCODE}"))
+
+    def _take_key(self, message: Key) -> None:
+        """Central's KEY: kept in memory, handed to the Engine before anything else."""
+        self._key = message
+        if self.engine is not None:
+            self.engine.set_keys(message)
+            if self._relay is not None:
+                self._relay.submit(message)  # at once (or before the next health check)
+        if message.open_mode:
+            log.info("Central: open mode, no key (the Engine's records travel in clear)")
+        else:
+            self._say(f"key version {message.version} from Central, passed to the Engine")
+
+    def _revoked(self, message: Rvk) -> None:
+        """Central's RVK: the key is forgotten, the Engine told (on every new link too, until a
+        new KEY); the session ends and the client waits for [a]. (Passed on when the session
+        is over: the relay's queue is dropped with it.)"""
+        self._key = None
+        if self.engine is not None:
+            self.engine.set_keys(message)
+        raise KeysRevoked(message.reason)
 
 
 class EngineRelay:
@@ -238,7 +415,10 @@ class EngineRelay:
 
     def _relay(self, message: Message) -> None:
         engine = self.engine
-        if isinstance(message, Sup):
+        if isinstance(message, (Key, Rvk)):
+            if engine is not None:  # what the probe holds, which is the newest (this may be older)
+                engine.deliver_keys()
+        elif isinstance(message, Sup):
             answer = None
             if engine is not None:
                 answer = engine.relay(message, Supr, self.sup_timeout,

@@ -9,6 +9,10 @@ gave up is skipped by the next one (``match`` tells a late ``SUPR`` from the rig
 one). A broken link is dropped and reopened on a later call, after a capped,
 jittered backoff; on every new link the Engine is told again if Central has
 stopped the CP, and ``links_opened`` counts up (the Engine may have restarted).
+
+The CP's keys: ``set_keys`` takes Central's last ``KEY`` (or ``RVK``) from any thread; it
+goes to the Engine before the next message on the link, and first on every new link (the
+Engine may have restarted), before anything else. The key is kept in memory only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ev_common.link import Link, LinkConfig, LinkError, SessionRefused
-from ev_common.protocol import Chk, Health, Message, MessageError, Resume, Stop
+from ev_common.protocol import Chk, Health, Key, Message, MessageError, Resume, Rvk, Stop
 from ev_common.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -50,11 +54,40 @@ class EngineProbe:
         self._retry_at = 0.0
         self._last_failure = Verdict(False, "Engine not checked yet")
         self.links_opened = 0  # how many links to the Engine were opened so far
+        self._keys: Key | Rvk | None = None  # what the Engine must know of its keys (Central's last word)
+        self._keys_due = False  # not told on this link yet
+        self._keys_lock = threading.Lock()  # (set_keys never waits for an exchange under way)
 
     @property
     def connected(self) -> bool:
         """True while a link to the Engine is open (it was reachable at its last exchange)."""
         return self._link is not None
+
+    def set_keys(self, message: Key | Rvk) -> None:
+        """Central's ``KEY`` (or ``RVK``: the key is forgotten): for the Engine before the next
+        message, and on every new link."""
+        with self._keys_lock:
+            self._keys, self._keys_due = message, True
+
+    def deliver_keys(self) -> None:
+        """Tell the Engine its keys now, if it has not been told on this link."""
+        with self._lock:
+            link = self._connected()
+            if isinstance(link, Verdict):
+                return
+            try:
+                self._tell_keys(link)
+            except LinkError as exc:
+                self._drop(f"Engine link lost: {exc}")
+
+    def _tell_keys(self, link: Link) -> None:
+        """(Holding the lock.) Send the keys' news, once per link and change."""
+        with self._keys_lock:
+            message, due = self._keys, self._keys_due
+            self._keys_due = False
+        if due and message is not None:  # (a failed send drops the link: a new one tells it again)
+            link.send(message)
+            log.info("told the Engine its keys: %s", _keys_text(message))
 
     def check(self) -> Verdict:
         with self._lock:
@@ -62,6 +95,7 @@ class EngineProbe:
             if isinstance(link, Verdict):
                 return link
             try:
+                self._tell_keys(link)
                 answer = self._exchange(link, Chk(self.cp_id), Health, self.answer_timeout)
             except (LinkError, MessageError) as exc:
                 return self._drop(f"Engine link lost: {exc}")
@@ -80,6 +114,7 @@ class EngineProbe:
                 log.warning("%s not passed to the Engine: %s", message.OPCODE, link.reason)
                 return None
             try:
+                self._tell_keys(link)
                 if answer_type is None:
                     link.send(message)
                     return None
@@ -119,11 +154,14 @@ class EngineProbe:
         self._backoff.reset()
         self.links_opened += 1
         log.info("connected to Engine at %s:%d", self.host, self.port)
-        if self.stopped:
-            try:
+        with self._keys_lock:
+            self._keys_due = self._keys is not None
+        try:
+            self._tell_keys(self._link)  # before anything else: the Engine may have restarted
+            if self.stopped:
                 self._link.send(Stop(self.cp_id))
-            except LinkError as exc:
-                return self._drop(f"Engine link lost: {exc}")
+        except LinkError as exc:
+            return self._drop(f"Engine link lost: {exc}")
         return self._link
 
     def _unreachable(self, reason: str) -> Verdict:
@@ -134,3 +172,10 @@ class EngineProbe:
     def _drop(self, reason: str) -> Verdict:
         self.close()
         return Verdict(False, reason)
+
+
+def _keys_text(message: Key | Rvk) -> str:
+    """For the log: never the key itself."""
+    if isinstance(message, Rvk):
+        return f"revoked ({message.reason})"
+    return "open mode, no key" if message.open_mode else f"key version {message.version}"

@@ -12,6 +12,11 @@ shown as a compact status:
   reached), however many other lines were printed meanwhile, and otherwise when
   nothing else was printed for ``heartbeat`` seconds.
 
+With the menu (a person at a terminal, ``cli.py``) the status line ends with its keys, and
+[s] prints the whole status (``show_status``): Central's address, TLS and Central's
+certificate, whether the CP is registered and since when, the key version it holds (never
+the key), the Engine's health.
+
 This is the only module of the Monitor that prints for people.
 """
 
@@ -29,11 +34,13 @@ from rich.color import Color, ColorParseError, ColorSystem
 from ev_common.log import guard_live_line
 from ev_common.words import ACTIVADO, AVERIADO, CANNOT_CONNECT, DESCONECTADO, OUT_OF_ORDER, PARADO, STATE_COLOURS
 
+from .central_client import AGAIN, CentralStatus, Halt
 from .engine_probe import Verdict
 
 HEARTBEAT_SECONDS = 10.0
 REGISTERED = "registered"
 CONNECTING = "connecting..."
+MENU_KEYS = "[a] auth again [s] status [q] quit"  # the status line's end, with the menu
 _CLEAR = "\r\x1b[2K"
 
 
@@ -63,11 +70,16 @@ def engine_text(verdict: Verdict | None, for_seconds: float | None) -> str:
     return f"Engine: OK{since}" if verdict.ok else f"Engine: FAULT{since}: {verdict.reason}"
 
 
+def halted_text(halt: Halt, menu: bool) -> str:
+    """The status line's word for a client that waits for a person: ``keys revoked, press [a]``."""
+    return f"{halt.kind}, press [a]" if menu else halt.kind
+
+
 def status_parts(cp_id: str, central: str, verdict: Verdict | None, for_seconds: float | None,
                  stopped: bool = False) -> list[tuple[str, str | None]]:
     """The status line's parts, each with its colour (a words.py colour name, or None)."""
-    central_colour = {REGISTERED: STATE_COLOURS[ACTIVADO], CANNOT_CONNECT: STATE_COLOURS[AVERIADO]}.get(
-        central, STATE_COLOURS[DESCONECTADO])
+    central_colour = {REGISTERED: STATE_COLOURS[ACTIVADO], CONNECTING: STATE_COLOURS[DESCONECTADO]}.get(
+        central, STATE_COLOURS[AVERIADO])
     engine_colour = None if verdict is None else STATE_COLOURS[ACTIVADO if verdict.ok else AVERIADO]
     parts = [(cp_id, None), (f"Central: {central}", central_colour), (engine_text(verdict, for_seconds), engine_colour)]
     if stopped:
@@ -79,6 +91,36 @@ def status_text(cp_id: str, central: str, verdict: Verdict | None, for_seconds: 
                 stopped: bool = False) -> str:
     """One line: ``CP001 | Central: registered | Engine: OK for 35 s`` (+ `` | Out of Order``)."""
     return " | ".join(text for text, _ in status_parts(cp_id, central, verdict, for_seconds, stopped))
+
+
+def status_report(cp_id: str, central: CentralStatus, engine: str, verdict: Verdict | None,
+                  for_seconds: float | None, stopped: bool, now: datetime) -> list[str]:
+    """The lines of the menu's [s]."""
+    if not central.tls:
+        link = f"Central {central.address}: TLS off (plain TCP)"
+    else:
+        seen = central.fingerprint or "not seen yet"
+        link = (f"Central {central.address}: TLS on{f' ({central.tls_version})' if central.tls_version else ''}, "
+                f"certificate {seen} (verified by {central.verified_by})")
+    if central.registered_since is not None:
+        since = central.registered_since
+        registration = (f"registered since {since:%Y-%m-%d %H:%M:%S} ({duration((now - since).total_seconds())})"
+                        f"{', with its credential' if central.credential else ''}")
+    elif central.halted is not None:
+        registration = f"not registered: {central.halted.kind} ({central.halted.reason}); {AGAIN}"
+    else:
+        registration = "not registered (connecting)"
+    if central.key_version is None:
+        key = "key: none held"
+    elif central.key_version == 0:
+        key = "key: version 0, none (open mode: the Engine's records travel in clear)"
+    else:
+        key = f"key: version {central.key_version}, held in memory and given to the Engine"
+    lines = [f"status of {cp_id}:", f"  {link}", f"  {registration}", f"  {key}",
+             f"  Engine {engine}: {engine_text(verdict, for_seconds).removeprefix('Engine: ')}"]
+    if stopped:
+        lines.append(f"  {OUT_OF_ORDER}: stopped by Central")
+    return lines
 
 
 def coloured(parts: list[tuple[str, str | None]], width: int) -> str:
@@ -102,14 +144,19 @@ class MonitorScreen:
 
     ``message`` is the Monitor's ``say``, ``central_said`` its Central client's,
     ``checked`` is called after every health check. ``registered`` is the client's
-    event; ``stopped()`` says whether Central has stopped the CP.
+    event; ``stopped()`` says whether Central has stopped the CP, ``halted()`` why the client
+    waits for [a] (None when it does not). ``menu``: the keys are read (the status line shows them).
     """
 
     def __init__(self, cp_id: str, *, out: TextIO | None = None, terminal: bool | None = None,
                  registered: threading.Event | None = None, stopped: Callable[[], bool] = lambda: False,
+                 halted: Callable[[], Halt | None] = lambda: None, menu: bool = False,
                  heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = datetime.now, width: Callable[[], int] | None = None) -> None:
         self.cp_id = cp_id
+        self.halted = halted
+        self.menu = menu
+        self._engine_address = ""
         self._out = out
         if terminal is None:
             try:
@@ -151,7 +198,8 @@ class MonitorScreen:
             return
         stamp = f"{self._now():%H:%M:%S} "
         width = max(20, self._width() - 1) - len(stamp)  # a wrapped line could not be redrawn in place
-        self._write(_CLEAR + stamp + coloured(self._parts(), width))
+        keys = f" | {MENU_KEYS}" if self.menu and width - len(MENU_KEYS) >= 40 else ""  # the status first
+        self._write(_CLEAR + stamp + coloured(self._parts(), width - len(keys)) + keys)
         self._drawn = True
 
     def line(self, text: str) -> None:
@@ -166,6 +214,9 @@ class MonitorScreen:
     def central(self) -> str:
         if self.registered.is_set():
             return REGISTERED
+        halt = self.halted()
+        if halt is not None:
+            return halted_text(halt, self.menu)
         return CANNOT_CONNECT if self._central_down else CONNECTING
 
     def _parts(self) -> list[tuple[str, str | None]]:
@@ -177,11 +228,25 @@ class MonitorScreen:
 
     def problem(self) -> bool:
         """A connectivity problem now: Central cannot be reached, or the Engine is not OK."""
-        return self.central() == CANNOT_CONNECT or (self._verdict is not None and not self._verdict.ok)
+        return (self.central() not in (REGISTERED, CONNECTING)
+                or (self._verdict is not None and not self._verdict.ok))
 
-    def started(self, central: str, engine: str) -> None:
-        self.line(f"Monitor of {self.cp_id}: Central {central}, Engine {engine}; a health check every second "
-                  "(Ctrl+C stops)")
+    def started(self, central: str, engine: str, *, tls: str | None = None) -> None:
+        """The first line; ``tls`` says how Central's certificate is verified (secure mode)."""
+        self._engine_address = engine
+        over = f" over TLS ({tls})" if tls else ""
+        keys = "keys: [a] authenticate again, [s] status, [q] quit" if self.menu else "Ctrl+C stops"
+        self.line(f"Monitor of {self.cp_id}: Central {central}{over}, Engine {engine}; a health check every second "
+                  f"({keys})")
+
+    def show_status(self, central: CentralStatus) -> None:
+        """The menu's [s]: everything known, one line each (never the key nor the credential)."""
+        with self._lock:
+            for_seconds = None if self._since is None else self._clock() - self._since
+            lines = status_report(self.cp_id, central, self._engine_address, self._verdict, for_seconds,
+                                  self._stopped(), self._now())
+            for text in lines:
+                self.line(text)
 
     def message(self, text: str) -> None:
         """A fault, a recovery, Central's requests...: printed at once."""
@@ -192,7 +257,7 @@ class MonitorScreen:
         with self._lock:
             if text.startswith(CANNOT_CONNECT):
                 self._central_down = True
-            elif text.startswith("Registered at Central"):
+            elif text.startswith(("Registered at Central", "authenticating again")):
                 self._central_down = False
             self.line(text)
 
