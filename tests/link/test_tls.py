@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ev_common.link import Link, LinkBroken, LinkClosed, LinkConfig, LinkError, LinkTimeout
+from ev_common.link import Link, LinkBroken, LinkClosed, LinkConfig, LinkError, LinkTimeout, SessionRefused
 from ev_common.protocol import ACK, ENQ, Auth, Hb, Message, MessageError, Reg, encode_frame
 from ev_common.reactor import LinkReactor, TLSReactorLink
 from ev_common.tls import (
@@ -233,6 +233,14 @@ def timed(action: Callable[[], object]) -> tuple[BaseException | None, float]:
     return None, time.monotonic() - started
 
 
+def read_to_end(sock: socket.socket) -> bytes:
+    """What arrives until the peer closes (each recv bounded by the socket's timeout)."""
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
 def still_serves(net: Net, reactor: LinkReactor, client: TLSClient, handler: Handler, cp_id: str) -> None:
     link = net.connect(reactor.address, client)
     register(link, cp_id)
@@ -323,6 +331,37 @@ def test_wrap_gives_a_verified_ssl_socket(net: Net, pki: PKI) -> None:
 
     assert tls.recv(1) == bytes((ACK,))
     assert fingerprint_of(tls.getpeercert(binary_form=True)) == fingerprint_of(pki.central.cert.read_bytes())
+
+
+def test_sessions_past_the_limit_are_refused_over_tls(net: Net, pki: PKI) -> None:
+    reactor = net.serve(Handler(), pki.central, max_sessions=1)
+    client = client_context(ca_file=pki.ca)
+    register(net.connect(reactor.address, client))
+
+    with pytest.raises(SessionRefused, match="NACK"):
+        net.connect(reactor.address, client)
+    assert reactor.session_count() == 1
+
+
+def test_a_corrupt_record_breaks_only_its_session(net: Net, pki: PKI) -> None:
+    handler = Handler()
+    reactor = net.serve(handler, pki.central)
+    client = client_context(ca_file=pki.ca)
+    other = net.connect(reactor.address, client)
+    register(other, "CP002")
+    sock = net.raw(reactor.address)
+    channel = client.handshake(sock, "127.0.0.1", timeout=3)
+    sock.sendall(channel.encrypt(bytes((ENQ,))))
+    assert channel.receive(sock.recv(4096)) == bytes((ACK,))
+    wait_until(lambda: reactor.session_count() == 2, 3, "the session to open")
+
+    sock.sendall(b"\x17\x03\x03\x00\x20" + bytes(range(32)))  # application data that does not decrypt
+
+    assert len(read_to_end(sock)) < 64  # an alert at most, then closed
+    wait_until(lambda: handler.closes, 3, "the broken session to end")
+    assert len(handler.closes) == 1 and "TLS session failed" in handler.closes[0][1]
+    other.send(Hb("CP002"))
+    wait_until(lambda: Hb("CP002") in handler.served(), 3, "the other session's HB")
 
 
 # -- verification refused ---------------------------------------------------------------------------
