@@ -5,6 +5,7 @@
     EV_Central accounts add|list|disable|enable|statement   manage accounts, print statements
     EV_Central tags add|list|disable|enable                 manage accounts' RFID tags
     EV_Central rejected [--db URL] [--json] [--limit N]     rows the database refused, set aside
+    EV_Central audit [--since T] [--action A] [--json]      the audit log; 'audit verify' checks its chain
 
 ``--ui panel`` shows the full-screen monitoring panel (ev_central/panel); its logs go
 to the panel's message list and to ``--log-file``, never to the terminal. ``--ui log``
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Operator commands, on the panel's command line or (--ui log) on standard input: "
                "stop <CP|all>, resume <CP|all>, keys revoke <CP> (secure mode), list, help. Drivers, accounts and "
                "RFID tags: "
-               "'EV_Central drivers --help', 'EV_Central accounts --help', 'EV_Central tags --help'.",
+               "'EV_Central drivers --help', 'EV_Central accounts --help', 'EV_Central tags --help'. The audit "
+               "log: 'EV_Central audit --help'.",
     )
     parser.add_argument("--port", type=port_number, required=True, help="TCP port Monitors connect to")
     parser.add_argument("--kafka", type=host_port, default=env("EV_KAFKA"), metavar="HOST:PORT",
@@ -201,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         return accounts_main(argv[1:])
     if argv[:1] == ["tags"]:
         return tags_main(argv[1:])
+    if argv[:1] == ["audit"]:
+        from .audit_cli import audit_main
+
+        return audit_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.kafka is None:
