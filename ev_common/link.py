@@ -348,7 +348,6 @@ class Link:
         if self._closed is not None:
             self._shutdown_socket()
 
-
     def _pump_tls(self, timeout: float | None) -> None:
         """``_pump`` under TLS: raw bytes -> the channel (under the write lock) -> the state machine.
         Decrypted bytes wait in ``_plain`` and are fed before the socket is read again."""
@@ -376,7 +375,6 @@ class Link:
                         error = LinkBroken(f"{self.peer}: TLS failed: {exc.reason or exc}")
                         self._state.fail(error)
                         self._take_events()
-                        raw = None
                     self._eof = tls.eof
                 if self._closed is None:
                     # the handshake's answer is one byte: what follows it waits for the next read

@@ -433,6 +433,9 @@ class TLSClient:
     def __init__(self, context: ssl.SSLContext, *, pin: bytes | None = None, server_hostname: str | None = None) -> None:
         if pin is not None and len(pin) != 32:
             raise ValueError("a pin is a 32-byte SHA-256 digest")
+        if pin is None and context.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError("a TLSClient without a pin needs a context that verifies the certificate "
+                             "(CERT_REQUIRED): it would trust any server")
         self.context = context
         self.pin = pin
         self.server_hostname = server_hostname

@@ -614,6 +614,8 @@ def test_client_context_takes_exactly_one_way_to_verify(pki: PKI, tmp_path: Path
     assert checked.context.verify_mode == ssl.CERT_REQUIRED and checked.context.check_hostname
     for context in (pinned.context, checked.context, server_context(pki.central.cert, pki.central.key)):
         assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ValueError, match="would trust any server"):
+        TLSClient(pinned.context)  # no pin, no verification: refused
 
 
 def test_tls_errors_are_link_errors() -> None:
