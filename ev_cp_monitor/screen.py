@@ -104,8 +104,8 @@ def status_report(cp_id: str, central: CentralStatus, engine: str, verdict: Verd
                 f"certificate {seen} (verified by {central.verified_by})")
     if central.registered_since is not None:
         since = central.registered_since
-        registration = (f"registered since {since:%Y-%m-%d %H:%M:%S} ({duration((now - since).total_seconds())})"
-                        f"{', with its credential' if central.credential else ''}")
+        registration = (f"registered since {since:%Y-%m-%d %H:%M:%S} (for {duration((now - since).total_seconds())})"
+                        + (", with its credential" if central.credential else ""))
     elif central.halted is not None:
         registration = f"not registered: {central.halted.kind} ({central.halted.reason}); {AGAIN}"
     else:

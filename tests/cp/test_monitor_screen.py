@@ -11,16 +11,20 @@ from datetime import datetime
 import pytest
 
 from ev_common.words import ACTIVADO, AVERIADO, CANNOT_CONNECT, OUT_OF_ORDER, STATE_COLOURS
+from ev_cp_monitor.central_client import REFUSED, REVOKED, CentralStatus, Halt
 from ev_cp_monitor.engine_probe import Verdict
 from ev_cp_monitor.monitor import Monitor
 from ev_cp_monitor.screen import (
     CONNECTING,
+    MENU_KEYS,
     REGISTERED,
     MonitorScreen,
     ansi,
     coloured,
     duration,
+    halted_text,
     status_parts,
+    status_report,
     status_text,
 )
 
@@ -244,3 +248,53 @@ def test_central_link_as_the_client_tells_it(clock):
     assert screen.central() == REGISTERED
     registered.clear()
     assert screen.central() == CONNECTING
+
+
+# -- secure mode and the menu ---------------------------------------------------------------------------------
+
+
+def test_with_the_menu_the_status_line_ends_with_its_keys_when_there_is_room(clock):
+    out = io.StringIO()
+    width = [200]
+    screen = MonitorScreen("CP001", out=out, terminal=True, menu=True, clock=clock, now=lambda: NOON,
+                           width=lambda: width[0])
+    screen.checked(OK)
+    assert out.getvalue().endswith(f"Engine: OK for 0 s\x1b[0m | {MENU_KEYS}")
+    width[0] = 70  # too narrow for both: the status first
+    screen.checked(OK)
+    assert not out.getvalue().endswith(MENU_KEYS) and out.getvalue().endswith("\x1b[0m")
+
+
+def test_a_client_waiting_for_a_person_is_shown_in_red_as_a_problem(clock):
+    halt = [Halt(REVOKED, "suspected breach")]
+    out = io.StringIO()
+    screen = MonitorScreen("CP001", out=out, terminal=True, menu=True, halted=lambda: halt[0], clock=clock,
+                           now=lambda: NOON, width=lambda: 200)
+    screen.checked(OK)
+    assert screen.central() == "keys revoked, press [a]" and screen.problem()
+    assert f"{RED}Central: keys revoked, press [a]\x1b[0m" in out.getvalue()
+    halt[0] = None
+    assert screen.central() == CONNECTING and not screen.problem()
+    assert halted_text(Halt(REFUSED, "wrong credential"), menu=False) == "refused"
+
+
+def test_the_status_report_in_open_mode_and_while_waiting_for_a():
+    open_mode = CentralStatus("127.0.0.1:5000", tls=False, tls_version=None, fingerprint=None, verified_by=None,
+                              registered_since=datetime(2026, 11, 21, 11, 58, 55), key_version=0, credential=False,
+                              halted=None)
+    assert status_report("CP001", open_mode, "127.0.0.1:5001", OK, 35, True, NOON) == [
+        "status of CP001:",
+        "  Central 127.0.0.1:5000: TLS off (plain TCP)",
+        "  registered since 2026-11-21 11:58:55 (for 1 min 05 s)",
+        "  key: version 0, none (open mode: the Engine's records travel in clear)",
+        "  Engine 127.0.0.1:5001: OK for 35 s",
+        f"  {OUT_OF_ORDER}: stopped by Central",
+    ]
+    waiting = CentralStatus("central:5000", tls=True, tls_version=None, fingerprint="SHA256:AB", verified_by="CA file",
+                            registered_since=None, key_version=None, credential=True,
+                            halted=Halt(REFUSED, "wrong credential"))
+    assert status_report("CP001", waiting, "127.0.0.1:5001", None, None, False, NOON)[1:4] == [
+        "  Central central:5000: TLS on, certificate SHA256:AB (verified by CA file)",
+        "  not registered: refused (wrong credential); press [a] to authenticate again",
+        "  key: none held",
+    ]
