@@ -175,17 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     screen = MonitorScreen(args.cp_id, stopped=lambda: engine.stopped, menu=menu)
     screen.guard_logging()  # on a terminal, log lines go above the status line
 
-    def registration_now() -> Reg:
-        """REG, with the credential read now (obtained from EV_Registry if its file is missing)."""
+    def registration_now(starting: bool = False) -> Reg:
+        """REG, with the credential read now (obtained from EV_Registry if its file is missing;
+        at the start, an existing file is said to be used as it is)."""
         if args.credentials is None:
             return registration
         path = Path(args.credentials)
-        credential = obtain(path, args.cp_id, args.location, args.price, None if path.exists() else registry,
-                            say=screen.message)
+        credential = obtain(path, args.cp_id, args.location, args.price,
+                            registry if starting or not path.exists() else None, say=screen.message)
         return Reg(args.cp_id, args.location, args.price, credential)
 
     try:
-        registration = registration_now()
+        registration = registration_now(starting=True)
     except CredentialError as exc:
         screen.closing(f"Monitor not started: {exc}")
         return 1
