@@ -28,7 +28,7 @@ from fastapi import FastAPI, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +37,8 @@ from ev_central.store.base import StoreError, StoreRefused, StoreUnavailable
 
 from .service import (
     LOCATION_MAX,
+    LOCATION_PATTERN,
+    PRICE_TEXT_PATTERN,
     AlreadyDeregistered,
     NotRegistered,
     Registry,
@@ -58,26 +60,41 @@ REALM = 'Bearer realm="EV_Registry"'
 # -- models ----------------------------------------------------------------------------------
 
 
+PRICE_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": 1000, "multipleOf": 0.0001},
+        {"type": "string", "pattern": PRICE_TEXT_PATTERN},
+    ],
+    "description": "EUR per kWh, 0 to 1000, at most 4 decimal places: a JSON number (its shortest decimal form "
+                   "has at most 4 places) or, to keep it exact, a string such as \"0.48\"",
+    "examples": ["0.48", 0.35],
+}
+LOCATION_SCHEMA = {
+    "type": "string", "minLength": 1, "maxLength": LOCATION_MAX, "pattern": LOCATION_PATTERN, "format": "printable",
+    "description": "where the CP is: 1-200 printable characters (format printable: Python's str.isprintable, no "
+                   "control, format, separator other than the space, private-use or unassigned characters), not "
+                   "only white space, without '#'",
+    "examples": ["C/Mayor, 45"],
+}
+
+
 class RegistrationIn(BaseModel):
     """A CP's registration: where it is and its price."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"location": "C/Mayor, 45", "price_eur_kwh": "0.48"}]})
 
-    location: str = Field(min_length=1, max_length=LOCATION_MAX,
-                          description="1-200 printable characters, not only spaces, without '#'")
-    price_eur_kwh: Decimal = Field(ge=0, le=1000, decimal_places=4,
-                                   description="EUR per kWh, 0 to 1000, at most 4 decimal places; a JSON number "
-                                               "or, to keep it exact, a string such as \"0.48\"")
+    location: Annotated[str, WithJsonSchema(LOCATION_SCHEMA)]
+    price_eur_kwh: Annotated[Decimal, WithJsonSchema(PRICE_SCHEMA)]
 
-    @field_validator("location")
+    @field_validator("location", mode="before")
     @classmethod
-    def _location(cls, value: str) -> str:
+    def _location(cls, value: object) -> str:
         return validate_location(value)
 
-    @field_validator("price_eur_kwh")
+    @field_validator("price_eur_kwh", mode="before")
     @classmethod
-    def _price(cls, value: Decimal) -> Decimal:
+    def _price(cls, value: object) -> Decimal:
         return validate_price(value)
 
 
@@ -324,6 +341,7 @@ def _operator(request: Request,
 CPId = Annotated[str, Path(pattern=CP_ID_REGEX, description="1-64 characters from A-Z a-z 0-9 _ -",
                            examples=["CP001"])]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "a body that cannot be read (such as a number too long to parse)"},
     401: {"model": Error, "description": "no operator token, or a wrong one (WWW-Authenticate: Bearer)"},
     408: {"model": Error, "description": "the body was not received in time"},
     413: {"model": Error, "description": "the body is longer than 16 KiB"},

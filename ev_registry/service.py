@@ -37,6 +37,12 @@ ACTION_AUTH = "registry.auth"
 CP_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LOCATION_MAX = 200  # cp_registrations.location, and the protocol's location field
 PRICE_MIN, PRICE_MAX, PRICE_PLACES = Decimal(0), Decimal(1000), 4
+#: A price as text: 0 to 1000 with at most 4 decimal places (the API's OpenAPI pattern too).
+PRICE_TEXT_PATTERN = r"^(?:1000(?:\.0{1,4})?|[0-9]{1,3}(?:\.[0-9]{1,4})?)$"
+PRICE_TEXT = re.compile(PRICE_TEXT_PATTERN)
+#: A location for the OpenAPI document: no '#' nor control characters, not only white space
+#: (and printable: the document's format "printable").
+LOCATION_PATTERN = r"^[^#\u0000-\u001f\u007f]*[^#\s\u0000-\u001f\u007f][^#\u0000-\u001f\u007f]*$"
 #: An operator token: printable ASCII without spaces (it travels in an HTTP header), 16-512 long.
 TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{16,512}")
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]{1,1024}) *")
@@ -63,32 +69,32 @@ def validate_cp_id(value: object) -> str:
 
 
 def validate_location(value: object) -> str:
-    """1-200 printable characters, not only spaces, no '#' (the Monitor protocol's separator)."""
+    """1-200 printable characters (Python's ``str.isprintable``: the database's rule), not only
+    white space, without '#' (the Monitor protocol's separator)."""
     if not isinstance(value, str):
         raise ValueError("the location is text")
     if not 1 <= len(value) <= LOCATION_MAX:
         raise ValueError(f"the location has 1 to {LOCATION_MAX} characters (it has {len(value)})")
-    if not value.isprintable():
-        raise ValueError("the location holds a character that is not printable")
     if "#" in value:
         raise ValueError("the location must not hold '#'")
+    if not value.isprintable():
+        raise ValueError("the location holds a character that is not printable")
     if not value.strip():
         raise ValueError("the location is only spaces")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("the location is not valid UTF-8 text") from None
     return value
 
 
 def validate_price(value: object) -> Decimal:
-    """A decimal number from 0 to 1000 EUR/kWh with at most 4 decimal places (text such as
-    "0.48", a ``Decimal``, an int or a float)."""
-    if isinstance(value, float):
-        value = Decimal(repr(value))
+    """A price from 0 to 1000 EUR/kWh with at most 4 decimal places: text matching
+    ``PRICE_TEXT`` ("0.48"), a ``Decimal``, an int, or a float whose shortest form ("0.48")
+    has at most 4 decimal places. ``ValueError`` otherwise (booleans included)."""
     try:
         if isinstance(value, str):
-            return PRICE.parse(value)
+            if not PRICE_TEXT.fullmatch(value):
+                raise ValueError(f"{value[:40]!r} is not a decimal number such as 0.48")
+            return PRICE.check(Decimal(value))
+        if isinstance(value, float):
+            return PRICE.check(Decimal(repr(value)))
         if isinstance(value, (Decimal, int)) and not isinstance(value, bool):
             return PRICE.check(value)
         raise ValueError("is not a number")
