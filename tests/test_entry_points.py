@@ -17,6 +17,7 @@ PROGRAMS = [
                                   "--location", "--price"]),
     ("ev_driver", "EV_Driver", ["--kafka", "--driver_id", "--file", "--cp"]),
     ("ev_rfid", "EV_RFID", ["start", "end", "--central", "--station", "--key", "--session", "--timeout"]),
+    ("ev_registry", "EV_Registry", ["--port", "--host", "--db", "--cert", "--key", "--admin-token-file"]),
 ]
 
 
