@@ -21,6 +21,7 @@ from ev_common.words import KEYS_REVOKED
 from ev_common.link import LinkConfig
 from ev_common.records import CPStatus, Record
 
+from .audit import AuditLog, default_spool_path
 from .auth import Audit, CPAuthenticator
 from .bus_adapter import REQUESTS_GROUP, CentralBus, KafkaNotifier
 from .effects import Effects
@@ -59,13 +60,16 @@ class Central:
                  link_config: LinkConfig = LinkConfig(), request_ttl: float = DEFAULT_REQUEST_TTL,
                  end_grace: float = DEFAULT_END_GRACE, stale_after: float = DEFAULT_STALE_AFTER,
                  topic_partitions: int = 1, topic_replication: int = 1, mcsp_port: int | None = None,
-                 secure: bool = False, tls: ssl.SSLContext | None = None, master_key: bytes | None = None) -> None:
+                 secure: bool = False, tls: ssl.SSLContext | None = None, master_key: bytes | None = None,
+                 audit: AuditLog | None = None) -> None:
         """``secure``: CPs authenticate with their credential and get a key (docs/security.md);
-        it needs ``master_key`` (ev_central/keys.py), and ``tls`` for the Monitor port."""
+        it needs ``master_key`` (ev_central/keys.py), and ``tls`` for the Monitor port.
+        ``audit``: the audit writer (default: one spooling next to the database, ev_central/audit.py)."""
         if secure and (master_key is None or tls is None):
             raise ValueError("secure mode needs a master key and a TLS context")
         self.store = store
         self.secure = secure
+        self.audit = audit if audit is not None else AuditLog(store, default_spool_path(store))
         self._host = host
         self._mcsp_port = mcsp_port  # None: no MCSP port
         self.network = ChargingNetwork(silence_timeout=silence_timeout)
@@ -84,7 +88,8 @@ class Central:
             self.bus, notifier = None, _NoBus()
         self.supplies = SupplyService(self.network, self.book, self.monitors, DriverDirectory(store), notifier,
                                       self.session_writer, store, cp_rows=self.writer, effects=self.effects,
-                                      request_ttl=request_ttl)
+                                      request_ttl=request_ttl, audit=self.audit)
+        self.supplies.audit_registrations = not secure  # in secure mode "auth" records each REG
         # the Monitor side reports to the core through these two doors only
         self.monitors.on_change = self.supplies.changed
         self.monitors.on_supply_state = self.supplies.on_supply_state
@@ -124,6 +129,7 @@ class Central:
         self.book.load(open_sessions)
         if open_sessions:
             log.info("%d supply session(s) still open: waiting for their end", len(open_sessions))
+        self.audit.start()
         self.writer.start()
         self.session_writer.start()
         self.effects.start()
@@ -132,7 +138,7 @@ class Central:
         log.info("Central listening for Monitors on %s:%d", host, port)
         if self._mcsp_port is not None:
             try:
-                self.mcsp = MCSPServer(self.supplies, self._host, self._mcsp_port).start()
+                self.mcsp = MCSPServer(self.supplies, self._host, self._mcsp_port, audit=self.audit).start()
             except OSError:
                 self.monitors.stop()
                 raise
@@ -162,6 +168,7 @@ class Central:
             self.bus.stop()
         self.session_writer.stop()
         self.writer.stop()
+        self.audit.stop()  # last: what every part recorded, appended or spooled
         self.store.close()
 
     # -- operator commands -----------------------------------------------------------------------

@@ -114,6 +114,20 @@ class MessageLog(logging.Handler):
             return list(self._lines)[-limit:]
 
 
+def audit_trouble(audit) -> str:
+    """The audit's part of the status line, only when it has trouble: entries spooled while
+    the database cannot take them, entries refused or lost (ev_central/audit.py)."""
+    stats = audit.stats() if audit is not None and hasattr(audit, "stats") else None
+    if stats is None or not (stats.spooled or stats.failed):
+        return ""
+    said = []
+    if stats.spooled:
+        said.append(f"{stats.spooled} entr{'y' if stats.spooled == 1 else 'ies'} spooled")
+    if stats.failed:
+        said.append(f"{stats.failed} failed (see the log)")
+    return "audit: " + ", ".join(said)
+
+
 class CentralView:
     def __init__(self, central: Central, messages: MessageLog) -> None:
         self.central = central
@@ -161,6 +175,7 @@ class CentralView:
         "Central system status OK · Kafka OK · database OK · 3 Monitors connected", or for
         example "Kafka unreachable since 14:03:07 · database OK · Monitors: 2 of 3 connected,
         CP3 without its Monitor since 14:01:55". Without Kafka (tests) the Kafka part is left out.
+        An audit in trouble adds its part ("audit: 120 entries spooled"): a warning.
         """
         now = datetime.now(timezone.utc)
         parts: list[str] = []
@@ -181,6 +196,9 @@ class CentralView:
             self._db_down_since = self._db_down_since or now
             parts.append(f"{DATABASE_UNREACHABLE} since {clock_time(self._db_down_since, now)} "
                          f"(working from memory)")
+        audit = audit_trouble(getattr(self.central, "audit", None))
+        if audit:
+            parts.append(audit)
         parts.append("secure mode" if getattr(self.central, "secure", False) else OPEN_MODE)
         rows = self.central.network.snapshot()
         missing = [row for row in rows if row.state == DESCONECTADO]
@@ -196,7 +214,7 @@ class CentralView:
                          f"without {'its Monitor' if len(missing) == 1 else 'their Monitors'} since {since}")
         if not failing:
             parts.insert(0, CENTRAL_OK)
-        level = "error" if failing else "warning" if missing else "ok"
+        level = "error" if failing else "warning" if missing or audit else "ok"
         return CentralStatus(level, " · ".join(parts))
 
     def command(self, line: str) -> str:
