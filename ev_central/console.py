@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import TextIO
 
+from . import audit as audited
 from .app import Central
 from .core.states import IllegalTransition
 from .store.base import StoreError
@@ -26,7 +27,27 @@ HELP = "commands: stop <CP|all>, resume <CP|all>, keys revoke <CP>, list, help"
 
 
 def execute(central: Central, line: str) -> str:
-    """Run one command line; returns the answer for the operator."""
+    """Run one command line; returns the answer for the operator. Both are audited
+    (``operator.command``: actor "operator", no source address: typed at Central)."""
+    answer = _execute(central, line)
+    if answer:
+        audit = getattr(central, "audit", None) or audited.NO_AUDIT
+        audit.record(audited.OPERATOR_COMMAND, audited.OPERATOR, f"{' '.join(line.split())} -> {answer}",
+                     _outcome(line.split()[0].lower(), answer))
+    return answer
+
+
+def _outcome(verb: str, answer: str) -> str:
+    """The audit's outcome of a command, read from its answer."""
+    if "cannot be reached" in answer:
+        return audited.FAILED
+    if answer.startswith("unknown ") or not (verb in ("help", "list") or answer.startswith(f"{verb}: ")
+                                             or "keys revoked;" in answer):
+        return audited.REFUSED
+    return audited.OK
+
+
+def _execute(central: Central, line: str) -> str:
     words = line.split()
     if not words:
         return ""

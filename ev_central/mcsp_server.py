@@ -16,6 +16,7 @@ messages are bounded by the codec; every send has a timeout.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -34,6 +35,8 @@ from ev_common.mcsp import (
 )
 from ev_common.mcsp.errors import MESSAGE_MAX
 
+from . import audit as audited
+from .audit import NO_AUDIT, Recorder, source_host
 from .store.base import SessionRow
 from .supply_service import Refusal, SupplyService, Why
 
@@ -80,8 +83,10 @@ class MCSPServer:
 
     def __init__(self, supplies: SupplyService, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
                  idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, audit: Recorder = NO_AUDIT) -> None:
+        """``audit``: every ERROR answered is audited (``mcsp.error``, ev_central/audit.py)."""
         self.supplies = supplies
+        self.audit = audit
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
@@ -141,8 +146,10 @@ class MCSPServer:
                     self._connections[conn] = thread
             if full:
                 log.warning("MCSP station %s refused: %d connections already open", where, self.max_connections)
-                self._send(conn, ErrorAnswer(int(ErrorCode.CP_UNREACHABLE),
-                                             "Central serves too many stations now; try again later"), where)
+                answer = ErrorAnswer(int(ErrorCode.CP_UNREACHABLE),
+                                     "Central serves too many stations now; try again later")
+                self._audit(None, "connection", answer, where)
+                self._send(conn, answer, where)
                 _shut(conn)
                 continue
             thread.start()
@@ -165,6 +172,7 @@ class MCSPServer:
                     continue
                 if isinstance(event, ReceiveError):
                     log.warning("MCSP from %s: %d %s (answered, connection closed)", where, event.code, event.message)
+                    self._audit(None, "malformed request", event.answer(), where)
                     self._send(conn, event.answer(), where)
                     why = f"malformed request ({event.code})"
                     return
@@ -176,7 +184,9 @@ class MCSPServer:
                     if now - request_began >= self.request_timeout:
                         message = f"request not complete within {self.request_timeout:g} s"
                         log.warning("MCSP from %s: 400 %s (answered, connection closed)", where, message)
-                        self._send(conn, ErrorAnswer(int(ErrorCode.BAD_REQUEST), message), where)
+                        answer = ErrorAnswer(int(ErrorCode.BAD_REQUEST), message)
+                        self._audit(None, "slow request", answer, where)
+                        self._send(conn, answer, where)
                         why = "request too slow"
                         return
                     deadline = request_began + self.request_timeout
@@ -206,7 +216,7 @@ class MCSPServer:
     def _handle(self, request: StartRequest | EndRequest, where: str) -> StartOk | EndOk | ErrorAnswer:
         try:
             if isinstance(request, StartRequest):
-                outcome = self.supplies.start_by_tag(request.name, request.key)
+                outcome = self.supplies.start_by_tag(request.name, request.key, source_ip=source_host(where))
             else:
                 outcome = self.supplies.end_by_tag(request.name, request.session_id, request.key)
             answer = answer_for(outcome, request)
@@ -214,9 +224,18 @@ class MCSPServer:
             log.exception("MCSP %s from %s could not be served", type(request).__name__, where)
             answer = ErrorAnswer(int(ErrorCode.CP_UNREACHABLE), "Central could not serve the request")
         if isinstance(answer, ErrorAnswer):
-            log.warning("MCSP %s at %s from %s: ERROR %d %s", "START" if isinstance(request, StartRequest) else "END",
-                        request.name, where, answer.code, answer.message)
+            action = "START" if isinstance(request, StartRequest) else "END"
+            log.warning("MCSP %s at %s from %s: ERROR %d %s", action, request.name, where, answer.code, answer.message)
+            self._audit(request.name, action, answer, where)
         return answer
+
+    def _audit(self, station: str | None, what: str, answer: ErrorAnswer, where: str) -> None:
+        """``mcsp.error``: the station (None: not named yet), what was answered, from where. A
+        message never shows a key: a malformed one is not quoted."""
+        message = _KEY_QUOTED.sub(r"\1", answer.message)
+        self.audit.record(audited.MCSP_ERROR, station or audited.MCSP_STATION,
+                          f"station {station or '-'}, {what}: ERROR {answer.code} {message}, from {where}",
+                          audited.REFUSED, source_host(where))
 
     def _send(self, conn: socket.socket, answer: StartOk | EndOk | ErrorAnswer, where: str) -> bool:
         try:
@@ -226,6 +245,9 @@ class MCSPServer:
         except OSError as exc:
             log.warning("MCSP answer to %s not sent: %s", where, exc)
             return False
+
+
+_KEY_QUOTED = re.compile(r"(Key must be .*?), not .*", re.DOTALL)  # check_key's message quotes the bad value
 
 
 def _peer(address) -> str:

@@ -42,6 +42,8 @@ from ev_common.records import (
 )
 from ev_common.words import CANNOT_REPORT, KEYS_REVOKED, OUT_OF_ORDER, STOPPED_BY_CENTRAL
 
+from . import audit as audited
+from .audit import NO_AUDIT, Recorder
 from .core.network import ChargingNetwork, StateChange
 from .core.states import Event, IllegalTransition, State
 from .core.supplies import SupplyBook
@@ -203,7 +205,8 @@ class SupplyService:
                  request_ttl: float = DEFAULT_REQUEST_TTL, cp_answer_timeout: float = CP_ANSWER_TIMEOUT,
                  utcnow: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None,
-                 tags: TagDirectory | None = None, tag_end_wait: float = TAG_END_WAIT) -> None:
+                 tags: TagDirectory | None = None, tag_end_wait: float = TAG_END_WAIT,
+                 audit: Recorder = NO_AUDIT) -> None:
         self.network = network
         self.book = book
         self.cps = cps
@@ -229,6 +232,9 @@ class SupplyService:
         self._lock = threading.Lock()
         self._finished: OrderedDict[str, None] = OrderedDict()  # sessions closed and stored, the newest last
         self._finishing = threading.Condition()
+        self.audit = audit  # supplies and CP changes are audited (ev_central/audit.py)
+        self.audit_registrations = True  # cp.register for each REG (secure mode audits "auth" instead)
+        self._peers: dict[str, str] = {}  # cp_id -> its Monitor's address, for the audit (one per CP)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -268,6 +274,8 @@ class SupplyService:
     def _deny(self, r: SupplyRequest, reason: str) -> None:
         self._notify(r.driver_id, RequestDenied(r.request_id, r.driver_id, r.cp_id, reason))
         self._say(f"denied: driver {r.driver_id} at {r.cp_id}: {reason}")
+        self.audit.record(audited.SUPPLY_DENY, f"driver {r.driver_id}", f"cp {r.cp_id}, request {r.request_id}: "
+                                                                       f"{reason}", audited.REFUSED)
 
     def _deciding(self, who: Charger, cp_id: str, via: str, decide: Callable[[], SessionRow | Refusal], *,
                   at: datetime | None = None) -> SessionRow | Refusal:
@@ -285,7 +293,7 @@ class SupplyService:
                 self._pending.pop(key, None)
 
     def _authorise(self, who: Charger, cp_id: str, request_id: str,
-                   authorised: Callable[[SessionRow], None]) -> SessionRow | Refusal:
+                   authorised: Callable[[SessionRow], None], *, source_ip: str = "") -> SessionRow | Refusal:
         """The checks every request shares, then the CP asked: the open session, or why not.
         ``authorised`` runs once the session is open, before anything else is said of it."""
         cp = self.network.get(cp_id)
@@ -319,6 +327,9 @@ class SupplyService:
         self.sessions.put(row)
         authorised(row)
         self._say(f"authorised: {who} at {cp_id}, session {session_id[:8]}, {price} EUR/kWh")
+        self.audit.record(audited.SUPPLY_START, who_charges(who.driver_id, who.tag_uid, None),
+                          f"cp {cp_id}, session {session_id}, account {who.account_id or '-'}, {price} EUR/kWh, "
+                          f"via {'MCSP' if who.tag_uid else 'Kafka'}", audited.OK, source_ip)
         self._publish_status(cp_id)
         # A Stop, fault or lost Monitor while the CP was being asked found no session to interrupt;
         # the session exists now, so any later change interrupts it: catch the one that came before.
@@ -333,15 +344,19 @@ class SupplyService:
 
     # -- RFID tags (MCSP, docs/mcsp.md) ----------------------------------------------------------
 
-    def start_by_tag(self, cp_id: str, tag_uid: str) -> SessionRow | Refusal:
-        """A tag presented at ``cp_id`` (``START``): its session once the CP accepted it, or why not."""
+    def start_by_tag(self, cp_id: str, tag_uid: str, *, source_ip: str = "") -> SessionRow | Refusal:
+        """A tag presented at ``cp_id`` (``START``, from the station at ``source_ip``): its session
+        once the CP accepted it, or why not."""
         self._say(f"MCSP START at {cp_id} with tag {masked(tag_uid)}")
-        outcome = self._deciding(Charger(tag_uid=tag_uid), cp_id, "MCSP", lambda: self._decide_tag(cp_id, tag_uid))
+        outcome = self._deciding(Charger(tag_uid=tag_uid), cp_id, "MCSP",
+                                 lambda: self._decide_tag(cp_id, tag_uid, source_ip))
         if isinstance(outcome, Refusal):
             self._say(f"denied: tag {masked(tag_uid)} at {cp_id}: {outcome.reason}")
+            self.audit.record(audited.SUPPLY_DENY, f"tag {masked(tag_uid)}", f"cp {cp_id} (MCSP): {outcome.reason}",
+                              audited.REFUSED, source_ip)
         return outcome
 
-    def _decide_tag(self, cp_id: str, tag_uid: str) -> SessionRow | Refusal:
+    def _decide_tag(self, cp_id: str, tag_uid: str, source_ip: str = "") -> SessionRow | Refusal:
         found = self.tags.lookup(tag_uid)
         if isinstance(found, Refusal):
             return found
@@ -351,7 +366,7 @@ class SupplyService:
         if not account.active:
             return Refusal(Why.DISABLED, f"Account {account.account_id} is disabled")
         who = Charger(tag_uid=tag_uid, account_id=account.account_id)
-        return self._authorise(who, cp_id, uuid.uuid4().hex, lambda row: None)
+        return self._authorise(who, cp_id, uuid.uuid4().hex, lambda row: None, source_ip=source_ip)
 
     def end_by_tag(self, cp_id: str, session_id: str, tag_uid: str) -> SessionRow | Refusal:
         """The tag that opened ``session_id`` at ``cp_id`` ends it (``END``): the closed session,
@@ -516,6 +531,7 @@ class SupplyService:
         ended for a fault does not free the CP: its Monitor reports the fault within a second
         or two (``AVERIADO``); showing it ``ACTIVADO`` meanwhile would offer a broken CP."""
         self._store_now(row, on_durable)
+        self._audit_end(row, audited.OK if row.status == "COMPLETED" else audited.INTERRUPTED)  # before END answers
         self._mark_finished(row.session_id)
         if engine_fault:
             with self._lock:
@@ -530,9 +546,15 @@ class SupplyService:
         """The Engine's final figures came after the ticket: the row takes them, the driver gets a
         corrected ticket (once: the row is final now)."""
         self._store_now(row, on_durable)
+        self._audit_end(row, audited.CORRECTED)
         self.send_ticket(row)
         self._say(f"corrected ticket {row.session_id[:8]}: {_who(row)} at {row.cp_id}, the Engine "
                   f"delivered {row.kwh:.3f} kWh, {row.amount_eur:.2f} EUR")
+
+    def _audit_end(self, row: SessionRow, outcome: str) -> None:
+        self.audit.record(audited.SUPPLY_END, who_charges(row.driver_id, row.tag_uid, None),
+                          f"cp {row.cp_id}, session {row.session_id}, {row.kwh} kWh, {row.amount_eur} EUR, "
+                          f"{row.status}, reason {row.end_reason or '-'}", outcome)
 
     def _store_now(self, row: SessionRow, on_durable: Callable[[], None] | None) -> None:
         """Durable before the ticket leaves, when the database allows; the writer has it otherwise
@@ -604,6 +626,35 @@ class SupplyService:
             self._say(f"supply {interrupted.session_id[:8]} at {interrupted.cp_id} interrupted: {reason}")
         if change.state_changed or change.old is None:
             self._publish_status_now(change.cp_id)
+        self._audit_change(change)
+
+    def _audit_change(self, change: StateChange) -> None:
+        """(effects thread) The audit entry of a CP change, if it is one the audit keeps."""
+        event, moved = change.event, f"{change.old.value if change.old else 'new'} -> {change.new.value}"
+        actor, action, source = change.cp_id, None, self._peer_of(change.cp_id, event is Event.REGISTERED)
+        if event is Event.REGISTERED:
+            action = audited.CP_REGISTER if self.audit_registrations else None
+        elif event is Event.ENGINE_FAULT and change.state_changed and change.new is State.AVERIADO:
+            action = audited.CP_FAULT
+        elif event is Event.ENGINE_OK and change.old is State.AVERIADO and change.state_changed:
+            action = audited.CP_RECOVER
+        elif event is Event.MONITOR_LOST and change.state_changed:
+            action = audited.CP_DISCONNECT
+        elif event in (Event.STOP, Event.RESUME):
+            action, actor = (audited.CP_STOP if event is Event.STOP else audited.CP_RESUME), audited.OPERATOR
+            moved, source = f"{change.cp_id} {moved}", ""  # typed at Central
+        if action is not None:
+            self.audit.record(action, actor, f"{moved}: {change.cause}", audited.OK, source)
+
+    def _peer_of(self, cp_id: str, registered: bool) -> str:
+        """The address of the CP's Monitor (for the audit): its session's, noted at each
+        registration, so that it is known when the session is gone."""
+        if self.audit is NO_AUDIT:
+            return ""
+        if registered:
+            peer = getattr(getattr(self.network.owner(cp_id), "link", None), "peer", "")
+            self._peers[cp_id] = audited.source_host(peer) if isinstance(peer, str) and peer else ""
+        return self._peers.get(cp_id, "")
 
     def stop(self, cp_id: str) -> StateChange:
         change = self._network_event(cp_id, Event.STOP, "stopped by the operator")
