@@ -26,6 +26,7 @@ from .auth import Audit, CPAuthenticator
 from .bus_adapter import REQUESTS_GROUP, CentralBus, KafkaNotifier
 from .effects import Effects
 from .keys import KeyRing
+from .record_gate import RecordGate, RejectedRecord
 from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER, SupplyBook
 from .mcsp_server import MCSPServer
@@ -79,10 +80,13 @@ class Central:
         self.effects = Effects()  # the one thread that carries out what the decisions cause outside
         self.keys = KeyRing(store, master_key) if secure else None  # the CPs' keys, in secure mode
         self.monitors = MonitorServer(self.network, lambda change: None, host, port, config=link_config, tls=tls)
+        # CPs' records: opened with their keys in secure mode, refused when not genuine (docs/topics.md)
+        self.gate = RecordGate(secure, self.keys.key_for if self.keys else (lambda cp_id, version: None),
+                               self._record_rejected)
         if kafka:
             publisher = Publisher(kafka, "ev-central")
             self.bus: CentralBus | None = CentralBus(kafka, topics, publisher, partitions=topic_partitions,
-                                                     replication=topic_replication)
+                                                     replication=topic_replication, gate=self.gate)
             notifier = KafkaNotifier(publisher, topics)
         else:
             self.bus, notifier = None, _NoBus()
@@ -179,6 +183,11 @@ class Central:
 
     def resume_cp(self, cp_id: str) -> StateChange:
         return self.supplies.resume(cp_id)
+
+    def _record_rejected(self, rejected: RejectedRecord) -> None:
+        """(a Kafka consumer's thread) A record that is not genuine: dropped, never near a session."""
+        log.warning("%s", rejected.describe())
+        self.audit.record("record.rejected", rejected.cp_id or "unknown", rejected.describe(), "dropped")
 
     def revoke_keys(self, cp_id: str, actor: str = "operator") -> str:
         """Restore keys: delete the CP's keys. It goes out of service at once (its records are

@@ -10,9 +10,12 @@ failed attempts per CP and per address; on success the CP gets its key (``KeyRin
 and the location and price registered at EV_Registry. Every attempt is audited, with the
 reason of a refusal; no secret is ever logged or audited.
 
-A check that passed is remembered (the credential's SHA-256 beside the stored hash it matched),
+A check that passed is remembered (the credential's SHA-256 beside the registration it matched),
 so that a Monitor registering again after a lost link costs a hash, not an scrypt; a new
-registration or a deregistration at EV_Registry changes the stored hash and voids it.
+registration or a deregistration at EV_Registry changes the stored hash and voids it. While
+the database cannot be read, a CP that authenticated before with the same credential, and
+still holds its key, is admitted as it was (a deregistration made meanwhile takes effect when
+the database is back and the CP registers again).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ev_common.credentials import FailureLimiter, verify_credential
 from ev_common.protocol import Key, Reg
 
 from .keys import KeyRing, key_text
-from .store.base import Store, StoreError
+from .store.base import RegistrationRow, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class CPAuthenticator:
         self.audit = audit
         self.per_cp = per_cp or FailureLimiter(clock=clock)
         self.per_address = per_address or FailureLimiter(clock=clock)
-        self._passed: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # cp -> (stored hash, sha256)
+        self._passed: OrderedDict[str, tuple[RegistrationRow, bytes]] = OrderedDict()  # cp -> (row, sha256)
         self._lock = threading.Lock()
 
     def authenticate(self, reg: Reg, peer: str) -> Admitted | Refused:
@@ -108,13 +111,18 @@ class CPAuthenticator:
         try:
             registration = self.store.get_registration(cp_id)
         except StoreError as exc:
+            remembered = self._remembered(reg)  # a Monitor back after a lost link keeps its CP in service
+            if remembered is not None:
+                log.warning("cannot read %s's registration (%s): its credential matches the one checked before; "
+                            "admitted", cp_id, exc)
+                return remembered
             log.warning("cannot check %s's credential: %s", cp_id, exc)
             return Refused("Central cannot check credentials now (database unreachable); try again later")
         if registration is None:
             return self._failed(reg, address, f"{cp_id} is not registered at EV_Registry")
         if registration.credential_hash is None:
             return self._failed(reg, address, f"{cp_id} was deregistered at EV_Registry")
-        if not self._matches(cp_id, reg.credential, registration.credential_hash):
+        if not self._matches(registration, reg.credential):
             return self._failed(reg, address, f"wrong credential for {cp_id}")
         self.per_cp.success(cp_id)
         try:
@@ -131,17 +139,33 @@ class CPAuthenticator:
                      reg.price_eur_kwh)
         return Admitted(registration.location, registration.price_eur_kwh, Key(cp_id, version, key_text(key)))
 
-    def _matches(self, cp_id: str, credential: str, stored: str) -> bool:
+    def _matches(self, registration: RegistrationRow, credential: str) -> bool:
+        cp_id, stored = registration.cp_id, registration.credential_hash
         digest = hashlib.sha256(credential.encode()).digest()
         with self._lock:
             passed = self._passed.get(cp_id)
-        if passed is not None and passed[0] == stored and hmac.compare_digest(passed[1], digest):
+        if passed is not None and passed[0].credential_hash == stored and hmac.compare_digest(passed[1], digest):
             return True
         if not verify_credential(credential, stored):
             return False
         with self._lock:
-            keep_newest(self._passed, cp_id, (stored, digest), REMEMBERED)
+            keep_newest(self._passed, cp_id, (registration, digest), REMEMBERED)
         return True
+
+    def _remembered(self, reg: Reg) -> Admitted | None:
+        """While the database is down: a CP that authenticated before with this very credential and
+        still holds its key, admitted as then (or None)."""
+        digest = hashlib.sha256(reg.credential.encode()).digest()
+        with self._lock:
+            passed = self._passed.get(reg.cp_id)
+        version = self.keys.version_of(reg.cp_id)
+        if passed is None or version is None or not hmac.compare_digest(passed[1], digest):
+            return None
+        registration = passed[0]
+        key = self.keys.key_for(reg.cp_id, version)
+        if key is None:
+            return None
+        return Admitted(registration.location, registration.price_eur_kwh, Key(reg.cp_id, version, key_text(key)))
 
     def _failed(self, reg: Reg, address: str, reason: str) -> Refused:
         self.per_cp.failure(reg.cp_id)

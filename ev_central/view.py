@@ -200,6 +200,10 @@ class CentralView:
         if audit:
             parts.append(audit)
         parts.append("secure mode" if getattr(self.central, "secure", False) else OPEN_MODE)
+        gate = getattr(self.central, "gate", None)
+        refused = gate.rejected if gate is not None else 0
+        if refused:  # records that were not genuine: dropped (each one a warning among the messages)
+            parts.append(f"{refused} CP record{'' if refused == 1 else 's'} refused")
         rows = self.central.network.snapshot()
         missing = [row for row in rows if row.state == DESCONECTADO]
         if not rows:
@@ -214,7 +218,7 @@ class CentralView:
                          f"without {'its Monitor' if len(missing) == 1 else 'their Monitors'} since {since}")
         if not failing:
             parts.insert(0, CENTRAL_OK)
-        level = "error" if failing else "warning" if missing or audit else "ok"
+        level = "error" if failing else "warning" if missing or audit or refused else "ok"
         return CentralStatus(level, " · ".join(parts))
 
     def command(self, line: str) -> str:

@@ -17,6 +17,20 @@ from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
+MODES = pytest.mark.parametrize("secure", [False, True], ids=["open", "secure"])
+
+
+@pytest.fixture(params=[False, True], ids=["open", "secure"])
+def system(request, runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
+    """Every crash case in open mode (Release 1) and in secure mode (TLS, credentials, sealed
+    records): Central on a new MySQL database with drivers D001 and D002."""
+    system = EVSystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix, secure=request.param)
+    system.register_drivers("D001", "D002")
+    system.start_central()
+    yield system
+    runner.stop_all()
+    system.close()
+
 
 def ended_sessions(store, driver_id):
     return [s for s in store.list_sessions(driver_id=driver_id) if s.status in ("COMPLETED", "INTERRUPTED")]
@@ -93,15 +107,16 @@ def test_central_dies_mid_supply(system):
     assert session.status == "COMPLETED" and session.ticket_sent
 
 
+@MODES
 def test_broker_outage_mid_supply_loses_nothing_and_service_resumes(runner, tansu_factory, kafka_topic_prefix,
-                                                                    fresh_mysql_url):
+                                                                    fresh_mysql_url, secure):
     """The broker becomes unreachable (every connection cut, new ones refused; it keeps its
     data, as Apache Kafka does) while a supply runs and ends: nobody dies, and once it is
     back the held telemetry, end and ticket arrive and the next supply works."""
     port = free_port()
     proxy = CuttableProxy("127.0.0.1", port)
     tansu_factory(port=port, advertised_port=proxy.port)
-    system = EVSystem(runner, f"127.0.0.1:{proxy.port}", fresh_mysql_url, kafka_topic_prefix)
+    system = EVSystem(runner, f"127.0.0.1:{proxy.port}", fresh_mysql_url, kafka_topic_prefix, secure=secure)
     try:
         system.register_drivers("D001", "D002")
         system.start_central()
@@ -134,12 +149,13 @@ def test_central_stopped_with_ctrl_c_exits_cleanly(system):
     assert "Traceback" not in system.central.output()
 
 
-def test_database_outage_loses_no_ticket(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
+@MODES
+def test_database_outage_loses_no_ticket(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url, secure):
     url = parse_mysql_url(fresh_mysql_url)
     proxy = CuttableProxy(url.host, url.port)
     system = EVSystem(runner, kafka_bootstrap, fresh_mysql_url.replace(f"{url.host}:{url.port}",
                                                                        f"127.0.0.1:{proxy.port}"),
-                      kafka_topic_prefix)
+                      kafka_topic_prefix, secure=secure)
     direct = open_store(fresh_mysql_url)  # reads the database around the proxy
     try:
         system.register_drivers("D001")

@@ -22,15 +22,26 @@ class CP:
 
 
 class EVSystem:
-    def __init__(self, runner: ProgramRunner, kafka: str, db_url: str, prefix: str) -> None:
+    """``secure=True``: Central runs ``--secure`` (its certificate made beforehand in its data
+    directory, so that the Monitors can pin it), and each CP is registered (its credential's
+    hash in the database, as EV_Registry does) with a 0600 credentials file for its Monitor."""
+
+    def __init__(self, runner: ProgramRunner, kafka: str, db_url: str, prefix: str, *, secure: bool = False) -> None:
         self.runner = runner
         self.kafka = kafka
         self.db_url = db_url
         self.prefix = prefix
+        self.secure = secure
         self.central_port = free_port()
         self.central: Program | None = None
         self.store = open_store(db_url)
         self.cps: dict[str, CP] = {}
+        self.central_data = runner.log_dir / "central-data"
+        self.fingerprint: str | None = None
+        if secure:
+            from ev_common.tls import ensure_certificate
+
+            self.fingerprint = ensure_certificate(self.central_data, "ev_central", ["127.0.0.1"]).fingerprint
 
     def close(self) -> None:
         self.store.close()
@@ -42,7 +53,8 @@ class EVSystem:
     def start_central(self, *extra: str) -> Program:
         self.central = self.runner.start("central", [
             "--port", str(self.central_port), "--kafka", self.kafka, "--db", self.db_url,
-            "--topic-prefix", self.prefix, *extra], script="ev_central/EV_Central.py")
+            "--topic-prefix", self.prefix, *(["--secure"] if self.secure else []), *extra],
+            script="ev_central/EV_Central.py", env={"EV_DATA_DIR": str(self.central_data)})
         wait_until(lambda: port_open("127.0.0.1", self.central_port) or self.central.proc.poll() is not None, 20,
                    "Central to listen")
         assert self.central.proc.poll() is None, f"Central exited:\n{self.central.output()[-3000:]}"
@@ -58,11 +70,25 @@ class EVSystem:
         engine = self.start_engine(cp_id, argv)
         monitor = self.runner.start(f"monitor-{cp_id}", [
             "--cp_id", cp_id, "--central_ip", "127.0.0.1", "--central_port", str(central_port or self.central_port),
-            "--engine_ip", "127.0.0.1", "--engine_port", str(port), "--location", location, "--price", price],
-            script="ev_cp_monitor/EV_CP_M.py")
+            "--engine_ip", "127.0.0.1", "--engine_port", str(port), "--location", location, "--price", price,
+            *self.credentials_args(cp_id, location, price)], script="ev_cp_monitor/EV_CP_M.py")
         self.cps[cp_id] = cp = CP(cp_id, engine, monitor, port, argv)
         self.wait_cp_state(cp_id, "ACTIVADO", 10)
         return cp
+
+    def credentials_args(self, cp_id: str, location: str, price: str) -> list[str]:
+        """Secure mode: register ``cp_id`` (once) and give its Monitor the credential and Central's pin."""
+        if not self.secure:
+            return []
+        from ev_common.credentials import hash_credential, new_credential
+
+        path = self.runner.log_dir / f"{cp_id}.credential"
+        if not path.exists():
+            credential = new_credential()
+            self.store.register_cp(cp_id, location, price, hash_credential(credential))
+            path.touch(mode=0o600)
+            path.write_text(credential + "\n")
+        return ["--credentials", str(path), "--central-fingerprint", self.fingerprint]
 
     def start_engine(self, cp_id: str, argv: list[str]) -> Program:
         """Start (or restart, with the same arguments) the Engine of ``cp_id``."""
