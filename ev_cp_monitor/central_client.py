@@ -157,13 +157,13 @@ class CentralClient:
     def reauthenticate(self, registration: Reg | None = None) -> None:
         """The menu's [a]: end the session if any and register again now (with ``registration``,
         e.g. a credential read again), whatever stopped the client from doing it by itself."""
+        self._say("authenticating again at Central...")
         with self._lock:
             if registration is not None:
                 self.registration = registration
-            self._halted = None
             self._backoff.reset()
-        self._say("authenticating again at Central...")
-        self._again.set()
+            self._again.set()  # (before the halt is lifted: the loop that sees it lifted sees this too)
+            self._halted = None
 
     def set_health(self, verdict: Verdict) -> None:
         with self._lock:
