@@ -131,3 +131,20 @@ def test_central_builds_its_own_audit_log_next_to_the_database(tmp_path) -> None
         assert central.supplies.audit is central.audit
     finally:
         central.stop()
+
+
+def test_the_status_line_says_when_audit_entries_wait_in_the_spool(tmp_path) -> None:
+    from ev_central.view import CentralView, MessageLog
+
+    store = open_store(f"sqlite:///{tmp_path}/ev.db")
+    central = Central(store, HOST, 0, silence_timeout=QUIET, link_config=FAST,
+                      audit=AuditLog(store, tmp_path / "audit-spool.jsonl"))
+    try:
+        view = CentralView(central, MessageLog())
+        assert "audit" not in view.health().text and view.health().level == "ok"
+        central.audit.record("operator.command", "operator", "list -> no CPs yet")
+        central.audit.stop()  # (not started: the entry waits in the spool)
+        health = view.health()
+        assert "audit: 1 entry spooled" in health.text and health.level == "warning" and health.ok
+    finally:
+        central.stop()
