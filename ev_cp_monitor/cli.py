@@ -190,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     except CredentialError as exc:
         screen.closing(f"Monitor not started: {exc}")
         return 1
-    if shutdown.is_set():
-        screen.closing("Monitor stopped" + (f" ({shutdown.signal_name})" if shutdown.signal_name else ""))
+    def stopped() -> str:
+        return "Monitor stopped" + (f" ({shutdown.signal_name})" if shutdown.signal_name else "")
+
+    if shutdown.is_set():  # Ctrl+C while registering at EV_Registry
+        screen.closing(stopped())
         return 0
     central = CentralClient(args.central_ip, args.central_port, registration, engine=engine, tls=tls,
                             interactive=menu, say=screen.central_said)
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     code = monitor.run(shutdown.event)
     if keyboard is not None:
         keyboard.join(1.0)  # it puts the terminal back as it was
-    screen.closing("Monitor stopped" + (f" ({shutdown.signal_name})" if shutdown.signal_name else ""))
+    screen.closing(stopped())
     return code
 
 
