@@ -735,8 +735,10 @@ class AuditLog:
                 fitted = self.spool.append(entries)
             except OSError as exc:
                 self._spool_full = True
-                log.error("audit: cannot write the spool %s (%s): %d entries wait in memory; past %d they are "
-                          "lost", self.spool.path, exc, len(self._queue), self.max_queued)
+                if not self._full_said:  # (said once until the spool takes entries again)
+                    self._full_said = True
+                    log.error("audit: cannot write the spool %s (%s): %d entries wait in memory; past %d they "
+                              "are lost", self.spool.path, exc, len(self._queue), self.max_queued)
                 return
             with self._cond:
                 for _ in range(fitted):
