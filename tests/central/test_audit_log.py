@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -240,16 +241,19 @@ def test_a_hanging_database_at_stop_spools_and_nothing_is_doubled_at_the_next_st
     audit = made(store).start()
     record(audit, 1, 5)
     wait_until(lambda: audit.stats().queued == 5 and audit._busy, WAIT, "the writer stuck in the database")
+    started = time.monotonic()
+    record(audit, 6, 2005)  # the callers never wait for the database
+    assert time.monotonic() - started < 1.0
     audit.stop(timeout=0.2)
-    assert [line["details"] for line in spool_lines(audit.spool.path)] == names(1, 5)
+    assert [line["details"] for line in spool_lines(audit.spool.path)] == names(1, 2005)
     store.hold.set()  # the database answers at last: entries 1-5 are committed after all
     wait_until(lambda: store.details() == names(1, 5), WAIT, "the late append")
     store.hold = None
 
     again = made(store).start()
-    record(again, 6, 6)
+    record(again, 2006, 2006)
     assert again.wait_idle(WAIT)
-    assert store.details() == names(1, 6)  # looked up before replaying: not doubled
+    assert store.details() == names(1, 2006)  # looked up before replaying: not doubled
 
 
 # -- the spool at stop and at the next start ---------------------------------------------------------
