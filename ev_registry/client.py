@@ -207,6 +207,8 @@ class RegistryClient:
         and ``created`` (True: first registration; False: registered again)."""
         if isinstance(price, float):
             price = repr(price)
+        elif isinstance(price, Decimal):
+            price = format(price, "f")  # never "1E+2": the API takes plain decimals
         response = self._request("PUT", f"/cps/{self._id(cp_id)}",
                                  json={"location": location, "price_eur_kwh": str(price)})
         answer = self._json(response)

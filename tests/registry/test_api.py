@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from decimal import Decimal
 from urllib.parse import quote
 
 import pytest
@@ -331,12 +332,10 @@ def test_secrets_never_reach_the_log(registry: Running, caplog):
     http.delete("/cps/CP001")
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "CP001 registered" in text and "refused a request" in text
-    stored = registry.store.get_registration("CP001")
     for secret in (first, second, registry.token, "wrong-token-but-secret-too-42"):
         assert secret not in text
         assert secret[5:20] not in text
     assert "scrypt$" not in text
-    del stored
 
 
 # -- the client -----------------------------------------------------------------------------------------
@@ -350,6 +349,9 @@ def test_the_client_registers_lists_and_deregisters(registry: Running):
     assert CREDENTIAL.fullmatch(credential)
     assert verify_credential(credential, registry.store.get_registration("CP001").credential_hash)
     assert client.get("CP001")["registered"] is True
+    for price, stored in ((Decimal("1E+2"), "100.0000"), (Decimal("0.4800"), "0.4800"), (0.35, "0.3500"), (7, "7.0000")):
+        again = client.register_full("CP001", "C/Mayor, 45", price)
+        assert again["created"] is False and again["price_eur_kwh"] == stored
     assert [cp["cp_id"] for cp in client.list()] == ["CP001"]
     client.deregister("CP001")
     assert client.get("CP001")["registered"] is False
