@@ -205,6 +205,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("database error: %s", exc)
         return _error(500, "database error")
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s: %s", request.method, request.url.path[:200], type(exc).__name__, exc,
+                  exc_info=exc)
+        return _error(500, "internal error (logged by EV_Registry)")
+
 
 # -- the guard: token, body size, no caching --------------------------------------------------
 

@@ -367,3 +367,48 @@ def test_the_client_registers_lists_and_deregisters(registry: Running):
     with pytest.raises(RegistryError) as unauthorised:
         registry.client(token="a-wrong-token-000000000").list()
     assert unauthorised.value.status == 401
+
+
+# -- the database failing ---------------------------------------------------------------------------
+
+
+def test_database_failures_are_clear_json_errors(sqlite_registry: Running, monkeypatch):
+    from ev_central.store import StoreRefused, StoreUnavailable
+
+    http = sqlite_registry.http()
+
+    def unavailable(*_args, **_kwargs):
+        raise StoreUnavailable("MySQL db:3306 does not answer")
+
+    def refused(*_args, **_kwargs):
+        raise StoreRefused("location is longer than 200 characters (201)")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("something unexpected")
+
+    monkeypatch.setattr(sqlite_registry.store, "list_registrations", unavailable)
+    answer = http.get("/cps")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert answer.json()["error"] == "unavailable"
+    monkeypatch.setattr(sqlite_registry.store, "register_cp", refused)
+    answer = http.put("/cps/CP001", json=BODY)
+    assert answer.status_code == 422 and "refused the data" in answer.json()["message"]
+    monkeypatch.setattr(sqlite_registry.store, "get_registration", broken)
+    answer = http.get("/cps/CP001")
+    assert answer.status_code == 500 and answer.json() == {"error": "internal",
+                                                           "message": "internal error (logged by EV_Registry)"}
+
+
+def test_an_audit_entry_that_cannot_be_written_does_not_undo_the_registration(sqlite_registry: Running,
+                                                                            monkeypatch, caplog):
+    from ev_central.store import StoreUnavailable
+
+    def unavailable(*_args, **_kwargs):
+        raise StoreUnavailable("the audit log is unreachable")
+
+    monkeypatch.setattr(sqlite_registry.store, "append_audit", unavailable)
+    answer = sqlite_registry.http().put("/cps/CP001", json=BODY)
+    assert answer.status_code == 201
+    assert sqlite_registry.store.get_registration("CP001").registered
+    assert any("could not write the audit entry registry.register" in r.getMessage() for r in caplog.records)
+    assert answer.json()["credential"] not in caplog.text
