@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return accounts_main(argv[1:])
     if argv[:1] == ["tags"]:
         return tags_main(argv[1:])
+    if argv[:1] == ["certificate"]:
+        return certificate_main(argv[1:])
     if argv[:1] == ["audit"]:
         from .audit_cli import audit_main
 
@@ -502,6 +504,34 @@ def build_accounts_parser() -> argparse.ArgumentParser:
     for sub in actions.choices.values():
         sub.add_argument("--db", default=env("EV_DB"), metavar="URL", help=DB_HELP)
     return parser
+
+
+def build_certificate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="EV_Central certificate",
+        description="Make a self-signed TLS certificate and its key (mode 0600) in DIR, or load the ones there, "
+                    "and print its SHA-256 fingerprint: Central's for its Monitor port (secure mode), or "
+                    "EV_Registry's. Clients trust it by that fingerprint, or by the .crt file itself as their CA "
+                    "file (docs/security.md).")
+    parser.add_argument("--dir", required=True, type=Path, metavar="DIR", help="where NAME.crt and NAME.key are")
+    parser.add_argument("--name", default="ev_central", help="the files' name and the certificate's CN "
+                                                             "(default: %(default)s)")
+    parser.add_argument("--host", action="append", required=True, metavar="HOST", dest="hosts",
+                        help="a DNS name or IP address clients reach the server by (repeat it)")
+    return parser
+
+
+def certificate_main(argv: list[str]) -> int:
+    args = build_certificate_parser().parse_args(argv)
+    from ev_common.tls import ensure_certificate
+
+    try:
+        made = ensure_certificate(args.dir, args.name, args.hosts)
+    except (OSError, ValueError) as exc:
+        print(f"cannot make or load the certificate: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'made' if made.created else 'kept'} {made.cert_path} ({made.fingerprint})")
+    return 0
 
 
 def build_tags_parser() -> argparse.ArgumentParser:

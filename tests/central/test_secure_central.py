@@ -223,3 +223,17 @@ def test_certificate_files_are_made_once(tmp_path):
     made = ensure_certificate(tmp_path, "ev_central", ["127.0.0.1"])
     assert oct(Path(made.key_path).stat().st_mode & 0o777) == "0o600"
     assert ensure_certificate(tmp_path, "ev_central", ["127.0.0.1"]).fingerprint == made.fingerprint
+
+
+def test_the_certificate_command_makes_a_pair_once_and_prints_its_fingerprint(tmp_path, capsys):
+    from ev_central.cli import main
+
+    assert main(["certificate", "--dir", str(tmp_path / "tls"), "--host", "central", "--host", "localhost"]) == 0
+    made = capsys.readouterr().out
+    assert made.startswith(f"made {tmp_path / 'tls' / 'ev_central.crt'} (SHA256:")
+    assert oct((tmp_path / "tls" / "ev_central.key").stat().st_mode & 0o777) == "0o600"
+    assert main(["certificate", "--dir", str(tmp_path / "tls"), "--host", "central"]) == 0
+    kept = capsys.readouterr().out
+    assert kept.startswith("kept ") and kept.split("(")[1] == made.split("(")[1]  # the same fingerprint
+    (tmp_path / "tls" / "ev_central.crt").unlink()  # a key without its certificate: refused, not replaced
+    assert main(["certificate", "--dir", str(tmp_path / "tls"), "--host", "central"]) == 1

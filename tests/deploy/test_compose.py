@@ -39,13 +39,15 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 EV_PORT = ROOT / "deploy" / "ev_port.py"
 
-PROGRAMS = ("EV_Central", "EV_CP_E", "EV_CP_M", "EV_Driver", "EV_RFID")
+PROGRAMS = ("EV_Central", "EV_CP_E", "EV_CP_M", "EV_Driver", "EV_Registry", "EV_RFID")
+# What a one-shot service's script may run besides the programs (make-secrets).
+SHELL_COMMANDS = ("cp", "if", "fi", "umask", "head")
 # Variables the programs read as defaults; cleared so that only the command line and
 # the service's own environment count, as in the container.
 PROGRAM_ENV = ("EV_KAFKA", "EV_DB", "EV_DATA_DIR", "EV_UI", "EV_CENTRAL_HOST", "EV_ENGINE_HOST",
                "EV_TOPIC_PREFIX", "EV_CP_LOCATION", "EV_CP_PRICE", "EV_LOG_LEVEL")
 MIN_SERVICES = 10
-ADMIN_COMMANDS = ("drivers", "accounts", "tags")  # EV_Central's operator commands a one-shot service runs
+ADMIN_COMMANDS = ("drivers", "accounts", "tags", "certificate")  # EV_Central's operator commands a one-shot service runs
 
 
 def pyproject() -> dict:
@@ -242,6 +244,10 @@ def check_program_argv(argv: list[str], service_env: dict[str, str]) -> None:
             from ev_driver.cli import build_parser as parser_factory
 
             parser = parser_factory()
+        elif program == "EV_Registry":
+            from ev_registry.cli import build_serve_parser as parser_factory
+
+            parser = parser_factory()
         else:
             raise AssertionError(f"unknown program {program}")
         errors: list[str] = []
@@ -305,7 +311,7 @@ def test_every_command_is_accepted_by_its_program(path):
         lines = invocations(service)
         assert lines, f"{name}: runs nothing (the image's default is --help)"
         for argv in lines:
-            if argv[0] == "ev-port":
+            if argv[0] == "ev-port" or argv[0] in SHELL_COMMANDS:
                 continue
             if argv[0] not in PROGRAMS:
                 problems.append(f"{name}: {argv[0]} is not one of {PROGRAMS}")
@@ -424,13 +430,16 @@ def test_one_machine_start_order():
     central = next(iter(services_running(compose, "EV_Central")))
     assert central == "central"
     assert depends(services["central"]) == {"kafka": "service_healthy", "mysql": "service_healthy",
-                                            "register-drivers": "service_completed_successfully"}
+                                            "register-drivers": "service_completed_successfully",
+                                            "make-secrets": "service_completed_successfully"}
+    assert depends(services["registry"]) == {"mysql": "service_healthy",
+                                             "make-secrets": "service_completed_successfully"}
     assert depends(services["register-drivers"]) == {"mysql": "service_healthy"}
     for name in services_running(compose, "EV_CP_E"):
         assert depends(services[name]) == {"kafka": "service_healthy"}, name
     for name, argv in services_running(compose, "EV_CP_M").items():
         assert flag(argv, "--central_ip") == "central"
-        assert depends(services[name]) == {"central": "service_healthy",
+        assert depends(services[name]) == {"central": "service_healthy", "registry": "service_healthy",
                                            flag(argv, "--engine_ip"): "service_healthy"}, name
     monitors = set(services_running(compose, "EV_CP_M"))
     for name in services_running(compose, "EV_Driver"):
@@ -714,3 +723,31 @@ def test_ev_port_command_on_real_sockets():
                 assert ev_port("connected", str(port)) == 0
     assert ev_port("listening", str(port)) == 1
     assert ev_port("wait", "127.0.0.1", str(port), "--timeout", "0") == 1
+
+
+def test_one_machine_runs_in_secure_mode_with_the_secrets_made_on_first_start():
+    """Central --secure with a certificate make-secrets made; every Monitor a credential file in its
+    own volume, registered at EV_Registry with the operator token, verifying Central's and the
+    Registry's certificates; no volume with a private key or the master key reaches a CP."""
+    compose = load(BASE)
+    services = compose["services"]
+    central = services_running(compose, "EV_Central")["central"]
+    assert "--secure" in central
+    script = as_list(services["make-secrets"]["command"])[0]
+    mounts = {name: {v.split(":")[1]: v.split(":")[0] for v in services[name].get("volumes", [])} for name in services}
+    for made in (flag(central, "--tls-cert"), flag(central, "--tls-key")):
+        folder = made.rsplit("/", 1)[0]
+        assert folder in script and mounts["central"][folder] == mounts["make-secrets"][folder], made
+    registry = next(iter(services_running(compose, "EV_Registry").values()))
+    token = flag(registry, "--admin-token-file")
+    assert token in script and "umask 077" in script
+    for name, argv in services_running(compose, "EV_CP_M").items():
+        env = environment(services[name])
+        assert flag(argv, "--credentials").startswith("/data/") and mounts[name]["/data"].endswith("-monitor-data")
+        assert env["EV_REGISTRY_URL"] == "https://registry:8443" and env["EV_REGISTRY_TOKEN_FILE"] == token
+        for trusted in (env["EV_CENTRAL_CA"], env["EV_REGISTRY_CA"]):
+            assert trusted.startswith("/secrets/public/") and trusted.rsplit("/", 1)[1] in script, trusted
+        private = {mounts["make-secrets"]["/secrets/central"], mounts["make-secrets"]["/secrets/registry"],
+                   mounts["central"]["/data"]}
+        assert not private & set(mounts[name].values()), f"{name} mounts a private key or the master key"
+        check_program_argv(argv, env)  # --credentials with EV_CENTRAL_CA: accepted by the Monitor's parser
