@@ -65,6 +65,7 @@ KEY_REVOKE = "key.revoke"  # a CP's keys revoked (the operator's "restore keys")
 RECORD_REJECTED = "record.rejected"  # a message that could not be decrypted or authenticated
 REGISTRY_REGISTER = "registry.register"  # EV_Registry registered a CP (alta)
 REGISTRY_DEREGISTER = "registry.deregister"  # EV_Registry deregistered a CP (baja)
+REGISTRY_AUTH = "registry.auth"  # a request to EV_Registry with a missing or wrong operator token
 SUPPLY_START = "supply.start"  # a supply authorised
 SUPPLY_DENY = "supply.deny"  # a supply refused, with the reason
 SUPPLY_END = "supply.end"  # a supply ended (its ticket), or its ticket corrected
@@ -85,6 +86,7 @@ ACTIONS: dict[str, str] = {
     RECORD_REJECTED: "a message that could not be decrypted or authenticated",
     REGISTRY_REGISTER: "a CP registered at EV_Registry",
     REGISTRY_DEREGISTER: "a CP deregistered at EV_Registry",
+    REGISTRY_AUTH: "a request to EV_Registry refused for its operator token",
     SUPPLY_START: "a supply authorised",
     SUPPLY_DENY: "a supply refused",
     SUPPLY_END: "a supply ended, or its ticket corrected",

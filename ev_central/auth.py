@@ -118,10 +118,10 @@ class CPAuthenticator:
                 return remembered
             log.warning("cannot check %s's credential: %s", cp_id, exc)
             return Refused("Central cannot check credentials now (database unreachable); try again later")
-        if registration is None:
-            return self._failed(reg, address, f"{cp_id} is not registered at EV_Registry")
-        if registration.credential_hash is None:
-            return self._failed(reg, address, f"{cp_id} was deregistered at EV_Registry")
+        if registration is None or registration.credential_hash is None:
+            verify_credential(reg.credential, None)  # as long as a check: the time tells nothing
+            why = "is not registered" if registration is None else "was deregistered"
+            return self._failed(reg, address, f"{cp_id} {why} at EV_Registry")
         if not self._matches(registration, reg.credential):
             return self._failed(reg, address, f"wrong credential for {cp_id}")
         self.per_cp.success(cp_id)

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Callable
 
+from ev_central.audit import REGISTRY_AUTH, REGISTRY_DEREGISTER, REGISTRY_REGISTER
 from ev_central.core.entities import AuditEntry, RegistrationRow
 from ev_common.credentials import FailureLimiter, hash_credential, new_credential
 from ev_common.protocol.messages import PRICE
@@ -30,9 +31,7 @@ log = logging.getLogger("ev_registry")
 
 ACTOR_OPERATOR = "operator"
 ACTOR_REGISTRY = "EV_Registry"
-ACTION_REGISTER = "registry.register"
-ACTION_DEREGISTER = "registry.deregister"
-ACTION_AUTH = "registry.auth"
+ACTION_REGISTER, ACTION_DEREGISTER, ACTION_AUTH = REGISTRY_REGISTER, REGISTRY_DEREGISTER, REGISTRY_AUTH
 
 CP_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LOCATION_MAX = 200  # cp_registrations.location, and the protocol's location field
