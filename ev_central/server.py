@@ -225,7 +225,7 @@ class MonitorServer:
         reply = Auth.accepted()  # returned: the reactor sends it, then the key, then STOP
         log.info("AUTH#OK sent to %s (%s)", reg.cp_id, reply.text)
         replies: list[Message] = [reply, admitted.key]  # KEY#cp#0 in open mode: records in clear
-        if change.stopped:  # the CP must know it is out of service, also after a restart
+        if change.stopped or change.weather:  # the CP must know it is out of service, also after a restart
             replies.append(Stop(reg.cp_id))
         return replies
 

@@ -40,7 +40,7 @@ from ev_common.records import (
     Telemetry,
     Ticket,
 )
-from ev_common.words import CANNOT_REPORT, KEYS_REVOKED, OUT_OF_ORDER, STOPPED_BY_CENTRAL
+from ev_common.words import CANNOT_REPORT, KEYS_REVOKED, OUT_OF_ORDER, STOPPED_BY_CENTRAL, WEATHER_ALERT
 
 from . import audit as audited
 from .audit import NO_AUDIT, Recorder
@@ -306,6 +306,8 @@ class SupplyService:
             self._network_event(cp_id, Event.SUPPLY_STARTED, f"supply for {who} being authorised")
         except IllegalTransition as exc:  # its state now, not as read above
             reason = OUT_OF_ORDER if exc.state is State.PARADO else exc.state.value
+            if exc.state is State.PARADO and self._weather_only(cp_id):
+                reason = f"{OUT_OF_ORDER}: {WEATHER_ALERT}"
             why = Why.UNREACHABLE if exc.state is State.DESCONECTADO else Why.NOT_AVAILABLE
             return Refusal(why, f"{cp_id} is not available ({reason})")
         session_id = self.book.new_id()
@@ -335,7 +337,8 @@ class SupplyService:
         # the session exists now, so any later change interrupts it: catch the one that came before.
         now = self.network.get(cp_id)
         if now is not None and now.state != State.SUMINISTRANDO.value:
-            reason = _interruption_for(State(now.state), "CP changed while being asked")
+            reason = _interruption_for(State(now.state), "CP changed while being asked",
+                                       weather=self._weather_only(cp_id))
             if self.book.interrupt(cp_id, reason) is not None:
                 if who.driver_id:
                     self._notify(who.driver_id, SupplyAlert(session_id, who.driver_id, cp_id, now.state, reason))
@@ -664,10 +667,44 @@ class SupplyService:
         return change
 
     def resume(self, cp_id: str) -> StateChange:
+        """The operator's Resume clears the operator's stop only: a CP a weather alert holds stays
+        PARADO (and its Engine stopped) until the alert clears (``change.weather``)."""
         change = self._network_event(cp_id, Event.RESUME, "resumed by the operator")
+        if change.weather:
+            self._say(f"{cp_id} resumed by the operator, but a {WEATHER_ALERT} holds it out of service "
+                      f"until the alert clears")
+            return change
         delivered = self.cps.command(cp_id, Resume(cp_id))
         self._say(f"Resume sent to {cp_id}" + ("" if delivered else " (its Monitor is not connected)"))
         return change
+
+    def weather_stop(self, cp_id: str, cause: str) -> StateChange | None:
+        """A weather alert holds ``cp_id`` out of service: PARADO (a running supply ends, its
+        reason "weather alert"), and STOP to the CP. None for a CP Central does not know yet
+        (held from the moment it signs up)."""
+        change = self.network.weather_hold(cp_id, True, cause)
+        if change is None:
+            return None
+        self.changed(change)
+        delivered = self.cps.command(cp_id, Stop(cp_id))
+        log.debug("%s: STOP for the weather %s", cp_id, "sent" if delivered else "at its next registration")
+        return change
+
+    def weather_clear(self, cp_id: str, cause: str) -> StateChange | None:
+        """No weather alert holds ``cp_id`` any more: back in service (RESUME to the CP) unless
+        the operator stopped it. None for a CP Central does not know."""
+        change = self.network.weather_hold(cp_id, False, cause)
+        if change is None:
+            return None
+        self.changed(change)
+        if not change.stopped:
+            self.cps.command(cp_id, Resume(cp_id))
+        return change
+
+    def _weather_only(self, cp_id: str) -> bool:
+        """Out of service for the weather and not by the operator (the reason people are told)."""
+        row = self.network.get(cp_id)
+        return row is not None and not row.stopped and self.network.weather_held(cp_id)
 
     def publish_all_status(self) -> None:
         for row in self.network.snapshot():
@@ -722,12 +759,14 @@ class SupplyService:
 def _interruption(change: StateChange) -> str:
     if change.cause == KEYS_REVOKED:  # out of service for its keys, not for a lost link
         return KEYS_REVOKED
+    if change.event is Event.WEATHER_STOP:
+        return WEATHER_ALERT
     return _interruption_for(change.new, change.cause)
 
 
-def _interruption_for(state: State, otherwise: str) -> str:
+def _interruption_for(state: State, otherwise: str, *, weather: bool = False) -> str:
     if state is State.PARADO:
-        return STOPPED_BY_CENTRAL
+        return WEATHER_ALERT if weather else STOPPED_BY_CENTRAL
     if state is State.AVERIADO:
         return "CP fault"
     if state is State.DESCONECTADO:

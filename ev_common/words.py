@@ -40,6 +40,9 @@ CENTRAL_OK: Final = "Central system status OK"
 KAFKA_UNREACHABLE: Final = "Kafka unreachable"
 DATABASE_UNREACHABLE: Final = "database unreachable"
 STOPPED_BY_CENTRAL: Final = "stopped by Central"
+#: Why a CP is out of service while a weather alert (EV_W, docs/weather.md) covers its location;
+#: also the reason of a supply it interrupted. Distinct from an operator's stop.
+WEATHER_ALERT: Final = "weather alert"
 
 # an Engine that cannot reach Kafka says so in its health answers: Central then authorises
 # nothing at that CP, but does not end a supply for it (its figures reach Central later)

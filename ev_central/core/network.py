@@ -8,6 +8,10 @@ timestamps; both are injected so tests never sleep.
 Every change of a CP's row raises its ``version``: the store never replaces a newer
 row with an older one, whichever thread hands it over first.
 
+A CP may be held out of service for the weather (core/states.py, the ``weather`` flag):
+``weather_hold`` holds or releases it. The holds are kept by CP id, also for a CP Central
+does not know yet, which is held from the moment it signs up.
+
 A *session* is any object standing for one Monitor connection. Only the
 session that registered a CP last may speak for it: reports from an older,
 replaced session are ignored, and its end does not disconnect the CP.
@@ -46,6 +50,7 @@ class StateChange:
     interrupts_supply: bool = False
     row: CPRow | None = None  # the CP's full row after the change, to persist
     event: Event | None = None  # what caused it (None: Central's start)
+    weather: bool = False  # held out of service by a weather alert (after the change)
 
     @property
     def state_changed(self) -> bool:
@@ -71,6 +76,7 @@ class ChargingNetwork:
         self.silence_timeout = silence_timeout
         self._lock = threading.Lock()
         self._cps: dict[str, _CP] = {}
+        self._weather: set[str] = set()  # CP ids held out of service for the weather
 
     # -- loading and reading ---------------------------------------------------------
 
@@ -103,6 +109,11 @@ class ChargingNetwork:
         with self._lock:
             cp = self._cps.get(cp_id)
             return cp.fault if cp else None
+
+    def weather_held(self, cp_id: str) -> bool:
+        """Whether a weather alert holds ``cp_id`` out of service."""
+        with self._lock:
+            return cp_id in self._weather
 
     def owner(self, cp_id: str) -> Hashable | None:
         with self._lock:
@@ -192,6 +203,21 @@ class ChargingNetwork:
             cp = self._cps[cp_id]
             return self._apply(cp, event, cause, self._utcnow(), force=True)
 
+    def weather_hold(self, cp_id: str, held: bool, cause: str) -> StateChange | None:
+        """Hold ``cp_id`` out of service for the weather (``WEATHER_STOP``), or end that hold
+        (``WEATHER_CLEAR``). The change, or None for a CP Central does not know yet (it is
+        held, or not, from the moment it signs up)."""
+        with self._lock:
+            cp = self._cps.get(cp_id)
+            if cp is None:
+                if held:
+                    self._weather.add(cp_id)
+                else:
+                    self._weather.discard(cp_id)
+                return None
+            return self._apply(cp, Event.WEATHER_STOP if held else Event.WEATHER_CLEAR, cause, self._utcnow(),
+                               force=True)
+
     # -- internals ------------------------------------------------------------------------------
 
     def _owned(self, cp_id: str, session: Hashable) -> _CP | None:
@@ -201,7 +227,10 @@ class ChargingNetwork:
     def _apply(self, cp: _CP, event: Event, cause: str, now: datetime, force: bool = False) -> StateChange | None:
         """Run the state table; returns a change when something changed (or ``force``)."""
         old = State(cp.row.state)
-        outcome: Outcome = transition(old, cp.row.stopped, event)
+        held = cp.row.cp_id in self._weather
+        outcome: Outcome = transition(old, cp.row.stopped, event, held)
+        if outcome.weather != held:
+            (self._weather.add if outcome.weather else self._weather.discard)(cp.row.cp_id)
         changed = outcome.state is not old or outcome.stopped != cp.row.stopped
         if not changed and not force:
             return None
@@ -209,7 +238,7 @@ class ChargingNetwork:
             cp.row = replace(cp.row, state=outcome.state.value, stopped=outcome.stopped, updated_at=now,
                              version=cp.row.version + 1)
         return StateChange(cp.row.cp_id, old, outcome.state, outcome.stopped, cause, now,
-                           outcome.interrupts_supply, cp.row, event)
+                           outcome.interrupts_supply, cp.row, event, outcome.weather)
 
 
 __all__ = ["ChargingNetwork", "StateChange", "IllegalTransition", "DEFAULT_SILENCE_TIMEOUT"]

@@ -117,3 +117,53 @@ def test_changes_carry_timestamps_from_the_injected_clock(net, clock):
     clock.advance(5)
     change = net.engine_fault("CP1", "s1", "KO")
     assert change.at == T0 + timedelta(seconds=1005) == change.row.updated_at
+
+
+# -- the weather hold (core/states.py, the weather flag) -------------------------------------
+
+
+def test_a_weather_hold_stops_a_cp_and_its_end_resumes_it(net):
+    register(net)
+    change = net.weather_hold("CP1", True, "weather alert at Alicante,ES")
+    assert (change.old, change.new, change.weather, change.stopped) == (State.ACTIVADO, State.PARADO, True, False)
+    assert change.event is Event.WEATHER_STOP and net.weather_held("CP1")
+    with pytest.raises(IllegalTransition):
+        net.apply("CP1", Event.SUPPLY_STARTED, "driver D1")
+    change = net.weather_hold("CP1", False, "weather alert at Alicante,ES cleared")
+    assert (change.new, change.weather) == (State.ACTIVADO, False) and not net.weather_held("CP1")
+
+
+def test_an_operator_resume_while_held_leaves_the_cp_parado(net):
+    register(net)
+    net.apply("CP1", Event.STOP, "operator")
+    net.weather_hold("CP1", True, "alert")
+    change = net.apply("CP1", Event.RESUME, "operator")
+    assert (change.new, change.stopped, change.weather) == (State.PARADO, False, True)
+    assert net.weather_hold("CP1", False, "cleared").new is State.ACTIVADO
+
+
+def test_the_end_of_a_hold_leaves_an_operator_stop(net):
+    register(net)
+    net.weather_hold("CP1", True, "alert")
+    net.apply("CP1", Event.STOP, "operator")
+    change = net.weather_hold("CP1", False, "cleared")
+    assert (change.new, change.stopped, change.weather) == (State.PARADO, True, False)
+
+
+def test_an_unknown_cp_is_held_from_its_sign_up(net):
+    assert net.weather_hold("CP9", True, "alert") is None
+    assert net.weather_held("CP9")
+    change, _ = register(net, "CP9")
+    assert (change.new, change.weather) == (State.PARADO, True)
+    assert net.weather_hold("CP8", False, "cleared") is None and not net.weather_held("CP8")
+
+
+def test_a_held_cp_stays_parado_through_a_fault_and_a_reconnection(net):
+    register(net)
+    net.weather_hold("CP1", True, "alert")
+    net.engine_fault("CP1", "s1", "KO")
+    assert state(net) is State.AVERIADO
+    assert net.engine_ok("CP1", "s1").new is State.PARADO
+    net.session_ended("CP1", "s1", "closed")
+    change, _ = register(net, session="s2")
+    assert (change.new, change.weather) == (State.PARADO, True)
