@@ -198,3 +198,20 @@ class AuditRow:
     entry: AuditEntry
     prev_hash: str  # hex SHA-256; 64 zeros for the first entry
     hash: str  # hex SHA-256 of prev_hash and this entry (ev_central/audit.py)
+
+
+# -- the weather office (schema version 6: docs/weather.md) ---------------------------------
+
+#: Longest city ("Alicante,ES") and most CPs one weather alert holds (its columns' limits).
+WEATHER_CITY_MAX, WEATHER_CPS_MAX = 100, 1000
+
+
+@dataclass(frozen=True)
+class WeatherAlertRow:
+    """A weather alert in force (a row of ``weather_alerts``): EV_W found the temperature at
+    ``city`` below 0 °C, and Central holds ``cp_ids`` out of service until it clears it."""
+
+    city: str  # "Alicante,ES", as Central keeps it (ev_central/weather.py, city_name)
+    cp_ids: tuple[str, ...]  # the CPs at that location, in EV_W's order
+    temperature: Decimal  # °C, when the alert was raised
+    since: datetime  # when the alert was raised (UTC)

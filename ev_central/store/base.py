@@ -37,6 +37,7 @@ from ev_central.core.entities import (  # noqa: F401  (the entities the store ma
     RegistrationRow,
     SessionRow,
     TagRow,
+    WeatherAlertRow,
 )
 
 
@@ -320,6 +321,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def audit_head(self) -> tuple[int, str]:
         """(the last entry's seq, its hash): ``(0, "0" * 64)`` when the log is empty."""
+
+    # the weather office (schema version 6)
+
+    @abc.abstractmethod
+    def load_weather_alerts(self) -> list[WeatherAlertRow]:
+        """Every weather alert in force, by city (Central loads them at start)."""
+
+    @abc.abstractmethod
+    def save_weather_alert(self, row: WeatherAlertRow) -> None:
+        """Insert the alert of ``row.city``, or replace it (its CPs, temperature, since)."""
+
+    @abc.abstractmethod
+    def delete_weather_alert(self, city: str) -> bool:
+        """Remove the alert of ``city``; False when there was none."""
 
     @abc.abstractmethod
     def close(self) -> None:

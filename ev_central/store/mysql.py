@@ -34,7 +34,7 @@ from mysql.connector import errorcode, errors
 from mysql.connector.constants import ClientFlag
 
 from ev_central.core.audit import GENESIS
-from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS
+from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS, WEATHER_CITY_MAX
 from ev_common.retry import Backoff
 
 from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
@@ -298,6 +298,17 @@ _DDL_V5 = (
     f"INSERT IGNORE INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, '{GENESIS}')",
 )
 
+_DDL_V6 = (
+    f"""CREATE TABLE IF NOT EXISTS weather_alerts (
+    city VARCHAR({WEATHER_CITY_MAX}) NOT NULL,
+    cp_ids TEXT NOT NULL,
+    temperature DECIMAL(10,4) NOT NULL,
+    since DATETIME(6) NOT NULL,
+    PRIMARY KEY (city),
+    CONSTRAINT ck_weather_alerts_city CHECK (CHAR_LENGTH(city) >= 1)
+) {_TABLE_OPTIONS}""",
+)
+
 # Errors about the data itself: the same row is refused again, other rows are not.
 _REFUSED_ERRNOS = {
     errorcode.ER_BAD_NULL_ERROR,  # 1048 column cannot be null
@@ -344,7 +355,7 @@ class MySQLStore(SQLStore):
     applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (version)
 ) {_TABLE_OPTIONS}"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5, 6: _DDL_V6}
     LOCK_AUDIT_HEAD = f"{SELECT_AUDIT_HEAD} FOR UPDATE"
     # A stored row is replaced only by one of the same or a higher version; ``version`` is
     # assigned last (upsert_assignments).

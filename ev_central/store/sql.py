@@ -29,6 +29,9 @@ from ev_central.core.entities import (
     AUDIT_DETAILS_MAX,
     AUDIT_OUTCOME_MAX,
     AUDIT_SOURCE_MAX,
+    WEATHER_CITY_MAX,
+    WEATHER_CPS_MAX,
+    WeatherAlertRow,
     normalise_tag_uid,
 )
 
@@ -70,6 +73,7 @@ MIGRATIONS: dict[int, str] = {
     3: "row versions, charging_sessions.engine_final and .corrected, table rejected_rows",
     4: "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id",
     5: "cp_registrations, cp_keys, audit_log and audit_head",
+    6: "weather_alerts",
 }
 LATEST_VERSION = max(MIGRATIONS)
 
@@ -227,6 +231,17 @@ INSERT_AUDIT = (
 )
 UPDATE_AUDIT_HEAD = "UPDATE audit_head SET last_seq = :seq, last_hash = :hash WHERE id = 1"
 SELECT_AUDIT_HEAD = "SELECT last_seq, last_hash FROM audit_head WHERE id = 1"
+
+# -- weather alerts (schema version 6) ----------------------------------------------------
+
+#: A CP ids list as stored: ids joined by commas (an id never holds one), at most this long.
+WEATHER_CP_IDS_MAX = WEATHER_CPS_MAX * 65
+_WEATHER_COLUMNS = "city, cp_ids, temperature, since"
+SELECT_WEATHER_ALERTS = f"SELECT {_WEATHER_COLUMNS} FROM weather_alerts ORDER BY city"
+DELETE_WEATHER_ALERT = "DELETE FROM weather_alerts WHERE city = :city"
+INSERT_WEATHER_ALERT = (
+    f"INSERT INTO weather_alerts ({_WEATHER_COLUMNS}) VALUES (:city, :cp_ids, :temperature, :since)"
+)
 
 INT_MAX = 2**31 - 1  # INTEGER in MySQL
 VERSION_MAX = 2**63 - 1  # BIGINT
@@ -918,6 +933,46 @@ class SQLStore(Store):
                         row_json=row_json)
             for id_, at, kind, row_id, reason, row_json in rows
         ]
+
+    # -- weather alerts (schema version 6) ------------------------------------------------
+
+    def load_weather_alerts(self) -> list[WeatherAlertRow]:
+        rows = self._run(lambda cur: _rows(cur, SELECT_WEATHER_ALERTS), write=False)
+        return [
+            WeatherAlertRow(city, tuple(c for c in cp_ids.split(",") if c), from_decimal(temperature),
+                            from_time(since))
+            for city, cp_ids, temperature, since in rows
+        ]
+
+    def save_weather_alert(self, row: WeatherAlertRow) -> None:
+        city = to_text(row.city, "city", WEATHER_CITY_MAX)
+        if not city.strip():
+            raise StoreRefused("a weather alert's city is empty")
+        cp_ids = list(row.cp_ids)
+        if len(cp_ids) > WEATHER_CPS_MAX:
+            raise StoreRefused(f"a weather alert holds at most {WEATHER_CPS_MAX} CPs, not {len(cp_ids)}")
+        params = {
+            "city": city,
+            "cp_ids": ",".join(to_identifier(cp_id, "cp id") for cp_id in cp_ids),
+            "temperature": to_decimal(row.temperature, "temperature"),
+            "since": self._time(row.since),
+        }
+
+        def work(cur: Cursor) -> None:  # the same on both backends: no dialect's upsert
+            cur.execute(DELETE_WEATHER_ALERT, {"city": city})
+            cur.execute(INSERT_WEATHER_ALERT, params)
+
+        try:
+            self._run(work)
+        except StoreRefused as exc:
+            raise exc.for_row(city) from None
+
+    def delete_weather_alert(self, city: str) -> bool:
+        def work(cur: Cursor) -> bool:
+            cur.execute(DELETE_WEATHER_ALERT, {"city": city})
+            return cur.rowcount > 0
+
+        return self._run(work)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"

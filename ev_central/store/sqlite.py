@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ev_central.core.audit import GENESIS
-from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS
+from ev_central.core.entities import DEFAULT_ACCOUNT_KIND, TAG_UID_LENGTHS, WEATHER_CITY_MAX
 
 from .base import REJECTED_KINDS, StoreError, StoreRefused, StoreUnavailable
 from .sql import (
@@ -30,6 +30,7 @@ from .sql import (
     SESSION_COLUMNS,
     SESSION_STATUSES_SQL,
     TAG_UID_MAX,
+    WEATHER_CP_IDS_MAX,
     Cursor,
     SQLStore,
     T,
@@ -201,6 +202,16 @@ _DDL_V5 = (
 )
 
 
+_DDL_V6 = (
+    f"""CREATE TABLE IF NOT EXISTS weather_alerts (
+    city TEXT NOT NULL PRIMARY KEY CHECK (length(city) BETWEEN 1 AND {WEATHER_CITY_MAX}),
+    cp_ids TEXT NOT NULL CHECK (length(cp_ids) <= {WEATHER_CP_IDS_MAX}),
+    temperature TEXT NOT NULL,
+    since TEXT NOT NULL
+)""",
+)
+
+
 def _keep_newer(table: str, columns: tuple[str, ...]) -> str:
     """The upsert's update of every column but the key, only by a row of the same or a
     higher version."""
@@ -220,7 +231,7 @@ class SQLiteStore(SQLStore):
     description TEXT NOT NULL DEFAULT '',
     applied_at TEXT NOT NULL DEFAULT {_NOW}
 )"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5, 6: _DDL_V6}
     LOCK_AUDIT_HEAD = SELECT_AUDIT_HEAD  # BEGIN IMMEDIATE already holds the write lock
     UPSERT_CP = f"{INSERT_CP}\n{_keep_newer('charging_points', CP_COLUMNS)}"
     INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)

@@ -83,6 +83,7 @@ EXPECTED_COLUMNS = {
         "seq", "at", "actor", "source_ip", "action", "details", "outcome", "prev_hash", "hash",
     },
     "audit_head": {"id", "last_seq", "last_hash"},
+    "weather_alerts": {"city", "cp_ids", "temperature", "since"},
 }  # fmt: skip
 
 
@@ -104,7 +105,7 @@ def test_schema_has_the_documented_tables_columns_and_indexes(store: SQLStore) -
 
 
 def test_migrate_is_idempotent(store: SQLStore) -> None:
-    assert store.migrate() == LATEST_VERSION == 5
+    assert store.migrate() == LATEST_VERSION == 6
     assert store.migrate() == LATEST_VERSION
     again = same_kind(store)
     try:
@@ -118,6 +119,7 @@ def test_migrate_is_idempotent(store: SQLStore) -> None:
         (3, "row versions, charging_sessions.engine_final and .corrected, table rejected_rows"),
         (4, "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id"),
         (5, "cp_registrations, cp_keys, audit_log and audit_head"),
+        (6, "weather_alerts"),
     ]
     assert columns(store) == EXPECTED_COLUMNS
 
@@ -125,12 +127,12 @@ def test_migrate_is_idempotent(store: SQLStore) -> None:
 def test_concurrent_migrations_apply_each_version_once(store: SQLStore) -> None:
     for table in ("schema_version", "charging_points", "drivers", "charging_sessions",
                   "rejected_rows", "accounts", "rfid_tags", "cp_registrations", "cp_keys", "audit_log",
-                  "audit_head"):  # fmt: skip
+                  "audit_head", "weather_alerts"):  # fmt: skip
         raw(store, f"DROP TABLE {table}")
     results = migrate_at_once(store, 4)
     assert results == [LATEST_VERSION] * 4
     assert raw(store, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,), (5,)
+        (1,), (2,), (3,), (4,), (5,), (6,)
     ]
     assert raw(store, "SELECT id, last_seq FROM audit_head") == [(1, 0)]  # one head, whoever made it
     assert columns(store) == EXPECTED_COLUMNS

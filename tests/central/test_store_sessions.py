@@ -483,7 +483,7 @@ def test_a_version_1_database_is_upgraded_in_place(store: SQLStore) -> None:
 
     upgraded = same_kind(store)  # what open_store does: a new store, then migrate()
     try:
-        assert upgraded.migrate() == LATEST_VERSION == 5
+        assert upgraded.migrate() == LATEST_VERSION == 6
         assert upgraded.schema_versions() == list(range(1, LATEST_VERSION + 1))
         assert columns(store)["charging_sessions"] == LATEST_COLUMNS
         assert indexes(store, "charging_sessions")["ix_charging_sessions_status"] == (
