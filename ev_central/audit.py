@@ -75,7 +75,8 @@ CP_RECOVER = "cp.recover"  # a broken CP recovered
 CP_DISCONNECT = "cp.disconnect"  # a CP's Monitor went away (DESCONECTADO)
 CP_STOP = "cp.stop"  # a CP stopped by the operator
 CP_RESUME = "cp.resume"  # a CP resumed by the operator
-OPERATOR_COMMAND = "operator.command"  # a command typed at Central, and its answer
+OPERATOR_COMMAND = "operator.command"  # an operator's command (typed at Central, or the API's), and its answer
+API_AUTH = "api.auth"  # a request to Central's API refused for its bearer token
 MCSP_ERROR = "mcsp.error"  # an ERROR answered to an RFID station
 AUDIT_LOST = "audit.lost"  # entries that could not be kept (every bound was hit)
 
@@ -97,6 +98,7 @@ ACTIONS: dict[str, str] = {
     CP_STOP: "a CP stopped by the operator",
     CP_RESUME: "a CP resumed by the operator",
     OPERATOR_COMMAND: "an operator's command and its answer",
+    API_AUTH: "a request to Central's API refused for its bearer token",
     MCSP_ERROR: "an ERROR answered to an RFID station",
     AUDIT_LOST: "audit entries that could not be kept",
 }
