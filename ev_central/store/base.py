@@ -240,6 +240,28 @@ class Store(abc.ABC):
                       limit: int = 100) -> list[SessionRow]:
         """Sessions, newest first (by started_at), optionally of one CP and/or one driver."""
 
+    # pages for Central's API (ev_central/api): newest or lowest first, from after a cursor.
+    # Written here over the methods above; the SQL backends read only the page.
+
+    def list_sessions_page(self, cp_id: str | None = None, driver_id: str | None = None,
+                           after: str | None = None, limit: int = 100) -> list[SessionRow]:
+        """Sessions newest first (by started_at, then session_id), optionally of one CP and/or
+        one driver, from after the session ``after`` (the last one of the previous page; a
+        session that does not exist gives an empty page); at most ``limit``."""
+        rows = self.list_sessions(cp_id, driver_id, limit=2**31 - 1)
+        if after is not None:
+            index = next((i for i, row in enumerate(rows) if row.session_id == after), None)
+            rows = [] if index is None else rows[index + 1:]
+        return rows[:limit]
+
+    def list_drivers_page(self, after: str | None = None, limit: int = 100) -> list[DriverRow]:
+        """Registered drivers ordered by driver_id, those after ``after``; at most ``limit``."""
+        return [row for row in self.list_drivers() if after is None or row.driver_id > after][:limit]
+
+    def list_accounts_page(self, after: str | None = None, limit: int = 100) -> list[AccountRow]:
+        """Accounts ordered by account_id, those after ``after``; at most ``limit``."""
+        return [row for row in self.list_accounts() if after is None or row.account_id > after][:limit]
+
     @abc.abstractmethod
     def sessions_of_account(self, account_id: str, start: datetime | None = None,
                             end: datetime | None = None) -> list[SessionRow]:

@@ -125,6 +125,10 @@ SELECT_DRIVERS = (
     "SELECT driver_id, name, registered_at, account_id FROM drivers ORDER BY driver_id"
 )
 SELECT_DRIVER = "SELECT 1 FROM drivers WHERE driver_id = :driver_id"
+SELECT_DRIVERS_PAGE = (
+    "SELECT driver_id, name, registered_at, account_id FROM drivers WHERE driver_id > :after"
+    " ORDER BY driver_id LIMIT :limit"
+)
 SELECT_ONE = "SELECT 1"
 
 #: charging_sessions' columns, in SessionRow's order except ``version``: the primary key
@@ -171,6 +175,9 @@ TAG_UID_MAX = 20
 _ACCOUNT_COLUMNS = "account_id, name, kind, active, created_at"
 SELECT_ACCOUNTS = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY account_id"
 SELECT_ACCOUNT = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = :account_id"
+SELECT_ACCOUNTS_PAGE = (
+    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id > :after ORDER BY account_id LIMIT :limit"
+)
 SET_ACCOUNT_ACTIVE = "UPDATE accounts SET active = :active WHERE account_id = :account_id"
 _TAG_COLUMNS = "tag_uid, account_id, active, created_at"
 SELECT_TAGS = f"SELECT {_TAG_COLUMNS} FROM rfid_tags ORDER BY tag_uid"
@@ -769,6 +776,39 @@ class SQLStore(Store):
                             end: datetime | None = None) -> list[SessionRow]:
         sql, params = self._account_sessions_query(account_id, start, end)
         return self._sessions(sql, params)
+
+    # -- pages for Central's API ------------------------------------------------------------
+
+    def list_sessions_page(self, cp_id: str | None = None, driver_id: str | None = None,
+                           after: str | None = None, limit: int = 100) -> list[SessionRow]:
+        conditions, params = [], {"limit": to_count(limit, "limit")}
+        if cp_id is not None:
+            conditions.append("cp_id = :cp_id")
+            params["cp_id"] = cp_id
+        if driver_id is not None:
+            conditions.append("driver_id = :driver_id")
+            params["driver_id"] = driver_id
+        if after is not None:
+            conditions.append(
+                "(started_at < (SELECT started_at FROM charging_sessions WHERE session_id = :after)"
+                " OR (started_at = (SELECT started_at FROM charging_sessions WHERE session_id = :after)"
+                " AND session_id < :after))")
+            params["after"] = after
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        return self._sessions(
+            f"{_SELECT_SESSIONS}{where} ORDER BY started_at DESC, session_id DESC LIMIT :limit", params)
+
+    def list_drivers_page(self, after: str | None = None, limit: int = 100) -> list[DriverRow]:
+        params = {"after": after or "", "limit": to_count(limit, "limit")}
+        rows = self._run(lambda cur: _rows(cur, SELECT_DRIVERS_PAGE, params), write=False)
+        return [DriverRow(driver_id=driver_id, name=name, registered_at=from_time(registered_at),
+                          account_id=account_id)
+                for driver_id, name, registered_at, account_id in rows]
+
+    def list_accounts_page(self, after: str | None = None, limit: int = 100) -> list[AccountRow]:
+        params = {"after": after or "", "limit": to_count(limit, "limit")}
+        return [_account(row) for row in self._run(lambda cur: _rows(cur, SELECT_ACCOUNTS_PAGE, params),
+                                                   write=False)]
 
     def account_statement(self, account_id: str, start: datetime | None = None,
                           end: datetime | None = None) -> AccountStatement | None:
