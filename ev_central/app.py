@@ -25,6 +25,7 @@ from .audit import AuditLog, default_spool_path
 from .auth import Audit, CPAuthenticator
 from .bus_adapter import REQUESTS_GROUP, CentralBus, KafkaNotifier
 from .effects import Effects
+from .events import EventHub
 from .keys import KeyRing
 from .record_gate import RecordGate, RejectedRecord
 from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
@@ -34,6 +35,7 @@ from .persistence import cp_state_writer, session_writer
 from .server import MonitorServer
 from .store import Store
 from .supply_service import DEFAULT_REQUEST_TTL, DriverDirectory, SupplyService
+from .weather import WeatherOffice
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class Central:
         self.writer = cp_state_writer(store)
         self.session_writer = session_writer(store)
         self.effects = Effects()  # the one thread that carries out what the decisions cause outside
+        self.events = EventHub()  # live events for the API's readers (ev_central/api); idle while none listens
         self.keys = KeyRing(store, master_key) if secure else None  # the CPs' keys, in secure mode
         self.monitors = MonitorServer(self.network, lambda change: None, host, port, config=link_config, tls=tls)
         # CPs' records: opened with their keys in secure mode, refused when not genuine (docs/topics.md)
@@ -94,6 +97,7 @@ class Central:
                                       self.session_writer, store, cp_rows=self.writer, effects=self.effects,
                                       request_ttl=request_ttl, audit=self.audit)
         self.supplies.audit_registrations = not secure  # in secure mode "auth" records each REG
+        self.weather = WeatherOffice(self.supplies, store, self.audit)  # EV_W's reports and alerts (docs/weather.md)
         # the Monitor side reports to the core through these two doors only
         self.monitors.on_change = self.supplies.changed
         self.monitors.on_supply_state = self.supplies.on_supply_state
@@ -125,6 +129,7 @@ class Central:
         self.store.mark_all_disconnected(datetime.now(timezone.utc))
         rows = self.store.load_charging_points()
         self.network.load(rows)
+        self.weather.load()  # the weather alerts in force hold their CPs again
         for row in rows:
             log.info("CP %s (%s, %s EUR/kWh%s): DESCONECTADO until its Monitor connects",
                      row.cp_id, row.location, row.price_eur_kwh, ", stopped" if row.stopped else "")
@@ -172,6 +177,7 @@ class Central:
             self.bus.stop()
         self.session_writer.stop()
         self.writer.stop()
+        self.weather.stop()
         self.audit.stop()  # last: what every part recorded, appended or spooled
         self.store.close()
 
@@ -255,5 +261,6 @@ class Central:
         while not self._stop.wait(SWEEP_INTERVAL):
             try:
                 self.supplies.sweep()
+                self.weather.sweep()
             except Exception:
                 log.exception("closing due sessions failed; will retry")

@@ -235,6 +235,10 @@ class SupplyService:
         self.audit = audit  # supplies and CP changes are audited (ev_central/audit.py)
         self.audit_registrations = True  # cp.register for each REG (secure mode audits "auth" instead)
         self._peers: dict[str, str] = {}  # cp_id -> its Monitor's address, for the audit (one per CP)
+        # Listeners (the API's live events, ev_central/api): each CP change once its effects are done
+        # (effects thread), each telemetry record once applied (its consumer's thread). Keep them cheap.
+        self.on_cp_change: Callable[[StateChange, SessionRow | None], None] | None = None
+        self.on_progress: Callable[[SessionRow, int], None] | None = None
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -459,6 +463,8 @@ class SupplyService:
                                                        row.kwh, row.amount_eur, t.power_kw))
         live_log.info("%s SUMINISTRANDO to %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, _who(row),
                       row.kwh, row.amount_eur, t.power_kw)
+        if self.on_progress is not None:
+            self.on_progress(row, t.seq)
 
     def on_supply_end(self, e: SupplyEnd, on_durable: Callable[[], None] | None = None) -> None:
         """The Engine's final figures: the ticket, or a corrected ticket for a session Central had to
@@ -630,6 +636,8 @@ class SupplyService:
         if change.state_changed or change.old is None:
             self._publish_status_now(change.cp_id)
         self._audit_change(change)
+        if self.on_cp_change is not None:
+            self.on_cp_change(change, interrupted)
 
     def _audit_change(self, change: StateChange) -> None:
         """(effects thread) The audit entry of a CP change, if it is one the audit keeps."""
