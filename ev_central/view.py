@@ -20,6 +20,8 @@ from ev_common.words import CENTRAL_OK, DATABASE_UNREACHABLE, DESCONECTADO, KAFK
 from .app import Central
 from .console import execute
 
+log = logging.getLogger(__name__)
+
 MAX_MESSAGES = 500
 MONITORS_NAMED = 3  # CPs named in the status line when their Monitors are missing; the rest counted
 QUIET_LOGGERS = ("ev_central.live",)  # per-second figures: the tiles show them
@@ -128,11 +130,34 @@ def audit_trouble(audit) -> str:
     return "audit: " + ", ".join(said)
 
 
+def weather_part(office, now: datetime) -> tuple[str, bool]:
+    """The weather office's part of the status line ("EV_W OK · weather alert: Alicante,ES",
+    "EV_W silent since 14:02:10"; docs/weather.md), and whether it is trouble (EV_W silent)."""
+    if office is None:
+        return "", False
+    try:
+        if hasattr(office, "status_part"):
+            return office.status_part()
+        snapshot = office.snapshot()
+    except Exception:  # the status line must not break for it
+        log.exception("the weather office's status failed")
+        return "", False
+    if not snapshot.ev_w_silent:
+        return "", False
+    seen = snapshot.ev_w_last_seen
+    return "EV_W silent" + (f" since {clock_time(seen, now)}" if seen is not None else ""), True
+
+
 class CentralView:
     def __init__(self, central: Central, messages: MessageLog) -> None:
         self.central = central
         self.message_log = messages
         self._db_down_since: datetime | None = None
+
+    @property
+    def db_down_since(self) -> datetime | None:
+        """Since when the database is unreachable, as the status line last said (None: it is not)."""
+        return self._db_down_since
 
     def tiles(self) -> list[CPTile]:
         supplies = {row.cp_id: row for row in self.central.book.open_sessions()}
@@ -176,6 +201,8 @@ class CentralView:
         example "Kafka unreachable since 14:03:07 · database OK · Monitors: 2 of 3 connected,
         CP3 without its Monitor since 14:01:55". Without Kafka (tests) the Kafka part is left out.
         An audit in trouble adds its part ("audit: 120 entries spooled"): a warning.
+        The weather office adds its part when EV_W has reported or alerts are in force; a silent
+        EV_W ("EV_W silent since 14:02:10") is a warning.
         """
         now = datetime.now(timezone.utc)
         parts: list[str] = []
@@ -199,6 +226,9 @@ class CentralView:
         audit = audit_trouble(getattr(self.central, "audit", None))
         if audit:
             parts.append(audit)
+        weather, ev_w = weather_part(getattr(self.central, "weather", None), now)
+        if weather:
+            parts.append(weather)
         parts.append("secure mode" if getattr(self.central, "secure", False) else OPEN_MODE)
         gate = getattr(self.central, "gate", None)
         refused = gate.rejected if gate is not None else 0
@@ -218,7 +248,7 @@ class CentralView:
                          f"without {'its Monitor' if len(missing) == 1 else 'their Monitors'} since {since}")
         if not failing:
             parts.insert(0, CENTRAL_OK)
-        level = "error" if failing else "warning" if missing or audit or refused else "ok"
+        level = "error" if failing else "warning" if missing or audit or refused or ev_w else "ok"
         return CentralStatus(level, " · ".join(parts))
 
     def command(self, line: str) -> str:
