@@ -78,6 +78,8 @@ CP_RESUME = "cp.resume"  # a CP resumed by the operator
 OPERATOR_COMMAND = "operator.command"  # an operator's command (typed at Central, or the API's), and its answer
 API_AUTH = "api.auth"  # a request to Central's API refused for its bearer token
 MCSP_ERROR = "mcsp.error"  # an ERROR answered to an RFID station
+WEATHER_ALERT = "weather.alert"  # EV_W's weather alert: a city below 0 °C, its CPs out of service
+WEATHER_CLEAR = "weather.clear"  # EV_W cleared a weather alert: its CPs back in service
 AUDIT_LOST = "audit.lost"  # entries that could not be kept (every bound was hit)
 
 ACTIONS: dict[str, str] = {
@@ -100,6 +102,8 @@ ACTIONS: dict[str, str] = {
     OPERATOR_COMMAND: "an operator's command and its answer",
     API_AUTH: "a request to Central's API refused for its bearer token",
     MCSP_ERROR: "an ERROR answered to an RFID station",
+    WEATHER_ALERT: "a weather alert: a city below 0 °C, its CPs out of service",
+    WEATHER_CLEAR: "a weather alert cleared: its CPs back in service",
     AUDIT_LOST: "audit entries that could not be kept",
 }
 """Every action, and what it records."""

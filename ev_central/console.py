@@ -1,7 +1,8 @@
 """The operator's commands, typed on Central's standard input (until the panel arrives).
 
     stop CP001 | stop all        out of service: ends any supply, the CP shows PARADO
-    resume CP001 | resume all    back in service (ACTIVADO)
+    resume CP001 | resume all    back in service (ACTIVADO); a CP a weather alert holds stays
+                                 PARADO until the alert clears (docs/weather.md)
     list                         every CP with its state
     keys revoke CP001            secure mode: delete the CP's keys; out of service until its
                                  Monitor authenticates again
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 from typing import TextIO
+
+from ev_common.words import PARADO
 
 from . import audit as audited
 from .app import Central
@@ -58,7 +61,8 @@ def _execute(central: Central, line: str) -> str:
         rows = central.network.snapshot()
         if not rows:
             return "no CPs yet"
-        return "; ".join(f"{r.cp_id} {r.state}{' (stopped)' if r.stopped else ''}" for r in rows)
+        return "; ".join(f"{r.cp_id} {r.state}{' (stopped)' if r.stopped else ''}"
+                         f"{' (weather alert)' if central.network.weather_held(r.cp_id) else ''}" for r in rows)
     if verb in ("stop", "resume") and len(args) == 1:
         action = central.stop_cp if verb == "stop" else central.resume_cp
         targets = central.cp_ids() if args[0].lower() == "all" else [args[0]]
@@ -70,7 +74,8 @@ def _execute(central: Central, line: str) -> str:
                 return f"unknown CP {cp_id}"
             except IllegalTransition as exc:
                 return f"{cp_id}: {exc}"
-            done.append(f"{cp_id} {change.new}")
+            held = " (held by a weather alert until it clears)" if change.weather and change.new.value == PARADO else ""
+            done.append(f"{cp_id} {change.new}{held}")
         return f"{verb}: " + (", ".join(done) if done else "no CPs")
     if verb == "keys" and len(args) == 2 and args[0].lower() == "revoke":
         try:

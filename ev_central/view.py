@@ -162,6 +162,7 @@ class CentralView:
     def tiles(self) -> list[CPTile]:
         supplies = {row.cp_id: row for row in self.central.book.open_sessions()}
         keys = getattr(self.central, "keys", None)
+        weather = getattr(self.central, "weather", None)  # a CP held by a weather alert says so
         tiles = []
         for row in self.central.network.snapshot():
             supply = supplies.get(row.cp_id)
@@ -173,7 +174,8 @@ class CentralView:
                 self.central.network.fault_of(row.cp_id),
                 supply.account_id if supply else None,
                 masked(supply.tag_uid) if supply and supply.tag_uid else None,
-                KEYS_REVOKED if keys is not None and row.state == DESCONECTADO and keys.revoked(row.cp_id) else None))
+                KEYS_REVOKED if keys is not None and row.state == DESCONECTADO and keys.revoked(row.cp_id)
+                else weather.note_for(row.cp_id) if weather is not None else None))
         return tiles
 
     def ongoing(self) -> list[OngoingRequest]:

@@ -66,6 +66,8 @@ def tile_lines(tile: CPTile) -> list[str]:
     lines = [tile.cp_id, tile.location, price_text(tile.price_eur_kwh), tile.state]
     if tile.state == PARADO:
         lines.append(OUT_OF_ORDER)
+        if tile.note:  # why, when not (only) the operator's stop: "weather alert (Alicante,ES)"
+            lines.append(tile.note)
     elif tile.state == SUMINISTRANDO:
         if tile.tag:
             lines.append(f"Account {tile.account_id} (tag {tile.tag})" if tile.account_id else f"Tag {tile.tag}")
