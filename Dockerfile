@@ -27,6 +27,7 @@ COPY ev_cp_monitor /tmp/evcharging/ev_cp_monitor
 COPY ev_driver /tmp/evcharging/ev_driver
 COPY ev_rfid /tmp/evcharging/ev_rfid
 COPY ev_registry /tmp/evcharging/ev_registry
+COPY ev_weather /tmp/evcharging/ev_weather
 RUN pip install --no-deps /tmp/evcharging && rm -rf /tmp/evcharging
 
 # Healthchecks and start order: ev-port listening PORT, ev-port wait HOST PORT.

@@ -74,7 +74,8 @@ def _execute(central: Central, line: str) -> str:
                 return f"unknown CP {cp_id}"
             except IllegalTransition as exc:
                 return f"{cp_id}: {exc}"
-            held = " (held by a weather alert until it clears)" if change.weather and change.new.value == PARADO else ""
+            held = (" (held by a weather alert until it clears)"
+                    if verb == "resume" and change.weather and change.new.value == PARADO else "")
             done.append(f"{cp_id} {change.new}{held}")
         return f"{verb}: " + (", ".join(done) if done else "no CPs")
     if verb == "keys" and len(args) == 2 and args[0].lower() == "revoke":

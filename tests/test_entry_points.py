@@ -18,6 +18,8 @@ PROGRAMS = [
     ("ev_driver", "EV_Driver", ["--kafka", "--driver_id", "--file", "--cp"]),
     ("ev_rfid", "EV_RFID", ["start", "end", "--central", "--station", "--key", "--session", "--timeout"]),
     ("ev_registry", "EV_Registry", ["--port", "--host", "--db", "--cert", "--key", "--admin-token-file"]),
+    ("ev_weather", "EV_W", ["--locations", "--central-api", "--token-file", "--central-ca", "--central-fingerprint",
+                            "--weather-url", "--api-key-file", "--simulate", "--every", "--timeout"]),
 ]
 
 

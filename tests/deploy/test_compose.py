@@ -39,7 +39,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 EV_PORT = ROOT / "deploy" / "ev_port.py"
 
-PROGRAMS = ("EV_Central", "EV_CP_E", "EV_CP_M", "EV_Driver", "EV_Registry", "EV_RFID")
+PROGRAMS = ("EV_Central", "EV_CP_E", "EV_CP_M", "EV_Driver", "EV_Registry", "EV_RFID", "EV_W")
 # What a one-shot service's script may run besides the programs (make-secrets).
 SHELL_COMMANDS = ("cp", "if", "fi", "umask", "head")
 # Variables the programs read as defaults; cleared so that only the command line and
@@ -246,6 +246,10 @@ def check_program_argv(argv: list[str], service_env: dict[str, str]) -> None:
             parser = parser_factory()
         elif program == "EV_Registry":
             from ev_registry.cli import build_serve_parser as parser_factory
+
+            parser = parser_factory()
+        elif program == "EV_W":
+            from ev_weather.cli import build_parser as parser_factory
 
             parser = parser_factory()
         else:

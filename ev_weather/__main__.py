@@ -1,0 +1,4 @@
+from ev_weather.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
