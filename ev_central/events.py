@@ -88,6 +88,7 @@ class Subscription:
         self._loop = loop
         self._items: collections.deque[Event] = collections.deque()
         self._wake = asyncio.Event() if loop is not None else None
+        self._gone = asyncio.Event() if loop is not None else None  # set once dropped
         self._notified = False
         self.dropped = False  # it fell behind (or the hub closed): its stream must end
         self.closed = False  # the hub is closing (Central stops)
@@ -98,8 +99,7 @@ class Subscription:
     def _push(self, event: Event, limit: int) -> bool:
         """(hub lock held) False when the queue is full: the subscriber is dropped."""
         if len(self._items) >= limit:
-            self.dropped = True
-            self._notify()
+            self._drop()
             return False
         self._items.append(event)
         if not self._notified:
@@ -108,9 +108,18 @@ class Subscription:
 
     def _notify(self) -> None:
         self._notified = True
-        if self._loop is not None and self._wake is not None:
+        self._call(self._wake)
+
+    def _drop(self, closing: bool = False) -> None:
+        self.closed = self.closed or closing
+        self.dropped = True
+        self._call(self._wake)
+        self._call(self._gone)
+
+    def _call(self, event: asyncio.Event | None) -> None:
+        if self._loop is not None and event is not None:
             try:
-                self._loop.call_soon_threadsafe(self._wake.set)
+                self._loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # its loop is closed: nobody reads it any more
                 self.dropped = True
 
@@ -131,6 +140,11 @@ class Subscription:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:
             pass
+
+    async def until_dropped(self) -> None:
+        """Returns once the hub dropped this reader (never without a loop)."""
+        if self._gone is not None:
+            await self._gone.wait()
 
     def queued(self) -> int:
         return len(self._items)
@@ -247,8 +261,7 @@ class EventHub:
             subscribers, self._subscribers = self._subscribers, []
             self._idle_since = self._clock()
             for subscriber in subscribers:
-                subscriber.closed = subscriber.dropped = True
-                subscriber._notify()
+                subscriber._drop(closing=True)
 
     @property
     def subscribers(self) -> int:
