@@ -1,0 +1,112 @@
+"""The API's two bearer tokens: the operator's (commands on CPs) and EV_W's (weather reports
+and alerts). Each is kept only as its SHA-256 digest and compared in constant time; failed
+attempts are counted per source address (``FailureLimiter``: locked out after 5 in 60 s),
+logged and audited (``api.auth``), never with the token sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ev_common.credentials import FailureLimiter
+from ev_registry.service import load_token, shown
+
+from .. import audit as audited
+
+log = logging.getLogger("ev_central.api")
+
+OPERATOR, WEATHER = "operator", "weather"
+WHO = {OPERATOR: "the operator", WEATHER: "EV_W"}
+FLAG = {OPERATOR: "--api-token-file (or $EV_API_TOKEN)", WEATHER: "--weather-token-file (or $EV_WEATHER_TOKEN)"}
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]{1,1024}) *")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int  # 0: allowed; 401, 403 or 429
+    message: str = ""
+    retry_after: float = 0.0
+    token_given: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class TokenGate:
+    """Checks a request's ``Authorization`` header for ``realm`` (OPERATOR or WEATHER)."""
+
+    def __init__(self, operator_token: str | None, weather_token: str | None, *,
+                 limiter: FailureLimiter | None = None, audit=audited.NO_AUDIT) -> None:
+        self._digests = {realm: _digest(load_token(token, f"the {realm} token")) if token else None
+                         for realm, token in ((OPERATOR, operator_token), (WEATHER, weather_token))}
+        if operator_token and weather_token and self._digests[OPERATOR] == self._digests[WEATHER]:
+            raise ValueError("the operator token and EV_W's token must differ")
+        self.limiter = limiter if limiter is not None else FailureLimiter()
+        self.audit = audit
+
+    def configured(self, realm: str) -> bool:
+        return self._digests[realm] is not None
+
+    def check(self, realm: str, authorization: str | None, source: str, request: str) -> Verdict:
+        """Allowed, or why not (a locked-out address is refused without a check)."""
+        expected = self._digests[realm]
+        if expected is None:
+            return Verdict(403, f"no {WHO[realm]} token is configured at Central ({FLAG[realm]}): "
+                                f"{'commands' if realm == OPERATOR else 'weather reports'} are refused")
+        key = f"ip:{source}"
+        wait = self.limiter.locked(key)
+        if wait > 0:
+            return Verdict(429, f"too many failed token attempts from {source}", retry_after=wait)
+        match = _BEARER.fullmatch(authorization or "")
+        given = _digest(match.group(1)) if match else None
+        if given is not None and hmac.compare_digest(given, expected):
+            self.limiter.success(key)
+            return Verdict(0)
+        other = self._digests[OPERATOR if realm == WEATHER else WEATHER]
+        if given is not None and other is not None and hmac.compare_digest(given, other):
+            return Verdict(403, f"this token is not {WHO[realm]}'s: it may not do {request}", token_given=True)
+        if not (authorization or "").strip():
+            reason = "no bearer token"
+        elif match is None:
+            reason = "malformed Authorization header (expected 'Bearer <token>')"
+        else:
+            reason = "wrong bearer token"
+        lockout = self.limiter.failure(key)
+        details = f"{reason}: {shown(request)}" + (f"; the address is locked out for {lockout:.0f} s" if lockout else "")
+        log.warning("API: refused a request from %s: %s", source, details)
+        self.audit.record(audited.API_AUTH, "unknown", details, audited.REFUSED, source)
+        return Verdict(401, f"{reason}: send 'Authorization: Bearer <{WHO[realm]}'s token>'",
+                       token_given=match is not None)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+def read_token(path: Path | None, env_name: str, what: str) -> str | None:
+    """A token from the file ``path``, else from ``$env_name``, else None. ``ValueError`` (a
+    message to show, never the token) when it cannot be read or is malformed."""
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {what} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if os.name == "posix":
+            try:
+                mode = Path(path).stat().st_mode
+                if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    log.warning("%s file %s can be read by other users (mode %o): chmod 600 it", what, path,
+                                mode & 0o777)
+            except OSError:
+                pass
+        return load_token(text, str(path))
+    value = os.environ.get(env_name, "")
+    return load_token(value, f"${env_name}") if value.strip() else None

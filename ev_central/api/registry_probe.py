@@ -1,0 +1,86 @@
+"""Is EV_Registry reachable? ``RegistryProbe.check()`` asks for its ``/openapi.json`` (the one
+path without a token) over HTTPS, verifying its certificate as the Monitor does (a CA file,
+a pinned fingerprint, or the system's CAs), within ``timeout`` seconds. The API's watcher
+calls it every 15 s; ``state()`` is what ``/api/health`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+from ev_common.tls import parse_fingerprint
+from ev_registry.client import _PinnedTransport, _tls_context, _transport_message
+
+log = logging.getLogger("ev_central.api")
+
+INTERVAL = 15.0
+TIMEOUT = 5.0
+
+
+class RegistryProbe:
+    def __init__(self, url: str, *, ca_file: str | None = None, fingerprint: str | None = None,
+                 timeout: float = TIMEOUT, utcnow: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"EV_Registry's URL is https://host:port, not {url!r}")
+        if ca_file is not None and fingerprint is not None:
+            raise ValueError("give EV_Registry's CA file or its fingerprint, not both")
+        self.url = url.rstrip("/")
+        if fingerprint is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # the pin, checked right after the handshake, is the trust
+            transport: httpx.BaseTransport = _PinnedTransport(parse_fingerprint(fingerprint), context)
+        else:
+            transport = httpx.HTTPTransport(verify=_tls_context(ca_file), trust_env=False, retries=0)
+        self._http = httpx.Client(base_url=self.url, transport=transport, timeout=httpx.Timeout(timeout),
+                                  trust_env=False, follow_redirects=False)
+        self._utcnow = utcnow
+        self._lock = threading.Lock()
+        self._ok: bool | None = None
+        self._since: datetime | None = None  # since when it is as it is
+        self._checked: datetime | None = None
+        self._error: str | None = None
+
+    def check(self) -> bool:
+        try:
+            response = self._http.get("/openapi.json", headers={"Accept": "application/json"})
+            error = None if response.status_code == 200 else f"HTTP {response.status_code} for /openapi.json"
+        except httpx.TimeoutException as exc:
+            error = f"no answer in time ({type(exc).__name__})"
+        except httpx.TransportError as exc:
+            error = _transport_message(self.url, exc)
+        except Exception as exc:  # the watcher goes on, whatever happened
+            error = f"{type(exc).__name__}: {exc}"
+        now = self._utcnow()
+        with self._lock:
+            ok, changed = error is None, self._ok is not (error is None)
+            if changed:
+                self._since = now
+            self._ok, self._checked, self._error = ok, now, error
+        if changed and not ok:
+            log.warning("EV_Registry unreachable at %s: %s", self.url, error)
+        elif changed and self._since is not None and ok:
+            log.info("EV_Registry reachable at %s", self.url)
+        return ok
+
+    def state(self) -> dict:
+        with self._lock:
+            return {"configured": True, "url": self.url, "ok": self._ok, "since": self._since,
+                    "checked_at": self._checked, "error": self._error}
+
+    def close(self) -> None:
+        self._http.close()
+
+
+NOT_CONFIGURED = {"configured": False, "url": None, "ok": None, "since": None, "checked_at": None,
+                  "error": "not configured (EV_Central --registry-url)"}
