@@ -20,8 +20,9 @@ import os
 import socket
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from ev_common.bus import Topics
 from ev_common.config import env, host_port, port_number
@@ -78,6 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
                              "(keep it, and keep it private)")
     parser.add_argument("--host", default=env("EV_CENTRAL_HOST", "0.0.0.0"),
                         help="address to listen on (default: $EV_CENTRAL_HOST or 0.0.0.0, every interface)")
+    api = parser.add_argument_group(
+        "API (docs/api.md)",
+        "Central's HTTP API and web page: the state of every CP, drivers, sessions, messages, the audit log, "
+        "the weather and Central's health, live events, the operator's commands and EV_W's weather reports.")
+    api.add_argument("--api-port", type=port_number, default=env("EV_API_PORT"), metavar="PORT",
+                     help="serve the API on this port; off unless given (default: $EV_API_PORT)")
+    api.add_argument("--api-host", metavar="HOST", help="address the API listens on (default: the same as --host)")
+    api.add_argument("--api-cert", type=Path, metavar="FILE",
+                     help="the API's certificate (PEM): HTTPS with --api-key; without them plain HTTP")
+    api.add_argument("--api-key", type=Path, metavar="FILE", help="the private key of --api-cert (PEM)")
+    api.add_argument("--api-token-file", type=Path, metavar="FILE",
+                     help="file holding the operator's token for the API's commands (16-512 printable ASCII "
+                          "characters; default: $EV_API_TOKEN); without one the commands answer 403")
+    api.add_argument("--weather-token-file", type=Path, metavar="FILE",
+                     help="file holding EV_W's token for its weather reports and alerts (default: "
+                          "$EV_WEATHER_TOKEN); without one they answer 403")
+    api.add_argument("--registry-url", default=env("EV_REGISTRY_URL"), metavar="URL",
+                     help="EV_Registry (https://HOST:PORT), checked every 15 s for the API's health "
+                          "(default: $EV_REGISTRY_URL; else 'not configured')")
+    api.add_argument("--registry-ca", default=env("EV_REGISTRY_CA"), metavar="FILE",
+                     help="verify EV_Registry's certificate against this CA file (default: $EV_REGISTRY_CA)")
+    api.add_argument("--registry-fingerprint", default=env("EV_REGISTRY_FINGERPRINT"), metavar="SHA256:...",
+                     help="or by its pinned fingerprint (default: $EV_REGISTRY_FINGERPRINT); neither: the "
+                          "system's CAs")
     parser.add_argument("--topic-prefix", default=env("EV_TOPIC_PREFIX", ""),
                         help="prefix of every Kafka topic name (default: $EV_TOPIC_PREFIX or none)")
     parser.add_argument("--topic-partitions", type=int, default=1, help="partitions of topics Central creates")
@@ -244,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         return 1
     try:
+        api_settings = api_parts(args) if args.api_port is not None else None
+    except (OSError, ValueError) as exc:
+        log.error("the API cannot start: %s", exc)
+        store.close()
+        return 1
+    try:
         central = Central(store, args.host, args.port, kafka=kafka, topics=Topics(args.topic_prefix),
                           silence_timeout=args.silence_timeout, request_ttl=args.request_ttl,
                           end_grace=args.end_grace, stale_after=args.stale_after,
@@ -259,12 +290,25 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         return 1
     view = CentralView(central, messages)
+    try:
+        api = start_api(args, api_settings, central, view) if api_settings is not None else None
+    except (OSError, ValueError, RuntimeError, StoreError) as exc:
+        log.error("the API cannot start on %s, port %s: %s", args.api_host or args.host, args.api_port,
+                  getattr(exc, "strerror", None) or exc)
+        central.stop()
+        return 1
+
+    def stop_central() -> None:
+        if api is not None:
+            api.stop()
+        central.stop()
+
     status = view.health()  # Kafka as the topic creation found it, the database, the Monitors
     where = f"panel on screen, log in {log_file}" if ui == "panel" else "Ctrl+C stops"
     log.log(logging.INFO if status.ok else logging.WARNING, "%s (Kafka %s; %s)",
             status.text if status.ok else f"Central running with problems: {status.text}", kafka, where)
     if ui == "panel":
-        return run_panel(central, view, shutdown, terminal)
+        return run_panel(central, view, shutdown, terminal, stop=stop_central)
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=run_console, args=(central, shutdown.event, sys.stdin), name="operator",
                          daemon=True).start()
@@ -272,12 +316,69 @@ def main(argv: list[str] | None = None) -> int:
         shutdown.wait()
     finally:
         log.info("shutting down (%s)", shutdown.signal_name or "requested")
-        central.stop()
+        stop_central()
     return 0
 
 
-def run_panel(central, view, shutdown: Shutdown, terminal: logging.Handler | None) -> int:
-    """The panel until the operator quits (q, Ctrl+C) or a signal sets ``shutdown``; then stop Central."""
+@dataclass(frozen=True)
+class ApiSettings:
+    operator_token: str | None
+    weather_token: str | None
+    cert: Path | None
+    key: Path | None
+    registry: object | None  # a RegistryProbe, or None
+
+
+def api_parts(args: argparse.Namespace) -> ApiSettings:
+    """The API's tokens and certificate, read before Central starts (``ValueError`` or
+    ``OSError``: a message to show, never a token)."""
+    from .api.auth import read_token
+    from .api.registry_probe import RegistryProbe
+
+    if (args.api_cert is None) != (args.api_key is None):
+        raise ValueError("give both --api-cert and --api-key (HTTPS), or neither (plain HTTP)")
+    for path in (args.api_cert, args.api_key):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a file")
+    operator = read_token(args.api_token_file, "EV_API_TOKEN", "the operator's token")
+    weather = read_token(args.weather_token_file, "EV_WEATHER_TOKEN", "EV_W's token")
+    registry = (RegistryProbe(args.registry_url, ca_file=args.registry_ca, fingerprint=args.registry_fingerprint)
+                if args.registry_url else None)
+    return ApiSettings(operator, weather, args.api_cert, args.api_key, registry)
+
+
+def start_api(args: argparse.Namespace, settings: ApiSettings, central, view):
+    """Central's API on ``--api-host``:``--api-port``, reading the database through a connection of
+    its own (its reads never wait behind Central's writes); says where it listens."""
+    from .api import ApiServer
+    from .store import open_store
+
+    store = open_store(args.db)
+    try:
+        api = ApiServer(central, view, args.api_host or args.host, args.api_port, cert=settings.cert,
+                        key=settings.key, operator_token=settings.operator_token,
+                        weather_token=settings.weather_token, store=store, own_store=True,
+                        registry=settings.registry)
+    except BaseException:
+        store.close()
+        raise
+    api.start()
+    log.info("API on %s (%s; docs/api.md, the page at /, the OpenAPI document at /openapi.json)", api.url,
+             "HTTPS" if api.tls else "plain HTTP: give --api-cert and --api-key for HTTPS")
+    if not api.tls:
+        log.warning("the API is served over plain HTTP: its tokens travel in clear (--api-cert/--api-key for "
+                    "HTTPS)")
+    for token, what, flag in ((settings.operator_token, "operator's commands", "--api-token-file"),
+                              (settings.weather_token, "weather reports (EV_W)", "--weather-token-file")):
+        if token is None:
+            log.warning("the API's %s answer 403: no token is configured (%s)", what, flag)
+    return api
+
+
+def run_panel(central, view, shutdown: Shutdown, terminal: logging.Handler | None,
+              stop: Callable[[], None] | None = None) -> int:
+    """The panel until the operator quits (q, Ctrl+C) or a signal sets ``shutdown``; then ``stop``
+    (default: stop Central)."""
     from .panel import CentralPanel
 
     root = logging.getLogger()
@@ -290,7 +391,7 @@ def run_panel(central, view, shutdown: Shutdown, terminal: logging.Handler | Non
         if terminal is not None:
             root.addHandler(terminal)
         log.info("shutting down (%s)", shutdown.signal_name or "the operator quit the panel")
-        central.stop()
+        (stop or central.stop)()
     return 1 if panel.return_code else 0
 
 
