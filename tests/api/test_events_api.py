@@ -1,0 +1,167 @@
+"""``GET /api/events`` over a real socket: the snapshot first, a fake Monitor's fault as a ``cp``
+event within 2 s, telemetry, messages, health and weather; a reader back with its
+``Last-Event-ID`` gets what it missed; a reader that stops reading is dropped without slowing
+the others nor Central; too many readers are refused; Central stopping ends every stream."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+from ev_central.core.states import Event
+from ev_central.events import EventHub
+from ev_central.weather import CityReport
+from ev_common.protocol import Avr, Rec
+from ev_common.records import Telemetry
+from tests.support.waiting import wait_until
+
+from .conftest import EventReader
+
+
+def test_the_stream_opens_with_a_snapshot_then_a_fault_comes_as_a_cp_event_within_2_s(running, events):
+    monitor = running.monitor("CP1")
+    reader = events()
+    assert reader.status == 200 and reader.headers["content-type"].startswith("text/event-stream")
+    assert reader.headers["cache-control"] == "no-store"
+    snapshot = reader.next()
+    assert snapshot.event == "snapshot" and snapshot.id.endswith("-" + str(running.central.events.last_id))
+    assert [cp["cp_id"] for cp in snapshot.data["cps"]] == ["CP1"]
+    assert set(snapshot.data) == {"cps", "requests", "messages", "weather", "health"}
+
+    sent = time.monotonic()
+    monitor.send(Avr("CP1", "Engine does not answer"))
+    event = reader.until(lambda e: e.event == "cp" and e.data["state"] == "AVERIADO", 2.0, "CP1 AVERIADO")
+    assert time.monotonic() - sent < 2.0
+    assert event.data == running.http().get("/api/cps/CP1").json()
+    alert = reader.until(lambda e: e.event == "alert", 2.0, "the alert")
+    assert (alert.data["kind"], alert.data["cp_id"], alert.data["state"]) == ("cp_out_of_service", "CP1", "AVERIADO")
+    assert any(e.event == "message" and "ACTIVADO -> AVERIADO" in e.data["text"] for e in reader.events)
+    health = reader.until(lambda e: e.event == "health", 3.0, "the health event")
+    assert health.data["text"] == running.view.health().text
+
+    monitor.send(Rec("CP1"))
+    reader.until(lambda e: e.event == "cp" and e.data["state"] == "ACTIVADO", 2.0, "CP1 back")
+    ids = [int(e.id.rsplit("-", 1)[1]) for e in reader.events if e.id]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_telemetry_supply_interruption_and_weather_events(running, events):
+    running.monitor("CP1")
+    reader = events()
+    reader.next()  # the snapshot
+    central = running.central
+    central.book.open("s1", "r1", "CP1", "D1", Decimal("0.48"))
+    central.network.apply("CP1", Event.SUPPLY_STARTED, "supply s1 started")
+    central.supplies.on_telemetry(Telemetry("CP1", "s1", "D1", 1, Decimal("2.5"), Decimal("1.2"), Decimal("11")))
+    telemetry = reader.until(lambda e: e.event == "telemetry", 2.0, "telemetry")
+    assert telemetry.data == {"session_id": "s1", "cp_id": "CP1", "seq": 1, "kwh": "2.5", "amount_eur": "1.2000",
+                              "driver_id": "D1", "account_id": None, "tag": None}
+
+    running.operator().post("/api/cps/CP1/stop").raise_for_status()
+    interrupted = reader.until(lambda e: e.event == "alert" and e.data["kind"] == "supply_interrupted", 2.0,
+                               "the supply interrupted")
+    assert interrupted.data["session_id"] == "s1" and "stopped by the operator" in interrupted.data["text"]
+    running.operator().post("/api/cps/CP1/resume").raise_for_status()
+
+    office = central.weather
+    office.report([CityReport("Teruel,ES", Decimal("-3"), ["CP1"], None, False)], source_ip="10.0.0.9")
+    reader.until(lambda e: e.event == "weather" and e.data["cities"] and e.data["cities"][0]["city"] == "Teruel,ES",
+                 3.0, "the weather")
+    office.alert("Teruel,ES", Decimal("-3"), ["CP1"], source_ip="10.0.0.9")
+    alert = reader.until(lambda e: e.event == "alert" and e.data["kind"] == "weather_alert", 3.0, "the alert")
+    assert (alert.data["city"], alert.data["cp_ids"]) == ("Teruel,ES", ["CP1"])
+    held = [e.data for e in reader.events if e.event == "cp" and e.data["weather_hold"]]  # came first
+    assert held and held[-1]["reason"] == "Out of Order: weather alert (Teruel,ES)"
+
+
+def test_a_reader_back_with_its_last_event_id_gets_what_it_missed_and_no_snapshot(running, events):
+    monitor = running.monitor("CP1")
+    reader = events()
+    reader.next()
+    monitor.send(Avr("CP1", "first"))
+    seen = reader.until(lambda e: e.event == "cp" and e.data["state"] == "AVERIADO", 2.0, "the fault")
+    reader.close()
+    wait_until(lambda: running.central.events.subscribers == 0, 3, "the reader gone")
+
+    monitor.send(Rec("CP1"))  # while nobody listens
+    wait_until(lambda: running.state("CP1") == "ACTIVADO", 2, "CP1 recovered")
+    monitor.send(Avr("CP1", "second"))
+    wait_until(lambda: running.state("CP1") == "AVERIADO", 2, "CP1 faulty again")
+    running.central.effects.wait_idle(2)
+
+    back = events(seen.id)
+    first = back.next()
+    assert first.event != "snapshot"
+    states = [first] + [back.until(lambda e: e.event == "cp", 2.0, "the missed changes")]
+    states.append(back.until(lambda e: e.event == "cp", 2.0, "the second missed change"))
+    assert [e.data["state"] for e in states if e.event == "cp"][-2:] == ["ACTIVADO", "AVERIADO"]
+    assert all(int(e.id.rsplit("-", 1)[1]) > int(seen.id.rsplit("-", 1)[1]) for e in states)
+
+    stale = events("0123abcd-5")  # an id of another run of Central: the state is sent again
+    assert stale.next().event == "snapshot"
+    assert running.http().get("/api/events", headers={"Last-Event-ID": "x" * 65}).status_code == 422
+
+
+def test_heartbeats_while_nothing_happens(start_api):
+    running = start_api(heartbeat=0.2)
+    reader = EventReader(running.url)
+    try:
+        reader.next()
+        deadline = time.monotonic() + 3
+        while reader.comments < 2 and time.monotonic() < deadline:
+            try:
+                reader.next(0.5)
+            except AssertionError:
+                pass
+        assert reader.comments >= 2
+    finally:
+        reader.close()
+
+
+def test_a_reader_that_stops_reading_is_dropped_and_never_slows_the_others(start_api):
+    hub = EventHub(queue_limit=64)
+    running = start_api(hub=hub, send_timeout=30)
+    slow = EventReader(running.url, rcvbuf=4096, read=False)  # sends its request, then reads nothing
+    fast = EventReader(running.url)
+    try:
+        fast.next()
+        wait_until(lambda: hub.subscribers == 2, 3, "both readers subscribed")
+        payload = "x" * 8000
+        slowest = 0.0
+        for batch in range(60):
+            for n in range(50):
+                started = time.perf_counter()
+                hub.publish("test", {"n": batch * 50 + n, "pad": payload})
+                slowest = max(slowest, time.perf_counter() - started)
+            last = batch * 50 + 49
+            fast.until(lambda e: e.event == "test" and e.data["n"] == last, 5.0, f"event {last}")
+        assert slowest < 0.05, f"a publish took {slowest * 1000:.1f} ms"
+        assert hub.dropped == 1
+        wait_until(lambda: hub.subscribers == 1, 3, "the slow reader dropped")
+        got = [e.data["n"] for e in fast.events if e.event == "test"]
+        assert got == list(range(3000))  # the fast reader lost nothing
+
+        connections = running.api.server.server_state.connections
+        wait_until(lambda: len(connections) == 1, 3, "the slow reader's connection cut (the fast one's stays)")
+    finally:
+        slow.close()
+        fast.close()
+
+
+def test_too_many_readers_are_refused_and_central_stopping_ends_every_stream(start_api):
+    running = start_api(hub=EventHub(max_subscribers=2))
+    first, second = EventReader(running.url), EventReader(running.url)
+    try:
+        first.next(), second.next()
+        refused = running.http().get("/api/events")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
+        assert refused.json()["error"] == "unavailable"
+        started = time.monotonic()
+        running.api.stop()
+        for reader in (first, second):
+            end = reader.until(lambda e: e.event == "overflow", 3.0, "the end of the stream")
+            assert end.data["reason"] == "Central is stopping"
+        assert time.monotonic() - started < 5
+    finally:
+        first.close()
+        second.close()
