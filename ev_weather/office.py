@@ -79,10 +79,11 @@ class CityLine:
             status = "ALERT" + ("" if self.sent else " (waiting for Central)")
         else:
             status = "ok" + ("" if self.sent else " (clear waiting for Central)")
-        if self.error is not None:
-            status = f"{status if self.temperature is not None else ''} error: {self.error}".strip()
-            if self.temperature is not None:
-                degrees += f" (at {self.checked_at:%H:%M:%S})" if self.checked_at else ""
+        if self.error is not None and self.temperature is None:
+            status = f"error: {self.error}"
+        elif self.error is not None:  # the last good reading, and what fails now
+            degrees += f" ({self.checked_at:%H:%M:%S})" if self.checked_at else ""
+            status += f"; now error: {self.error}"
         label = f"  [{SIMULATED}]" if self.simulated else ""
         return f"{self.city:<24} {degrees}  {status}{label}  {', '.join(self.cp_ids) or '(no CP)'}"
 
