@@ -53,7 +53,8 @@ class RegistryProbe:
 
     def check(self) -> bool:
         try:
-            response = self._http.get("/openapi.json", headers={"Accept": "application/json"})
+            # a new connection each time (every 15 s): none is held open at EV_Registry meanwhile
+            response = self._http.get("/openapi.json", headers={"Accept": "application/json", "Connection": "close"})
             error = None if response.status_code == 200 else f"HTTP {response.status_code} for /openapi.json"
         except httpx.TimeoutException as exc:
             error = f"no answer in time ({type(exc).__name__})"
@@ -62,15 +63,16 @@ class RegistryProbe:
         except Exception as exc:  # the watcher goes on, whatever happened
             error = f"{type(exc).__name__}: {exc}"
         now = self._utcnow()
+        ok = error is None
         with self._lock:
-            ok, changed = error is None, self._ok is not (error is None)
-            if changed:
+            before = self._ok
+            if before is not ok:
                 self._since = now
             self._ok, self._checked, self._error = ok, now, error
-        if changed and not ok:
+        if not ok and before is not False:  # said once per outage
             log.warning("EV_Registry unreachable at %s: %s", self.url, error)
-        elif changed and self._since is not None and ok:
-            log.info("EV_Registry reachable at %s", self.url)
+        elif ok and before is False:
+            log.info("EV_Registry reachable again at %s", self.url)
         return ok
 
     def state(self) -> dict:

@@ -228,14 +228,15 @@ class ApiServer:
             harden(self.config.ssl)
         self.server = uvicorn.Server(self.config)
         self._socket = None
+        self._address: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._socket is None:
+        if self._address is None:
             raise RuntimeError("the API is not listening yet")
-        return self._socket.getsockname()[:2]
+        return self._address
 
     @property
     def url(self) -> str:
@@ -250,6 +251,7 @@ class ApiServer:
         """Bind, serve on a thread, return once listening (``RuntimeError`` if it did not start
         within ``timeout`` s, ``OSError`` if the port cannot be bound)."""
         self._socket = bind(self.host, self.requested_port)
+        self._address = self._socket.getsockname()[:2]
         self.feed.start()
         self._thread = threading.Thread(target=self._run, name="api-http", daemon=True)
         self._thread.start()

@@ -132,3 +132,73 @@ def test_flags(tmp_path, monkeypatch):
     short.write_text("short")
     with pytest.raises(ValueError, match="16 to 512"):
         api_parts(build_parser().parse_args(["--port", "5000", "--api-token-file", str(short)]))
+
+
+def test_health_says_whether_ev_registry_answers(start_api, tmp_path):
+    from ev_central.api.registry_probe import RegistryProbe
+    from ev_central.store import open_store
+    from ev_common.tls import ensure_certificate
+    from ev_registry.api import create_app as registry_app
+    from ev_registry.server import RegistryServer
+    from ev_registry.service import Registry
+
+    made = ensure_certificate(tmp_path / "registry", "ev_registry", ["127.0.0.1"])
+    store = open_store(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry = RegistryServer(registry_app(Registry(store, OPERATOR_TOKEN)), "127.0.0.1", 0, made.cert_path,
+                              made.key_path).start()
+    probe = RegistryProbe(registry.url, fingerprint=made.fingerprint, timeout=2)
+    try:
+        running = start_api(registry=probe)
+        probe.check()
+        health = running.http().get("/api/health").json()
+        assert health["registry"]["configured"] is True and health["registry"]["ok"] is True
+        assert health["registry"]["url"] == registry.url
+        wrong = RegistryProbe(registry.url, fingerprint="SHA256:" + "00:" * 31 + "00", timeout=2)
+        assert wrong.check() is False and "does not match the pinned fingerprint" in wrong.state()["error"]
+        wrong.close()
+        registry.stop()
+        assert probe.check() is False
+        health = running.http().get("/api/health").json()
+        assert health["registry"]["ok"] is False and health["registry"]["since"] is not None
+        assert "cannot reach the Registry" in health["registry"]["error"]
+        assert "registry" in {f["part"] for f in health["failing"]}
+    finally:
+        registry.stop()
+        store.close()
+
+
+def test_central_starts_its_api_from_its_flags(tmp_path, monkeypatch):
+    import logging
+
+    from ev_central.app import Central
+    from ev_central.cli import start_api
+    from ev_central.store import open_store
+    from ev_central.view import CentralView, MessageLog
+
+    for name in ("EV_API_TOKEN", "EV_WEATHER_TOKEN", "EV_API_PORT", "EV_REGISTRY_URL"):
+        monkeypatch.delenv(name, raising=False)
+    db = f"sqlite:///{tmp_path / 'central.db'}"
+    args = build_parser().parse_args(["--port", "0", "--host", "127.0.0.1", "--api-port", "0", "--db", db])
+    settings = api_parts(args)
+    central = Central(open_store(db), "127.0.0.1", 0).start()
+    logger = logging.getLogger("ev_central.cli")
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        api = start_api(args, settings, central, CentralView(central, MessageLog()))
+        try:
+            assert httpx.get(api.url + "/api/cps", trust_env=False, timeout=5).json() == {"cps": []}
+            stop = httpx.post(api.url + "/api/cps/stop-all", trust_env=False, timeout=5)
+            assert stop.status_code == 403
+        finally:
+            api.stop()
+        assert any(line.startswith(f"API on {api.url} (plain HTTP") for line in said)
+        assert any("operator's commands answer 403" in line for line in said)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        central.stop()
