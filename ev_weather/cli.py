@@ -65,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a file (chmod 600) holding EV_W's bearer token for Central's API, the one Central "
                              "has in --weather-token-file (default: the token in $EV_WEATHER_TOKEN)")
     parser.add_argument("--central-ca", metavar="FILE",
-                        help="with an https:// API: verify Central's certificate against these CA certificates "
-                             "(PEM) and its host name (default: $EV_CENTRAL_CA)")
+                        help="with an https:// API: verify Central's certificate (its --api-cert) against these "
+                             "CA certificates (PEM) and its host name (default: $EV_CENTRAL_API_CA)")
     parser.add_argument("--central-fingerprint", metavar="SHA256:AB:CD:...",
                         help="with an https:// API: accept only the certificate with this SHA-256 fingerprint "
-                             "(default: $EV_CENTRAL_FINGERPRINT)")
+                             "(default: $EV_CENTRAL_API_FINGERPRINT); neither: the system's CAs")
     source = parser.add_argument_group("the source of the weather")
     source.add_argument("--weather-url", metavar="URL", default=DEFAULT_URL,
                         help="OpenWeather's current-weather API, or anything answering like it "
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"EV_W: {NO_KEY}", file=sys.stderr)
             return 2
     if args.central_ca is None and args.central_fingerprint is None and args.central_api.startswith("https://"):
-        args.central_ca, args.central_fingerprint = env("EV_CENTRAL_CA"), env("EV_CENTRAL_FINGERPRINT")
+        args.central_ca, args.central_fingerprint = env("EV_CENTRAL_API_CA"), env("EV_CENTRAL_API_FINGERPRINT")
     if args.central_ca is not None and args.central_fingerprint is not None:
         parser.error("give only one of --central-ca and --central-fingerprint")
 
