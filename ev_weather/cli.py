@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
             worker = threading.Thread(target=watch.run, args=(shutdown.event,), name="weather", daemon=True)
             worker.start()
-            run_menu(watch.view, locations, messages, shutdown.event, subtitle=f"every {args.every:g} s")
+            run_menu(watch.view, locations, messages, shutdown.event, subtitle=f"every {args.every:g} s",
+                     filters=(redact,))
             worker.join(args.timeout * 3 + 2)
         else:
             threading.Thread(target=read_commands, args=(locations, messages, shutdown), name="commands",

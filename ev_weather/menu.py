@@ -158,13 +158,17 @@ class WeatherMenu(App):
 
 
 def run_menu(view, locations: LocationsFile, messages: Messages, stop: threading.Event, *,
-             subtitle: str = "") -> None:
-    """Run the menu until the person quits or ``stop`` is set; then ``stop`` is set."""
+             subtitle: str = "", filters: tuple[logging.Filter, ...] = ()) -> None:
+    """Run the menu until the person quits or ``stop`` is set; then ``stop`` is set. Meanwhile
+    log records (WARNING and up, through ``filters``: the secrets' redaction) go to its messages."""
     root = logging.getLogger()
     saved = list(root.handlers)
     for handler in saved:
         root.removeHandler(handler)
-    root.addHandler(MessagesLogHandler(messages, logging.WARNING))
+    handler = MessagesLogHandler(messages, logging.WARNING)
+    for log_filter in filters:
+        handler.addFilter(log_filter)
+    root.addHandler(handler)
     messages.attach()
     try:
         WeatherMenu(view, locations, messages, stop, subtitle=subtitle).run()
