@@ -24,6 +24,8 @@ log = logging.getLogger("ev_central.api")
 
 OPERATOR, WEATHER = "operator", "weather"
 WHO = {OPERATOR: "the operator", WEATHER: "EV_W"}
+NAME = {OPERATOR: "operator", WEATHER: "EV_W"}
+REFUSED = {OPERATOR: "commands", WEATHER: "weather reports"}
 FLAG = {OPERATOR: "--api-token-file (or $EV_API_TOKEN)", WEATHER: "--weather-token-file (or $EV_WEATHER_TOKEN)"}
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]{1,1024}) *")
 
@@ -59,8 +61,8 @@ class TokenGate:
         """Allowed, or why not (a locked-out address is refused without a check)."""
         expected = self._digests[realm]
         if expected is None:
-            return Verdict(403, f"no {WHO[realm]} token is configured at Central ({FLAG[realm]}): "
-                                f"{'commands' if realm == OPERATOR else 'weather reports'} are refused")
+            return Verdict(403, f"no {NAME[realm]} token is configured at Central ({FLAG[realm]}): "
+                                f"{REFUSED[realm]} are refused")
         key = f"ip:{source}"
         wait = self.limiter.locked(key)
         if wait > 0:

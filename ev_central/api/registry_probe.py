@@ -18,6 +18,8 @@ from ev_common.tls import parse_fingerprint
 from ev_registry.client import _PinnedTransport, _tls_context, _transport_message
 
 log = logging.getLogger("ev_central.api")
+# httpx says each request at INFO: a line every 15 s among Central's messages. Warnings only.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 INTERVAL = 15.0
 TIMEOUT = 5.0
