@@ -25,6 +25,10 @@ EV_Registry, the Registry's and Central's certificates (the Monitors pin their f
 Central's master key and each CP's credential file (0600). ``--open`` runs it in open mode
 (Release 1: no Registry, no TLS, records in clear).
 
+Central's API (docs/api.md) and its page are on too, on 127.0.0.1, and the demo prints their URL:
+over HTTPS with a certificate made in the demo folder (``api/ev_central_api.crt``; plain HTTP with
+``--open``), the operator's token in ``operator.token`` and EV_W's in ``ev_w.token``.
+
 Readiness is checked without disturbing anyone: Central's Monitor port with a real
 session (ENQ, ACK, EOT: Central logs nothing for it), an Engine's port by reading the
 kernel's socket tables (``deploy/ev_port.py``) where there are any, else with a session.
@@ -184,10 +188,7 @@ def secure_parts(demo: Demo, folder: pathlib.Path, db: str, py: str) -> tuple[li
     first start, then authenticates over TLS with the credential it keeps)."""
     from ev_common.tls import ensure_certificate
 
-    token = folder / "operator.token"
-    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_urlsafe(32) + "\n")
+    token = write_token(folder / "operator.token")
     hosts = ["127.0.0.1", "localhost"]
     registry_cert = ensure_certificate(folder / "registry", "ev_registry", hosts)
     central_cert = ensure_certificate(folder / "central", "ev_central", hosts)
@@ -200,13 +201,39 @@ def secure_parts(demo: Demo, folder: pathlib.Path, db: str, py: str) -> tuple[li
     demo.say(f"secure mode: EV_Registry at https://127.0.0.1:{registry_port} ({registry_cert.fingerprint}); "
              f"Central's certificate {central_cert.fingerprint}; each Monitor registers its CP there once")
     central = ["--secure", "--tls-cert", str(central_cert.cert_path), "--tls-key", str(central_cert.key_path),
-               "--master-key", str(folder / "central" / "ev_central.master.key")]
+               "--master-key", str(folder / "central" / "ev_central.master.key"),
+               "--registry-url", f"https://127.0.0.1:{registry_port}", "--registry-fingerprint",
+               registry_cert.fingerprint]
     monitors = {cp_id: ["--credentials", str(folder / f"{cp_id}.credential"),
                         "--registry", f"https://127.0.0.1:{registry_port}", "--registry-token-file", str(token),
                         "--registry-fingerprint", registry_cert.fingerprint,
                         "--central-fingerprint", central_cert.fingerprint]
                 for cp_id, _location, _price in [*CPS, RFID_CP]}
     return central, monitors
+
+
+def write_token(path: pathlib.Path) -> pathlib.Path:
+    """A new random token in ``path`` (mode 0600), unless the file is there already."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def api_parts(folder: pathlib.Path, secure: bool) -> tuple[list[str], str, int]:
+    """Central's API on 127.0.0.1 (docs/api.md): the operator's and EV_W's tokens, HTTPS in secure
+    mode; returns Central's flags, the API's URL and its port."""
+    from ev_common.tls import ensure_certificate
+
+    port = free_port()
+    flags = ["--api-port", str(port), "--api-host", "127.0.0.1",
+             "--api-token-file", str(write_token(folder / "operator.token")),
+             "--weather-token-file", str(write_token(folder / "ev_w.token"))]
+    if secure:
+        made = ensure_certificate(folder / "api", "ev_central_api", ["127.0.0.1", "localhost"])
+        flags += ["--api-cert", str(made.cert_path), "--api-key", str(made.key_path)]
+    return flags, f"{'https' if secure else 'http'}://127.0.0.1:{port}", port
 
 
 def tansu_binary() -> pathlib.Path:
@@ -271,16 +298,21 @@ def main(argv: list[str] | None = None) -> int:
         demo.say(f"each supply lasts {args.auto_seconds:g} s: about {kwh:.1f} kWh at {DEFAULT_POWER_KW} kW, "
                  f"{DEFAULT_TIME_SCALE} simulated seconds per second")
         secure_flags, monitor_flags = ([], {}) if args.open else secure_parts(demo, folder, db, py)
+        api_flags, api_url, api_port = api_parts(folder, not args.open)
         central_port, mcsp_port = free_port(), free_port()
         demo.say(f"Central: Monitors on port {central_port}, RFID stations (MCSP/1.0) on port {mcsp_port}; "
                  f"{RFID_CP[0]} taps the tag of account {ACCOUNT}")
         central = demo.start("central", "central",
                              [py, "-m", "ev_central", "--port", str(central_port), "--kafka", kafka, "--db", db,
                               "--mcsp-port", str(mcsp_port), "--ui", "panel" if panel else "log",
-                              "--log-file", str(folder / "central.log"), *secure_flags],
+                              "--log-file", str(folder / "central.log"), *secure_flags, *api_flags],
                              foreground=panel)
         wait_until(lambda: accepts("127.0.0.1", central_port), 20, "Central", central)
         wait_until(lambda: accepts("127.0.0.1", mcsp_port), 20, "Central's MCSP port", central)
+        wait_until(lambda: accepts("127.0.0.1", api_port), 20, "Central's API", central)
+        certificate = "" if args.open else f", its certificate {folder / 'api' / 'ev_central_api.crt'}"
+        demo.say(f"Central's API and page: {api_url} (docs/api.md; the operator's token in "
+                 f"{folder / 'operator.token'}{certificate})")
         for cp_id, location, price in [*CPS, RFID_CP]:
             engine_port = free_port()
             rfid = (["--mcsp", f"127.0.0.1:{mcsp_port}", "--rfid-tag", TAG, "--rfid-every", RFID_EVERY]
