@@ -82,7 +82,9 @@ class TokenGate:
         else:
             reason = "wrong bearer token"
         lockout = self.limiter.failure(key)
-        details = f"{reason}: {shown(request)}" + (f"; the address is locked out for {lockout:.0f} s" if lockout else "")
+        details = f"{reason}: {shown(request)}"
+        if lockout:
+            details += f"; the address is locked out for {lockout:.0f} s"
         log.warning("API: refused a request from %s: %s", source, details)
         self.audit.record(audited.API_AUTH, "unknown", details, audited.REFUSED, source)
         return Verdict(401, f"{reason}: send 'Authorization: Bearer <{WHO[realm]}'s token>'",

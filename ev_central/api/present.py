@@ -214,7 +214,9 @@ class Presenter:
         if not weather["available"]:
             return {"configured": False, "ok": None, "silent": None, "last_seen": None}
         seen = weather["ev_w"]
-        return {"configured": True, "ok": not seen["silent"], "silent": seen["silent"], "last_seen": seen["last_seen"]}
+        heard = seen["last_seen"] is not None or seen["silent"]  # (ok: null until EV_W is heard from)
+        return {"configured": True, "ok": not seen["silent"] if heard else None, "silent": seen["silent"],
+                "last_seen": seen["last_seen"]}
 
 
 def _supply(row: SessionRow) -> Json:

@@ -58,8 +58,8 @@ def test_unknown_cp_404_open_mode_revoke_409_and_invalid_ids_422(running):
             assert answer.json()["fields"][0]["field"] == "cp_id"
     assert client.post("/api/cps/C" + "x" * 64 + "/stop").status_code == 422
     refused = [e for e in running.audit("operator.command") if e.outcome == "refused"]
-    assert [e.details for e in refused] == ["API stop CP9 -> no CP CP9",
-                                            "API keys revoke CP1 -> CPs have no keys in open mode (EV_Central --secure)"]
+    assert [e.details for e in refused] == [
+        "API stop CP9 -> no CP CP9", "API keys revoke CP1 -> CPs have no keys in open mode (EV_Central --secure)"]
     assert running.state("CP1") == "ACTIVADO"
 
 
