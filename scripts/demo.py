@@ -60,13 +60,21 @@ CPS = [("CP001", "C/Mayor, 45", "0.48"), ("CP002", "Plaza Nueva 3", "0.52"), ("C
 RFID_CP = ("CP004", "Garaje C/Mayor, 47", "0.40")  # the garage of the flats: charged with the tag below
 ACCOUNT, ACCOUNT_NAME, TAG = "FLAT3B", "Flat 3B", "16AC936B1692E73A"
 RFID_EVERY = "6"  # s between one tag supply and the next tap
+# EV_W on a simulated source (no internet here): the CPs' cities, and the temperatures the demo
+# writes; Madrid drops below zero for a while, and CP002 is out of service meanwhile.
+LOCATIONS = [("CP001", "Alicante,ES"), ("CP002", "Madrid,ES"), ("CP003", "Valencia,ES"), ("CP004", "Alicante,ES")]
+WEATHER = [  # (seconds after the drivers start, the simulated temperatures)
+    (0, {"Alicante,ES": "18.5", "Madrid,ES": "6.0", "Valencia,ES": "21.0"}),
+    (25, {"Alicante,ES": "18.0", "Madrid,ES": "-3.5", "Valencia,ES": "20.5"}),
+    (55, {"Alicante,ES": "17.5", "Madrid,ES": "2.0", "Valencia,ES": "20.0"}),
+]
 DRIVERS = {
     "D001": ["CP001", "CP002", "CP003", "CP001", "CP002", "CP003", "CP001", "CP002", "CP003", "CP001", "CP9", "CP002"],
     "D002": ["CP003", "CP002", "CP001", "CP003", "CP002", "CP001", "CP003", "CP002", "CP001", "CP003", "CP002", "CP001"],
 }
 # The order of the stop: who depends on whom goes first, the broker they all use last.
-STOP_ORDER = [("driver", "drivers"), ("monitor", "Monitors"), ("engine", "Engines"), ("central", "Central"),
-              ("registry", "EV_Registry"), ("broker", "broker")]
+STOP_ORDER = [("driver", "drivers"), ("weather", "EV_W"), ("monitor", "Monitors"), ("engine", "Engines"),
+              ("central", "Central"), ("registry", "EV_Registry"), ("broker", "broker")]
 STOP_GRACE = 5.0  # s each group of programs has to exit after SIGINT, before SIGKILL
 
 
@@ -212,6 +220,13 @@ def secure_parts(demo: Demo, folder: pathlib.Path, db: str, py: str) -> tuple[li
     return central, monitors
 
 
+def write_weather(path: pathlib.Path, temperatures: dict[str, str]) -> None:
+    """The simulated source of EV_W: ``City,CC temperature`` lines, replaced whole."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(f"{city} {degrees}\n" for city, degrees in temperatures.items()))
+    os.replace(temporary, path)
+
+
 def write_token(path: pathlib.Path) -> pathlib.Path:
     """A new random token in ``path`` (mode 0600), unless the file is there already."""
     if not path.exists():
@@ -332,17 +347,33 @@ def main(argv: list[str] | None = None) -> int:
             demo.start(f"driver-{driver}", "driver",
                        [py, "-m", "ev_driver", "--kafka", kafka, "--driver_id", driver, "--file", str(services),
                         "--pause", args.pause])
+        simulated = folder / "weather-simulated.txt"
+        write_weather(simulated, WEATHER[0][1])
+        locations = folder / "weather-locations.txt"
+        locations.write_text("# CP_ID City,CC\n" + "".join(f"{cp} {city}\n" for cp, city in LOCATIONS))
+        api_trust = [] if args.open else ["--central-ca", str(folder / "api" / "ev_central_api.crt")]
+        demo.start("EV_W", "weather",
+                   [py, "-m", "ev_weather", "--locations", str(locations), "--central-api", api_url,
+                    "--token-file", str(folder / "ev_w.token"), *api_trust, "--simulate", str(simulated),
+                    "--ui", "plain"])
+        demo.say(f"EV_W checks the weather every 4 s from a simulated source ({simulated}, edit it to play): "
+                 f"Madrid drops below zero {WEATHER[1][0]} s from now and CP002 goes out of service until "
+                 f"{WEATHER[2][0]} s")
         if not panel:
             demo.say("running unattended; Ctrl+C stops everything")
-        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        started_at = time.monotonic()
+        deadline = None if args.seconds is None else started_at + args.seconds
+        timeline = list(WEATHER[1:])
         while not stop.wait(0.5):
             if panel and central.poll() is not None:
                 break  # the operator quit the panel
             if deadline is not None and time.monotonic() > deadline:
                 break
+            if timeline and time.monotonic() - started_at >= timeline[0][0]:
+                write_weather(simulated, timeline.pop(0)[1])
     finally:
         started = time.monotonic()
-        demo.say("stopping every program: drivers, Monitors, Engines, Central, broker...")
+        demo.say("stopping every program: " + ", ".join(label for _role, label in STOP_ORDER) + "...")
         demo.stop_all()
         demo.say(f"stopped in {time.monotonic() - started:.1f} s; nothing left running")
         if db is not None:

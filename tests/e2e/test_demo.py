@@ -37,7 +37,7 @@ def test_make_demo_runs_unattended_and_stops_cleanly(tmp_path):
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    for program in ("central", "CP001-engine", "CP002-monitor", "CP003-engine", "driver-D001", "driver-D002"):
+    for program in ("central", "CP001-engine", "CP002-monitor", "CP003-engine", "driver-D001", "driver-D002", "EV_W"):
         assert f"[{program}] " in out, f"no line from {program}:\n{out[-4000:]}"
     tickets = re.findall(r"\[driver-D00[12]\] .*TICKET of your supply at (CP00[123]): COMPLETED", out)
     assert len(tickets) >= 4, out[-4000:]

@@ -25,9 +25,11 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = {  # the demo's groups, in the order they must stop, with the programs of each
     "drivers": ["driver-D001", "driver-D002"],
+    "EV_W": ["EV_W"],
     "Monitors": ["CP001-monitor", "CP002-monitor", "CP003-monitor", "CP004-monitor"],
     "Engines": ["CP001-engine", "CP002-engine", "CP003-engine", "CP004-engine"],
     "Central": ["central"],
+    "EV_Registry": [],  # writes to registry.log only
     "broker": [],  # writes to broker.log only
 }
 
@@ -117,7 +119,8 @@ def test_ctrl_c_stops_the_demo_in_order_in_a_second_or_two_without_errors(tmp_pa
     assert lines[stopped + 2].startswith("Statement of account FLAT3B") and lines[-1].startswith("Total: "), text
 
     # every group's lines end before the demo says it stopped, and that comes before the next group's last
-    stopping = lines.index("[demo] stopping every program: drivers, Monitors, Engines, Central, broker...")
+    stopping = lines.index("[demo] stopping every program: drivers, EV_W, Monitors, Engines, Central, EV_Registry, "
+                           "broker...")
     previous = stopping
     for group, programs in PROGRAMS.items():
         said = lines.index(f"[demo] {group} stopped")
