@@ -1,18 +1,21 @@
 """Central's live events: what changed, for whoever listens (the API's ``GET /api/events``).
 
 ``EventHub.publish(kind, data)`` is called from any thread: the effects thread (a CP
-changed), the Kafka consumers (telemetry), a logging handler (a message), the API's
-watcher (health, weather). It never blocks and never raises:
+changed), the Kafka consumers (telemetry), a logging handler (a message), the API's feed
+(CPs, health, weather). It never blocks, never raises, and costs its caller almost nothing:
 
 - while nobody listens (and for ``linger`` seconds after the last listener left, so that
   a page reconnecting finds what it missed) it returns after one check of ``live``;
-- otherwise it numbers the event, turns ``data`` into JSON once (``data`` may be a
-  function, called only then), keeps it in a replay buffer of the last ``replay``
-  events, and appends it to each subscriber's queue;
+- otherwise it appends ``(kind, data)`` to a bounded list of pending events (``data`` may
+  be a function, called later); the hub's pump thread takes them every ``interval`` s,
+  numbers them, turns each into JSON once, keeps the last ``replay`` in a replay buffer, and
+  appends them to each subscriber's queue;
 - a subscriber whose queue holds ``queue_limit`` events is dropped there and then
-  (``Subscription.dropped``): a slow client loses its stream, never slows Central.
+  (``Subscription.dropped``): a slow client loses its stream, never slows Central. If the
+  pump itself falls ``pending_limit`` events behind, events are lost and every subscriber is
+  dropped (each comes back with a fresh snapshot).
 
-Subscribers (at most ``max_subscribers``) are read by one asyncio loop each: the hub wakes
+Subscribers (at most ``max_subscribers``) are read by one asyncio loop each: the pump wakes
 a subscriber's loop with ``call_soon_threadsafe`` only when its queue was empty.
 ``subscribe(last_event_id)`` replays the events after that one still in the buffer
 (``Subscription.gap`` tells when some are gone: the reader must fetch the state again).
@@ -41,6 +44,8 @@ REPLAY = 2048  # events kept for reconnecting readers
 QUEUE_LIMIT = 2048  # events waiting for one subscriber before it is dropped
 MAX_SUBSCRIBERS = 32
 LINGER = 60.0  # s events are still numbered and kept after the last subscriber left
+INTERVAL = 0.02  # s between two rounds of the pump while someone listens
+PENDING_LIMIT = 100_000  # events published but not yet pumped
 QUIET_LOGGERS = ("ev_central.live",)  # per-second figures: the telemetry events carry them
 
 
@@ -154,23 +159,34 @@ class Subscription:
 
 
 class EventHub:
-    """See the module's doc. ``clock``: monotonic seconds (tests inject one)."""
+    """See the module's doc. ``clock``: monotonic seconds (tests inject one). ``pump``: run the
+    pump thread (False: the caller runs ``pump_now()``, as the unit tests do)."""
 
     def __init__(self, *, replay: int = REPLAY, queue_limit: int = QUEUE_LIMIT,
-                 max_subscribers: int = MAX_SUBSCRIBERS, linger: float = LINGER,
+                 max_subscribers: int = MAX_SUBSCRIBERS, linger: float = LINGER, interval: float = INTERVAL,
+                 pending_limit: int = PENDING_LIMIT, pump: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if replay < 1 or queue_limit < 1 or max_subscribers < 1 or linger < 0:
-            raise ValueError("EventHub: replay, queue_limit and max_subscribers >= 1, linger >= 0")
+        if replay < 1 or queue_limit < 1 or max_subscribers < 1 or linger < 0 or interval <= 0 or pending_limit < 1:
+            raise ValueError("EventHub: replay, queue_limit, max_subscribers, pending_limit >= 1, linger >= 0, "
+                             "interval > 0")
         self.queue_limit = queue_limit
         self.max_subscribers = max_subscribers
         self.linger = linger
+        self.interval = interval
+        self.pending_limit = pending_limit
         self._clock = clock
         self._lock = threading.Lock()
+        self._pumping = threading.Lock()  # one round at a time
+        self._pending: collections.deque[tuple[str, Any]] = collections.deque()
         self._subscribers: list[Subscription] = []
         self._replay: collections.deque[Event] = collections.deque(maxlen=replay)
         self._last_id = 0
         self.run = secrets.token_hex(4)
         self._idle_since: float | None = None
+        self._lost = 0  # events not even pended (the pump fell behind): every reader must start again
+        self._pump = pump
+        self._thread: threading.Thread | None = None
+        self._wakeup = threading.Event()  # someone subscribed: the pump starts its rounds
         self.live = False  # someone listens, or did within ``linger`` s: publish does its work
         self.published = 0
         self.dropped = 0  # subscribers dropped for falling behind
@@ -179,36 +195,73 @@ class EventHub:
 
     def publish(self, kind: str, data: Any | Callable[[], Any]) -> None:
         """Send an event of ``kind`` to every subscriber (see the module's doc). ``data``: a
-        JSON-able value, or a function making it (called only when someone listens)."""
+        JSON-able value, or a function making it (called by the pump, only when someone listens)."""
         if not self.live:
             return
-        try:
-            if callable(data):
-                data = data()
-            text = to_json(data)
-        except Exception:  # a bad event must not break its publisher (the effects thread...)
-            log.exception("event %s could not be made", kind)
+        if len(self._pending) >= self.pending_limit:
+            self._lost += 1
             return
-        dropped = []
+        self._pending.append((kind, data))
+
+    # -- the pump -------------------------------------------------------------------------------
+
+    def _run_pump(self) -> None:
+        while True:
+            if not self.live:
+                self._wakeup.wait()
+                self._wakeup.clear()
+            time.sleep(self.interval)
+            try:
+                self.pump_now()
+            except Exception:  # the pump goes on
+                log.exception("live events: a round of the pump failed")
+
+    def pump_now(self) -> None:
+        """Number, encode and deliver what was published (the pump thread, or a test)."""
+        with self._pumping:
+            items = []
+            while self._pending:
+                items.append(self._pending.popleft())
+            made = []
+            for kind, data in items:
+                try:
+                    made.append((kind, to_json(data() if callable(data) else data)))
+                except Exception:  # a bad event is left out; the others go
+                    log.exception("event %s could not be made", kind)
+            self._deliver(made)
+
+    def _deliver(self, made: list[tuple[str, str]]) -> None:
+        dropped: list[Subscription] = []
         with self._lock:
-            if not self._subscribers and self._idle_since is not None:
+            if self._lost:  # events are missing: nobody can follow from here
+                self._lost = 0
+                self._last_id += 1  # this number stands for the events lost, a gap to all
+                self._replay.clear()
+                dropped, self._subscribers = self._subscribers, []
+                for subscriber in dropped:
+                    subscriber._drop()
+                self._idle_since = self._clock()
+            elif not self._subscribers and self._idle_since is not None:
                 if self._clock() - self._idle_since > self.linger:
                     self.live = False
                     self._replay.clear()  # a reader back after this long fetches the state again:
                     self._last_id += 1  # this number stands for the changes not kept, a gap to all
+                    self._pending.clear()
                     return
-            self._last_id += 1
-            event = Event(self._last_id, kind, text, self.run)
-            self._replay.append(event)
-            self.published += 1
-            for subscriber in self._subscribers:
-                if not subscriber._push(event, self.queue_limit):
-                    dropped.append(subscriber)
+            for kind, text in made:
+                self._last_id += 1
+                event = Event(self._last_id, kind, text, self.run)
+                self._replay.append(event)
+                for subscriber in self._subscribers:
+                    if not subscriber.dropped and not subscriber._push(event, self.queue_limit):
+                        dropped.append(subscriber)
+            self.published += len(made)
             for subscriber in dropped:
                 self._remove(subscriber)
             self.dropped += len(dropped)
-        for subscriber in dropped:  # (outside the lock: the log line is an event too)
-            log.warning("a live-events reader fell %d events behind: its stream is dropped", self.queue_limit)
+        if dropped:  # (outside the lock: the log line is an event too)
+            log.warning("%d live-events reader(s) fell behind (%d events queued, or events lost): their streams "
+                        "are dropped", len(dropped), self.queue_limit)
 
     # -- subscribing ------------------------------------------------------------------------------
 
@@ -236,6 +289,10 @@ class EventHub:
             self._subscribers.append(subscriber)
             self._idle_since = None
             self.live = True
+            if self._pump and self._thread is None:
+                self._thread = threading.Thread(target=self._run_pump, name="live-events", daemon=True)
+                self._thread.start()
+        self._wakeup.set()
         return subscriber
 
     def _parse(self, event_id: str) -> int | None:
