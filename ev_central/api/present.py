@@ -75,9 +75,12 @@ class Presenter:
 
     # -- CPs ----------------------------------------------------------------------------------
 
-    def cps(self) -> list[Json]:
+    def cps(self, cp_ids: list[str] | None = None) -> list[Json]:
+        """Every CP, or those of ``cp_ids`` that exist (one look at the supplies for all)."""
         supplies = {row.cp_id: row for row in self.central.book.open_sessions()}
-        return [self._cp(row, supplies.get(row.cp_id)) for row in self.central.network.snapshot()]
+        network = self.central.network
+        rows = network.snapshot() if cp_ids is None else [row for row in map(network.get, cp_ids) if row is not None]
+        return [self._cp(row, supplies.get(row.cp_id)) for row in rows]
 
     def cp(self, cp_id: str) -> Json | None:
         row = self.central.network.get(cp_id)

@@ -13,11 +13,13 @@ idle kept-alive connection, each write of a live stream (ev_central/api/sse.py);
 ``limit_concurrency`` connections and tasks at once (503 past that). Client addresses are the
 peers' own: ``X-Forwarded-For`` is not trusted.
 
-``LiveFeed`` publishes to Central's ``EventHub``: ``cp`` and ``alert`` events from each CP change
+``LiveFeed`` publishes to Central's ``EventHub``: ``alert`` events from each CP change
 (SupplyService.on_cp_change, the effects thread), ``telemetry`` (SupplyService.on_progress),
-``message`` (a logging handler), and from a watcher thread, once a second, ``health`` and
+``message`` (a logging handler); and from its own thread ``cp`` events, each CP that changed
+once per ``CP_BATCH`` s (the effects thread only notes which: a CP changing ten times in a
+moment is one event, made with one look at the supplies), and once a second ``health`` and
 ``weather`` when they changed (and ``alert`` when a part starts or stops failing, or a weather
-alert starts or ends); the watcher also reads the CPs' registrations every 10 s and asks
+alert starts or ends); that thread also reads the CPs' registrations every 10 s and asks
 EV_Registry every 15 s. Nothing of it works while nobody listens, but for those two reads.
 """
 
@@ -44,6 +46,7 @@ log = logging.getLogger("ev_central.api")
 LIMIT_CONCURRENCY = 128
 GRACEFUL_SHUTDOWN = 3
 WATCH_INTERVAL = 1.0
+CP_BATCH = 0.1  # s: the changed CPs' events are made this often
 REGISTRATIONS_INTERVAL = 10.0
 REGISTRY_INTERVAL = 15.0
 OUT_OF_SERVICE = {AVERIADO: "faulty", DESCONECTADO: "disconnected", PARADO: "out of order"}
@@ -78,6 +81,9 @@ class LiveFeed:
         self.registry_interval = registry_interval
         self._handler = EventLogHandler(api.hub)
         self._stop = threading.Event()
+        self._changed = threading.Event()  # CPs changed (or stop): the thread makes their events
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._health: tuple | None = None
         self._failing: set[str] = set()
@@ -101,6 +107,7 @@ class LiveFeed:
             supplies.on_progress = None
         logging.getLogger().removeHandler(self._handler)
         self._stop.set()
+        self._changed.set()
         if self._thread is not None:
             self._thread.join(10)
 
@@ -110,7 +117,9 @@ class LiveFeed:
         hub = self.hub
         if not hub.live:
             return
-        hub.publish("cp", lambda: self.api.presenter.cp(change.cp_id))
+        with self._dirty_lock:
+            self._dirty.add(change.cp_id)
+        self._changed.set()
         now = change.at
         if interrupted is not None:
             hub.publish("alert", {"at": now, "level": "warning", "kind": "supply_interrupted",
@@ -129,20 +138,34 @@ class LiveFeed:
     # -- the watcher thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_registrations = next_registry = 0.0
+        next_watch = next_registrations = next_registry = 0.0
         while not self._stop.is_set():
-            now = time.monotonic()
             try:
-                if now >= next_registrations:
-                    next_registrations = now + self.registrations_interval
-                    self.api.registrations.refresh()
-                if self.api.registry is not None and now >= next_registry:
-                    next_registry = now + self.registry_interval
-                    self.api.registry.check()
-                self.watch()
+                self._publish_cps()
+                now = time.monotonic()
+                if now >= next_watch:
+                    next_watch = now + self.interval
+                    if now >= next_registrations:
+                        next_registrations = now + self.registrations_interval
+                        self.api.registrations.refresh()
+                    if self.api.registry is not None and now >= next_registry:
+                        next_registry = now + self.registry_interval
+                        self.api.registry.check()
+                    self.watch()
             except Exception:  # the watcher goes on
                 log.exception("API: watching Central's health failed; will retry")
-            self._stop.wait(self.interval)
+            self._changed.wait(max(0.0, next_watch - time.monotonic()))
+            if not self._stop.is_set():
+                self._stop.wait(CP_BATCH)  # more changes join this batch
+            self._changed.clear()
+
+    def _publish_cps(self) -> None:
+        """A ``cp`` event for each CP that changed since the last batch."""
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        if dirty and self.hub.live:
+            for cp in self.api.presenter.cps(sorted(dirty)):
+                self.hub.publish("cp", cp)
 
     def watch(self) -> None:
         """While someone listens, publish what changed."""

@@ -7,6 +7,9 @@ id; then every event as it comes (``id:``, ``event:``, ``data:`` one JSON line),
 comment line every ``heartbeat`` seconds while nothing happens (proxies and browsers keep
 the connection). A reader that falls behind is dropped by the hub: it gets a last
 ``overflow`` event and the stream ends (the browser reconnects, with its ``Last-Event-ID``).
+Events are written as they come, but at most one write per ``BATCH`` s: in a burst (thousands
+of CPs registering at once) a reader costs Central a write and a wake-up 20 times a second,
+not one per event.
 
 A client that stops reading is never waited for: each write has ``send_timeout`` seconds;
 past that, or as soon as the hub drops it while a write is stuck, its connection is cut
@@ -29,6 +32,7 @@ log = logging.getLogger("ev_central.api")
 
 HEARTBEAT = 15.0
 SEND_TIMEOUT = 10.0
+BATCH = 0.05  # s after a write before the next: events that come meanwhile go in one write
 RETRY_MS = 2000
 ABORT = "ev.abort"  # the ASGI scope's key for a function that cuts the connection at once
 
@@ -87,6 +91,7 @@ class EventStream(Response):
             if events:
                 if not await self._body(send, abort, b"".join(event.frame() for event in events)):
                     return
+                await asyncio.sleep(BATCH)
                 continue
             if sub.dropped:
                 why = "Central is stopping" if sub.closed else "this reader fell behind"
