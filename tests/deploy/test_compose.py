@@ -755,3 +755,22 @@ def test_one_machine_runs_in_secure_mode_with_the_secrets_made_on_first_start():
                    mounts["central"]["/data"]}
         assert not private & set(mounts[name].values()), f"{name} mounts a private key or the master key"
         check_program_argv(argv, env)  # --credentials with EV_CENTRAL_CA: accepted by the Monitor's parser
+
+
+def test_one_machine_weather_office_reports_to_centrals_api_with_its_token():
+    compose = load(BASE)
+    services = compose["services"]
+    central = services_running(compose, "EV_Central")["central"]
+    offices = services_running(compose, "EV_W")
+    assert set(offices) == {"weather", "weather-openweather"}
+    for name, argv in offices.items():
+        assert flag(argv, "--central-api") == f"https://central:{flag(central, '--api-port')}", name
+        assert flag(argv, "--token-file") == flag(central, "--weather-token-file"), name
+        assert flag(argv, "--central-ca").rsplit("/", 1)[1] == flag(central, "--api-cert").rsplit("/", 1)[1], name
+        check_program_argv(argv, environment(services[name]))
+    assert "--simulate" in offices["weather"] and not services["weather"].get("profiles")
+    assert services["weather-openweather"]["profiles"] == ["openweather"]
+    assert environment(services["weather-openweather"])["OPENWEATHER_API_KEY"] == ""  # from an env file, never here
+    located = {line.split()[0] for line in (ROOT / "deploy/weather/locations.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert located == {flag(argv, "--cp_id") for argv in services_running(compose, "EV_CP_M").values()}
