@@ -262,6 +262,12 @@ class Store(abc.ABC):
         """Accounts ordered by account_id, those after ``after``; at most ``limit``."""
         return [row for row in self.list_accounts() if after is None or row.account_id > after][:limit]
 
+    def list_audit_before(self, before_seq: int, action: str | None = None, limit: int = 100) -> list[AuditRow]:
+        """The last ``limit`` audit entries before ``before_seq`` (of one action, or a prefix
+        ending in "."), oldest first."""
+        rows = [row for row in self.list_audit(action=action, limit=2**31 - 1) if row.seq < before_seq]
+        return rows[-limit:] if limit else []
+
     @abc.abstractmethod
     def sessions_of_account(self, account_id: str, start: datetime | None = None,
                             end: datetime | None = None) -> list[SessionRow]:

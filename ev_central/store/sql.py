@@ -947,6 +947,20 @@ class SQLStore(Store):
         sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT :limit"
         return [_audit_row(row) for row in self._run(lambda cur: _rows(cur, sql, params), write=False)]
 
+    def list_audit_before(self, before_seq: int, action: str | None = None, limit: int = 100) -> list[AuditRow]:
+        """(newest first in SQL, served by the primary key or ix_audit_log_action; oldest first
+        in the answer)"""
+        where, params = ["seq < :before"], {"before": to_count(before_seq, "before_seq"),
+                                            "limit": to_count(limit, "limit")}
+        if action and action.endswith("."):  # a family, as list_audit takes it
+            where.append("SUBSTR(action, 1, :action_len) = :action")
+            params["action"], params["action_len"] = action, len(action)
+        elif action:
+            where.append("action = :action")
+            params["action"] = action
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT :limit"
+        return [_audit_row(row) for row in reversed(self._run(lambda cur: _rows(cur, sql, params), write=False))]
+
     def audit_head(self) -> tuple[int, str]:
         rows = self._run(lambda cur: _rows(cur, SELECT_AUDIT_HEAD), write=False)
         return (int(rows[0][0]), rows[0][1]) if rows else (0, GENESIS)

@@ -45,3 +45,16 @@ def test_drivers_and_accounts_pages(store):  # noqa: F811
     page = store.list_accounts_page(after="A", limit=1)
     assert [(a.account_id, a.name, a.kind, a.active) for a in page] == [("B", "account B", "company", True)]
     assert [a.account_id for a in store.list_accounts_page()] == ["A", "B", "C"]
+
+
+def test_audit_entries_before_a_seq_of_an_action_or_a_family(store):  # noqa: F811
+    from ev_central.core.entities import AuditEntry
+
+    entries = [AuditEntry(T0 + timedelta(seconds=n), "CP1", "10.0.0.1", action, f"entry {n}", "ok")
+               for n, action in enumerate(["cp.fault", "key.issue", "cp.recover", "cp.fault", "key.revoke"])]
+    store.append_audit(entries)
+    assert [r.entry.details for r in store.list_audit_before(6, limit=2)] == ["entry 3", "entry 4"]
+    assert [r.entry.details for r in store.list_audit_before(4, "cp.fault")] == ["entry 0"]
+    assert [r.entry.details for r in store.list_audit_before(6, "cp.", limit=2)] == ["entry 2", "entry 3"]
+    assert [r.seq for r in store.list_audit_before(6, "key.")] == [2, 5]
+    assert store.list_audit_before(1) == [] and store.list_audit_before(6, "x' OR 1=1") == []
