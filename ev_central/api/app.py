@@ -400,11 +400,7 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
             head = store.audit_head()[0]
             if after is not None:
                 return head, store.list_audit(action=action, after_seq=after, limit=limit)
-            end = min(head, before - 1) if before is not None else head
-            if action is None:  # seq numbers are consecutive: the page is the last `limit` up to `end`
-                return head, store.list_audit(after_seq=max(0, end - limit), limit=min(limit, end))
-            rows = store.list_audit(action=action, after_seq=0, limit=2**31 - 1) if end else []
-            return head, [row for row in rows if row.seq <= end][-limit:]
+            return head, store.list_audit_before(min(head + 1, before or head + 1), action, limit)
 
         head, rows = await api.db.call(read)
         entries = [{"seq": r.seq, "at": r.entry.at, "actor": r.entry.actor, "source_ip": r.entry.source_ip,
@@ -438,11 +434,10 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
 
     def stop_or_resume(verb: str, cp_ids: list[str] | None) -> dict:
         action = central.stop_cp if verb == "stop" else central.resume_cp
-        done = []
-        for cp_id in cp_ids if cp_ids is not None else central.cp_ids():
+        cp_ids = cp_ids if cp_ids is not None else central.cp_ids()
+        for cp_id in cp_ids:
             action(cp_id)
-            done.append(present.cp(cp_id))
-        return {"cps": done}
+        return {"cps": present.cps(cp_ids)}
 
     cp_command = {"dependencies": [OPERATOR_TOKEN], "responses": {200: {"model": m.CP}, **COMMAND_ERRORS}}
     all_command = {"dependencies": [OPERATOR_TOKEN], "responses": {200: {"model": m.CPList}, **COMMAND_ERRORS}}
