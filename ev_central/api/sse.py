@@ -120,18 +120,21 @@ class EventStream(Response):
         if self._gone.is_set():
             return False
         writing = asyncio.ensure_future(send(message))
-        dropped = asyncio.ensure_future(self._dropped())
+        waiting = {writing}
+        if not self.subscription.dropped:  # (a reader dropped already gets its last write, in time)
+            waiting.add(asyncio.ensure_future(self._dropped()))
         try:
-            done, _ = await asyncio.wait({writing, dropped}, timeout=timeout or self.send_timeout,
+            done, _ = await asyncio.wait(waiting, timeout=timeout or self.send_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
-            dropped.cancel()
+            for task in waiting - {writing}:
+                task.cancel()
         if writing in done:
             writing.result()
             return True
         writing.cancel()
-        log.warning("a live-events reader did not take its events for %g s%s: its connection is cut",
-                    timeout or self.send_timeout, " and fell behind" if self.subscription.dropped else "")
+        log.warning("a live-events reader did not take its events%s: its connection is cut",
+                    " and fell behind" if self.subscription.dropped else f" for {timeout or self.send_timeout:g} s")
         self._cut(abort)
         return False
 

@@ -167,3 +167,23 @@ def test_too_many_readers_are_refused_and_central_stopping_ends_every_stream(sta
     finally:
         first.close()
         second.close()
+
+
+def test_a_reader_that_falls_behind_gets_a_last_overflow_event(start_api):
+    hub = EventHub(queue_limit=10)
+    running = start_api(hub=hub)
+    reader = EventReader(running.url)
+    try:
+        reader.next()
+        for n in range(50):  # in one round of the pump: more than the reader's queue
+            hub.publish("test", {"n": n})
+        end = reader.until(lambda e: e.event == "overflow", 3.0, "the overflow event")
+        assert end.data["reason"] == "this reader fell behind"
+        assert reader.next(3.0) is None  # and the stream ends
+        last = [e for e in reader.events if e.event == "test"][-1]
+        back = EventReader(running.url, last.id)  # as the browser comes back: it misses nothing
+        missed = [back.next() for _ in range(49 - last.data["n"])]
+        assert [e.data["n"] for e in missed] == list(range(last.data["n"] + 1, 50))
+        back.close()
+    finally:
+        reader.close()
