@@ -1,0 +1,1 @@
+"""EV_Front, Central's web page, in a real browser (Playwright driving Debian's Chromium)."""
