@@ -54,9 +54,6 @@ class TokenGate:
         self.limiter = limiter if limiter is not None else FailureLimiter()
         self.audit = audit
 
-    def configured(self, realm: str) -> bool:
-        return self._digests[realm] is not None
-
     def check(self, realm: str, authorization: str | None, source: str, request: str) -> Verdict:
         """Allowed, or why not (a locked-out address is refused without a check)."""
         expected = self._digests[realm]

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ev_common.mcsp import masked
-from ev_common.words import DESCONECTADO, KEYS_REVOKED, OUT_OF_ORDER, STATE_MEANINGS, WEATHER_ALERT
+from ev_common.words import AVERIADO, DESCONECTADO, KEYS_REVOKED, OUT_OF_ORDER, PARADO, STATE_MEANINGS, WEATHER_ALERT
 
 from ..core.entities import CPRow, RegistrationRow, SessionRow
 from ..store.base import StoreError
@@ -113,11 +113,11 @@ class Presenter:
     def _reason(self, row: CPRow, fault: str | None, weather: bool, revoked: bool) -> str | None:
         """Why the CP is out of service, for people; None when it is in service."""
         state = row.state
-        if state == "AVERIADO":
+        if state == AVERIADO:
             return f"Engine fault: {fault}" if fault else "faulty"
         if state == DESCONECTADO:
             return KEYS_REVOKED if revoked else "no Monitor connected"
-        if state != "PARADO":
+        if state != PARADO:
             return None
         reasons = []
         if row.stopped:

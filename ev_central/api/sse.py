@@ -44,16 +44,13 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, hub: EventHub, subscription: Subscription, snapshot: Callable[[], dict] | None, *,
-                 heartbeat: float = HEARTBEAT, send_timeout: float = SEND_TIMEOUT,
-                 headers: dict[str, str] | None = None) -> None:
+                 heartbeat: float = HEARTBEAT, send_timeout: float = SEND_TIMEOUT) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self.hub = hub
         self.subscription = subscription
         self.snapshot = snapshot
         self.heartbeat = heartbeat
         self.send_timeout = send_timeout
-        self.extra_headers = headers or {}
-        self._sending = False
         self._gone = asyncio.Event()  # the client disconnected, or its connection was cut
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,7 +73,6 @@ class EventStream(Response):
     async def _stream(self, send: Send, abort) -> None:
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
                    (b"x-accel-buffering", b"no")]
-        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.extra_headers.items()]
         if not await self._send(send, abort, {"type": "http.response.start", "status": 200, "headers": headers}):
             return
         first = f"retry: {RETRY_MS}\n\n".encode()
