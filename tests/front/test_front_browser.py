@@ -283,3 +283,46 @@ def test_the_weather_and_failing_modules_in_the_banner(runner, tansu_factory, ka
         browsing.context.close()
     finally:
         front.close()
+
+
+def test_secure_mode_keys_revoke_and_stop_all_from_the_page(runner, kafka_bootstrap, kafka_topic_prefix,
+                                                             fresh_mysql_url, browser):
+    """Secure mode: each tile shows its key masked; Revoke keys (confirmed) from the page; a
+    confirmation dismissed does nothing; Stop all and Resume all."""
+    from .conftest import open_browsing
+    from .frontsys import FrontSystem
+
+    front = FrontSystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix, secure=True)
+    try:
+        front.start_central()
+        front.start_cp("CP001")
+        front.start_cp("CP002")
+        browsing = open_browsing(browser, front)
+        page = browsing.page
+        browsing.mark()
+        for cp_id in ("CP001", "CP002"):
+            expect(browsing.tile(cp_id).locator(".key")).to_have_text(re.compile(r"^v\d+ SHA256:[0-9a-f]{4}…$"))
+        browsing.enter_token(OPERATOR_TOKEN)
+        result = page.locator("#command-result")
+        revoke = page.get_by_role("button", name="Revoke the keys of CP001")
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        revoke.click()
+        expect(result).to_have_text("Token entered. Central checks it at the first command.")  # dismissed: not sent
+        page.once("dialog", lambda dialog: dialog.accept())
+        revoke.click()
+        expect(result).to_contain_text("Revoke keys CP001: done: CP001 DESCONECTADO")
+        front.central.wait_for_output(r"API command from 127\.0\.0\.1: keys revoke CP001 -> CP001 DESCONECTADO")
+        assert front.central.output().count("API command from 127.0.0.1: keys revoke CP001") == 1
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Stop all").click()
+        expect(result).to_contain_text("Stop all: done")
+        expect(browsing.tile("CP002")).to_have_attribute("data-state", "PARADO", timeout=5_000)
+        page.get_by_role("button", name="Resume all").click()
+        expect(result).to_contain_text("Resume all: done")
+        expect(browsing.tile("CP002")).to_have_attribute("data-state", "ACTIVADO", timeout=5_000)
+        browsing.assert_not_reloaded()
+        browsing.assert_no_page_errors()
+        browsing.assert_local()
+        browsing.context.close()
+    finally:
+        front.close()
