@@ -12,7 +12,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from ev_registry.api import Error, FieldError  # noqa: F401  (the same errors as EV_Registry's)
 
 ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"  # CP, driver, account and session ids (ev_common.protocol Identifier)
 ID_PATTERN = re.compile(ID_REGEX)
@@ -86,39 +88,28 @@ CITY_SCHEMA = {"type": "string", "minLength": 3, "maxLength": CITY_MAX, "pattern
 CP_IDS_SCHEMA = {"type": "array", "maxItems": MAX_CPS, "items": {"type": "string", "pattern": ID_REGEX},
                  "description": "the CPs at that location", "examples": [["CP001", "CP002"]]}
 
+CityName = Annotated[str, BeforeValidator(check_city), WithJsonSchema(CITY_SCHEMA)]
+Temperature = Annotated[Decimal, BeforeValidator(check_temperature), WithJsonSchema(TEMPERATURE_SCHEMA)]
+CPIds = Annotated[list[str], BeforeValidator(check_cp_ids), WithJsonSchema(CP_IDS_SCHEMA)]
+
+
+def check_error(value: object) -> object:
+    if value is not None and (not isinstance(value, str) or not value.isprintable()):
+        raise ValueError("error is printable text")
+    return value
+
 
 class CityReportIn(BaseModel):
     """EV_W's check of one city."""
 
     model_config = ConfigDict(extra="forbid")
 
-    city: Annotated[str, WithJsonSchema(CITY_SCHEMA)]
-    temperature: Annotated[Decimal | None, WithJsonSchema({"anyOf": [TEMPERATURE_SCHEMA, {"type": "null"}]})] = None
-    cp_ids: Annotated[list[str], WithJsonSchema(CP_IDS_SCHEMA)] = Field(default_factory=list)
-    error: str | None = Field(None, max_length=ERROR_MAX, description="why there is no temperature")
+    city: CityName
+    temperature: Annotated[Temperature | None, WithJsonSchema({"anyOf": [TEMPERATURE_SCHEMA, {"type": "null"}]})] = None
+    cp_ids: CPIds = Field(default_factory=list)
+    error: Annotated[str | None, BeforeValidator(check_error)] = Field(None, max_length=ERROR_MAX,
+                                                                        description="why there is no temperature")
     simulated: bool = Field(False, description="read from EV_W's simulation file, not OpenWeather")
-
-    @field_validator("city", mode="before")
-    @classmethod
-    def _city(cls, value: object) -> str:
-        return check_city(value)
-
-    @field_validator("cp_ids", mode="before")
-    @classmethod
-    def _cp_ids(cls, value: object) -> list[str]:
-        return check_cp_ids(value)
-
-    @field_validator("temperature", mode="before")
-    @classmethod
-    def _temperature(cls, value: object) -> Decimal | None:
-        return None if value is None else check_temperature(value)
-
-    @field_validator("error", mode="before")
-    @classmethod
-    def _error(cls, value: object) -> str | None:
-        if value is not None and (not isinstance(value, str) or not value.isprintable()):
-            raise ValueError("error is printable text")
-        return value
 
 
 class WeatherReportIn(BaseModel):
@@ -136,18 +127,8 @@ class AlertIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"temperature": -2.5,
                                                                                "cp_ids": ["CP001"]}]})
 
-    temperature: Annotated[Decimal, WithJsonSchema(TEMPERATURE_SCHEMA)]
-    cp_ids: Annotated[list[str], WithJsonSchema(CP_IDS_SCHEMA)]
-
-    @field_validator("cp_ids", mode="before")
-    @classmethod
-    def _cp_ids(cls, value: object) -> list[str]:
-        return check_cp_ids(value)
-
-    @field_validator("temperature", mode="before")
-    @classmethod
-    def _temperature(cls, value: object) -> Decimal:
-        return check_temperature(value)
+    temperature: Temperature
+    cp_ids: CPIds
 
 
 # -- answers (documentation; tests check the handlers' JSON against them) ------------------------
@@ -345,12 +326,3 @@ class Health(Strict):
     failing: list[Failing]
 
 
-class FieldError(Strict):
-    field: str
-    message: str
-
-
-class Error(Strict):
-    error: str = Field(description="a short code: unauthorized, forbidden, not_found, conflict, invalid...")
-    message: str
-    fields: list[FieldError] | None = None
