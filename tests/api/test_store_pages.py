@@ -58,3 +58,21 @@ def test_audit_entries_before_a_seq_of_an_action_or_a_family(store):  # noqa: F8
     assert [r.entry.details for r in store.list_audit_before(6, "cp.", limit=2)] == ["entry 2", "entry 3"]
     assert [r.seq for r in store.list_audit_before(6, "key.")] == [2, 5]
     assert store.list_audit_before(1) == [] and store.list_audit_before(6, "x' OR 1=1") == []
+
+
+def test_the_stores_own_pages_answer_as_the_generic_ones(store):  # noqa: F811
+    """Store's generic pages (over the full lists, for stores without SQL) and the SQL ones agree."""
+    from ev_central.core.entities import AuditEntry
+    from ev_central.store.base import Store
+
+    for driver in ("D2", "D1", "D3"):
+        store.add_driver(driver)
+    store.add_account("A1", "one", "company")
+    store.save_sessions([session(n, "CP1", "D1", T0 + timedelta(minutes=n % 3)) for n in range(6)])
+    store.append_audit([AuditEntry(T0, "CP1", "", "cp.fault" if n % 2 else "key.issue", f"e{n}", "ok")
+                        for n in range(6)])
+    cases = [("list_drivers_page", (None, 2)), ("list_drivers_page", ("D1", 5)), ("list_accounts_page", (None, 5)),
+             ("list_sessions_page", ("CP1", "D1", None, 4)), ("list_sessions_page", (None, None, "s004", 3)),
+             ("list_audit_before", (6, "cp.", 2)), ("list_audit_before", (4, None, 10))]
+    for name, args in cases:
+        assert getattr(store, name)(*args) == getattr(Store, name)(store, *args), (name, args)
