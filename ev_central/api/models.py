@@ -25,7 +25,7 @@ CITY_PATTERN = re.compile(CITY_REGEX)
 TEMPERATURE_MIN, TEMPERATURE_MAX = Decimal(-100), Decimal(100)
 MAX_REPORTS = 1000  # cities in one report
 MAX_CPS = 1000  # CPs at one location
-ERROR_MAX = 300
+ERROR_MAX = 1000  # an EV_W error text accepted (the weather office keeps 300 characters of it)
 ACTION_REGEX = r"^[a-z][a-z_]{0,31}(\.[a-z_]{1,32})?\.?$"
 
 CPId = Annotated[str, Path(pattern=ID_REGEX, description="1-64 characters from A-Z a-z 0-9 _ -", examples=["CP001"])]
