@@ -44,8 +44,8 @@ from pathlib import Path
 from .linkstate import LinkBroken, LinkTimeout
 
 __all__ = ["Certificate", "CertificateRejected", "TLSChannel", "TLSClient", "TLSError", "TLSTimeout",
-           "client_context", "ensure_certificate", "fingerprint_of", "format_fingerprint", "parse_fingerprint",
-           "server_context"]
+           "client_context", "ensure_certificate", "fingerprint_of", "format_fingerprint", "harden",
+           "parse_fingerprint", "server_context"]
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,9 @@ def _load(cert_path: Path, key_path: Path, name: str, hosts) -> Certificate:
 # -- contexts -----------------------------------------------------------------------------------
 
 
-def _harden(context: ssl.SSLContext) -> ssl.SSLContext:
+def harden(context: ssl.SSLContext) -> ssl.SSLContext:
+    """``context`` (a server's or a client's) made to speak TLS 1.2 or newer, without compression
+    nor renegotiation; returned for chaining."""
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0) | ssl.OP_NO_COMPRESSION
     return context
@@ -292,7 +294,7 @@ def _harden(context: ssl.SSLContext) -> ssl.SSLContext:
 
 def server_context(cert_path: str | os.PathLike, key_path: str | os.PathLike) -> ssl.SSLContext:
     """Central's side: TLS 1.2 or newer with this certificate and key; no client certificate asked."""
-    context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.load_cert_chain(os.fspath(cert_path), os.fspath(key_path))
     try:
         context.num_tickets = 0  # Monitors do not resume sessions: no tickets to make for each
@@ -310,7 +312,7 @@ def client_context(*, ca_file: str | os.PathLike | None = None, fingerprint: str
     if (ca_file is None) == (fingerprint is None):
         raise ValueError("give exactly one of ca_file (verify Central's certificate chain) or fingerprint "
                          "(pin Central's certificate)")
-    context = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     pin = None
     if ca_file is not None:
         path = os.fspath(ca_file)

@@ -6,7 +6,7 @@
     client.list()                # [{...}, ...]
     client.deregister("CP001")
 
-The Registry is trusted in one of three ways:
+The Registry is trusted in one of three ways (``ev_common.https_client``):
 
 * ``ca_file``: its certificate chain must lead to a certificate in this PEM file, and name the
   host in the URL (for a certificate issued by an organisation's CA);
@@ -25,17 +25,15 @@ token and credentials are never put in messages or logs.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ssl
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpcore
 import httpx
 
-from ev_common.tls import format_fingerprint, parse_fingerprint
+from ev_common.https_client import PinnedTransport, transport, transport_message
+
+PEER = "the Registry"  # how messages name it: "the Registry's certificate ... was not accepted"
 
 __all__ = ["RegistryClient", "RegistryError"]
 
@@ -50,102 +48,6 @@ class RegistryError(Exception):
         self.status = status
         self.message = message
         self.error = error
-
-
-class CertificatePinMismatch(httpcore.ConnectError):
-    """The Registry's certificate is not the pinned one (raised inside the transport)."""
-
-
-# -- the pinned transport -------------------------------------------------------------------------
-
-
-class _PinCheckingStream(httpcore.NetworkStream):
-    """A TCP stream whose ``start_tls`` checks the peer's certificate against the pin before
-    returning the TLS stream, so nothing is written to an unverified peer."""
-
-    def __init__(self, inner: httpcore.NetworkStream, pin: bytes) -> None:
-        self._inner = inner
-        self._pin = pin
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, timeout)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
-        der = _peer_certificate(tls)
-        digest = hashlib.sha256(der).digest() if der else b""
-        if not der or not hmac.compare_digest(digest, self._pin):
-            tls.close()
-            found = format_fingerprint(digest) if der else "no certificate"
-            raise CertificatePinMismatch(f"the Registry's certificate {found} does not match the pinned fingerprint "
-                                         f"{format_fingerprint(self._pin)}")
-        return tls
-
-
-def _peer_certificate(stream: httpcore.NetworkStream) -> bytes | None:
-    sock = stream.get_extra_info("socket")
-    if isinstance(sock, ssl.SSLSocket):
-        return sock.getpeercert(binary_form=True)
-    ssl_object = stream.get_extra_info("ssl_object")
-    if ssl_object is not None:
-        return ssl_object.getpeercert(True)
-    return None
-
-
-class _PinCheckingBackend(httpcore.NetworkBackend):
-    def __init__(self, pin: bytes) -> None:
-        self._inner = httpcore.SyncBackend()
-        self._pin = pin
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options=None) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
-                                         socket_options=socket_options)
-        return _PinCheckingStream(stream, self._pin)
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
-        raise httpcore.ConnectError("EV_Registry is reached over TCP only")
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-class _PinnedTransport(httpx.HTTPTransport):
-    """httpx's transport with a connection pool whose connections check the pin after the
-    handshake (``httpx.HTTPTransport`` takes no network backend: its pool is replaced)."""
-
-    def __init__(self, pin: bytes, context: ssl.SSLContext) -> None:
-        super().__init__(verify=context, trust_env=False, retries=0)
-        if not hasattr(self, "_pool"):  # pragma: no cover - an httpx that changed its insides
-            raise RuntimeError("this httpx version cannot pin certificates (no _pool in HTTPTransport)")
-        self._pool = httpcore.ConnectionPool(ssl_context=context, network_backend=_PinCheckingBackend(pin),
-                                             max_connections=4, max_keepalive_connections=2, keepalive_expiry=5.0,
-                                             retries=0)
-
-
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file is None:
-        context.load_default_certs()
-    else:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except FileNotFoundError:
-            raise ValueError(f"CA file {ca_file} not found") from None
-        except ssl.SSLError as exc:
-            raise ValueError(f"CA file {ca_file} holds no usable PEM certificate ({exc.reason or exc})") from None
-    return context
 
 
 # -- the client -----------------------------------------------------------------------------------
@@ -167,18 +69,9 @@ class RegistryClient:
             raise ValueError("the timeout must be positive")
         self.url = url.rstrip("/")
         self._token = token.strip()
-        self.pinned: str | None = None
-        if fingerprint is not None:
-            pin = parse_fingerprint(fingerprint)
-            self.pinned = format_fingerprint(pin)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # the pin, checked after the handshake, is the trust
-            transport: httpx.BaseTransport = _PinnedTransport(pin, context)
-        else:
-            transport = httpx.HTTPTransport(verify=_tls_context(ca_file), trust_env=False, retries=0)
-        self._http = httpx.Client(base_url=self.url, transport=transport, timeout=httpx.Timeout(timeout),
+        verified = transport(ca_file=ca_file, fingerprint=fingerprint, peer=PEER)
+        self.pinned: str | None = verified.fingerprint if isinstance(verified, PinnedTransport) else None
+        self._http = httpx.Client(base_url=self.url, transport=verified, timeout=httpx.Timeout(timeout),
                                   trust_env=False, follow_redirects=False,
                                   headers={"Accept": "application/json", "User-Agent": "EV_Registry-client"})
 
@@ -249,7 +142,7 @@ class RegistryClient:
             raise RegistryError(None, f"no answer from the Registry at {self.url} in time "
                                       f"({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            raise RegistryError(None, _transport_message(self.url, exc)) from None
+            raise RegistryError(None, transport_message(self.url, exc, PEER)) from None
         if response.status_code >= 400:
             raise _error_of(response)
         return response
@@ -260,18 +153,6 @@ class RegistryClient:
             return response.json()
         except ValueError:
             raise RegistryError(response.status_code, "the Registry's answer is not JSON") from None
-
-
-def _transport_message(url: str, exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, CertificatePinMismatch) or "pinned fingerprint" in text:
-        return str(cause or text)
-    if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(cause, ssl.SSLCertVerificationError):
-        return f"the Registry's certificate at {url} was not accepted: {text}"
-    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text.lower():
-        return f"{url} does not speak TLS: {text}"
-    return f"cannot reach the Registry at {url}: {text}"
 
 
 def _error_of(response: httpx.Response) -> RegistryError:

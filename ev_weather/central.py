@@ -16,17 +16,16 @@ The token is never put in a message.
 from __future__ import annotations
 
 import json
-import ssl
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from ev_common.tls import format_fingerprint, parse_fingerprint
-from ev_registry.client import CertificatePinMismatch, _PinnedTransport, _tls_context
+from ev_common.https_client import PinnedTransport, transport, transport_message
 
 TOKEN_MIN, TOKEN_MAX = 16, 512
+PEER = "Central"  # how messages name it: "Central's certificate ... was not accepted"
 
 
 class CentralError(Exception):
@@ -77,20 +76,9 @@ class CentralAPI:
         self.url = base[: -len("/api")] if base.endswith("/api") else base
         self._token = check_token(token, "the token given")
         self.timeout = timeout
-        self.pinned: str | None = None
-        if fingerprint is not None:
-            pin = parse_fingerprint(fingerprint)
-            self.pinned = format_fingerprint(pin)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # the pin, checked after the handshake, is the trust
-            transport: httpx.BaseTransport = _PinnedTransport(pin, context)
-        elif parts.scheme == "https":
-            transport = httpx.HTTPTransport(verify=_tls_context(ca_file), trust_env=False, retries=0)
-        else:
-            transport = httpx.HTTPTransport(trust_env=False, retries=0)
-        self._http = httpx.Client(base_url=self.url, transport=transport, timeout=httpx.Timeout(timeout),
+        verified = transport(ca_file=ca_file, fingerprint=fingerprint, peer=PEER, tls=parts.scheme == "https")
+        self.pinned: str | None = verified.fingerprint if isinstance(verified, PinnedTransport) else None
+        self._http = httpx.Client(base_url=self.url, transport=verified, timeout=httpx.Timeout(timeout),
                                   trust_env=False, follow_redirects=False,
                                   headers={"Accept": "application/json", "User-Agent": "EV_W"})
 
@@ -137,7 +125,7 @@ class CentralAPI:
             raise CentralError(None, f"no answer from Central at {self.url} within {self.timeout:g} s "
                                      f"({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise CentralError(None, _transport_message(self.url, exc)) from None
+            raise CentralError(None, transport_message(self.url, exc, PEER)) from None
         if answer.status_code >= 400:
             raise CentralError(answer.status_code, _said(answer))
         return answer
@@ -164,15 +152,3 @@ def _said(answer: httpx.Response) -> str:
             if isinstance(data.get(name), str):
                 return " ".join(data[name].split())[:300]
     return answer.reason_phrase or "error"
-
-
-def _transport_message(url: str, exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, CertificatePinMismatch) or "pinned fingerprint" in text:
-        return str(cause or text).replace("the Registry's", "Central's")
-    if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(cause, ssl.SSLCertVerificationError):
-        return f"Central's certificate at {url} was not accepted: {text}"
-    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text.lower():
-        return f"{url} does not speak TLS: {text}"
-    return f"cannot reach Central at {url}: {text}"

@@ -14,13 +14,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ev_common.tls import parse_fingerprint
-from ev_registry.client import _PinnedTransport, _tls_context, _transport_message
+from ev_common.https_client import transport, transport_message
 
 log = logging.getLogger("ev_central.api")
 # httpx says each request at INFO: a line every 15 s among Central's messages. Warnings only.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+PEER = "the Registry"  # how messages name it: "cannot reach the Registry at ..."
 INTERVAL = 15.0
 TIMEOUT = 5.0
 
@@ -34,17 +34,8 @@ class RegistryProbe:
         if ca_file is not None and fingerprint is not None:
             raise ValueError("give EV_Registry's CA file or its fingerprint, not both")
         self.url = url.rstrip("/")
-        if fingerprint is not None:
-            import ssl
-
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # the pin, checked right after the handshake, is the trust
-            transport: httpx.BaseTransport = _PinnedTransport(parse_fingerprint(fingerprint), context)
-        else:
-            transport = httpx.HTTPTransport(verify=_tls_context(ca_file), trust_env=False, retries=0)
-        self._http = httpx.Client(base_url=self.url, transport=transport, timeout=httpx.Timeout(timeout),
+        verified = transport(ca_file=ca_file, fingerprint=fingerprint, peer=PEER)
+        self._http = httpx.Client(base_url=self.url, transport=verified, timeout=httpx.Timeout(timeout),
                                   trust_env=False, follow_redirects=False)
         self._utcnow = utcnow
         self._lock = threading.Lock()
@@ -61,7 +52,7 @@ class RegistryProbe:
         except httpx.TimeoutException as exc:
             error = f"no answer in time ({type(exc).__name__})"
         except httpx.TransportError as exc:
-            error = _transport_message(self.url, exc)
+            error = transport_message(self.url, exc, PEER)
         except Exception as exc:  # the watcher goes on, whatever happened
             error = f"{type(exc).__name__}: {exc}"
         now = self._utcnow()
