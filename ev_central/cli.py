@@ -332,7 +332,7 @@ class ApiSettings:
 def api_parts(args: argparse.Namespace) -> ApiSettings:
     """The API's tokens and certificate, read before Central starts (``ValueError`` or
     ``OSError``: a message to show, never a token)."""
-    from .api.auth import read_token
+    from ev_common.tokens import read_token
     from .api.registry_probe import RegistryProbe
 
     if (args.api_cert is None) != (args.api_key is None):

@@ -74,3 +74,10 @@ def guard_live_line(lock, before, after=lambda: None) -> None:
         if not isinstance(handler, _AroundLiveLine):
             root.removeHandler(handler)
             root.addHandler(_AroundLiveLine(handler, lock, before, after))
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """``text`` fit for a log line or an audit entry: characters that are not printable become
+    '?', and it is cut to ``limit`` characters (the last three then '...')."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text)[:limit + 1])
+    return text if len(text) <= limit else text[:limit - 3] + "..."

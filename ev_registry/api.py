@@ -6,26 +6,22 @@
     GET    /cps/{cp_id}   one registration; 404 never registered
     GET    /openapi.json  this API's OpenAPI document (the only path without the operator token)
 
-Every other request needs ``Authorization: Bearer <operator token>``. The ``Guard`` middleware
-checks it before anything else is read (so an unauthenticated client learns nothing, not even
-whether its body was valid), bounds the body (413 past ``max_body`` bytes, 408 when it is not
-received within ``body_timeout`` s) and marks every answer ``Cache-Control: no-store``. Errors
-are JSON: ``{"error": "<code>", "message": "<what happened>"}``, and 422 lists ``fields``.
+Every other request needs ``Authorization: Bearer <operator token>``. The ``RegistryGuard``
+middleware (an ``ev_common.web.Guard``) checks it before anything else is read (so an
+unauthenticated client learns nothing, not even whether its body was valid), bounds the body
+(413 past ``max_body`` bytes, 408 when it is not received within ``body_timeout`` s) and marks
+every answer ``Cache-Control: no-store``. Errors are JSON: ``{"error": "<code>", "message":
+"<what happened>"}``, and 422 lists ``fields`` (``ev_common.web``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import math
 from datetime import datetime
 from decimal import Decimal
-from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request, Response, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
@@ -34,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ev_central.core.entities import RegistrationRow
 from ev_central.store.base import StoreError, StoreRefused, StoreUnavailable
+from ev_common.web import Error, FieldError, Guard, client_address, error_response, install_error_handlers, refuse
 
 from .service import (
     LOCATION_MAX,
@@ -51,10 +48,12 @@ log = logging.getLogger("ev_registry")
 API_VERSION = "1.0"
 MAX_BODY = 16 * 1024
 BODY_TIMEOUT = 10.0
+__all__ = ["API_VERSION", "BODY_TIMEOUT", "MAX_BODY", "Error", "FieldError", "RegistryGuard", "create_app"]
 PUBLIC_PATHS = frozenset({"/openapi.json"})
 CP_ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
-AUTHENTICATED = "ev_registry.operator"  # set in the ASGI scope by Guard once the token is checked
-REALM = 'Bearer realm="EV_Registry"'
+AUTHENTICATED = "ev_registry.operator"  # set in the ASGI scope by RegistryGuard once the token is checked
+REALM_NAME = "EV_Registry"
+REALM = f'Bearer realm="{REALM_NAME}"'
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -119,17 +118,6 @@ class CPList(BaseModel):
     cps: list[CPRegistration]
 
 
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
-class Error(BaseModel):
-    error: str = Field(description="a short code: unauthorized, not_found, conflict, invalid, too_large...")
-    message: str
-    fields: list[FieldError] | None = None
-
-
 def _state(row: RegistrationRow) -> dict[str, Any]:
     return {"cp_id": row.cp_id, "location": row.location, "price_eur_kwh": str(row.price_eur_kwh),
             "registered": row.registered, "registered_at": row.registered_at,
@@ -139,194 +127,56 @@ def _state(row: RegistrationRow) -> dict[str, Any]:
 # -- errors ----------------------------------------------------------------------------------
 
 
-_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
-          409: "conflict", 413: "too_large", 422: "invalid", 429: "locked_out", 500: "internal", 503: "unavailable"}
-
-
-def _code(status: int) -> str:
-    if status in _CODES:
-        return _CODES[status]
-    try:
-        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    except ValueError:
-        return "error"
-
-
-def error_body(status: int, message: str, fields: list[dict] | None = None) -> dict:
-    body: dict[str, Any] = {"error": _code(status), "message": message}
-    if fields is not None:
-        body["fields"] = fields
-    return body
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None,
-           fields: list[dict] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, fields), status_code=status, headers=headers)
-
-
-def _field_errors(exc: RequestValidationError) -> list[dict]:
-    fields = []
-    for error in exc.errors()[:20]:
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "path", "query")]
-        message = str(error.get("msg", "invalid"))
-        if message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        if error.get("type") == "json_invalid":
-            loc, message = [], "the body is not valid JSON"
-        fields.append({"field": ".".join(loc) or "body", "message": message[:300]})
-    return fields
-
-
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = _field_errors(exc)
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:3])
-        return _error(422, f"invalid request: {summary}", fields=fields)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        if exc.status_code == 404 and message == "Not Found":
-            message = "no such resource: the API has /cps and /cps/{cp_id}"
-        return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
+    install_error_handlers(app, not_found="no such resource: the API has /cps and /cps/{cp_id}")
 
     @app.exception_handler(StoreRefused)
     async def refused(_request: Request, exc: StoreRefused) -> JSONResponse:
-        return _error(422, f"the database refused the data: {exc.reason}")
+        return error_response(422, f"the database refused the data: {exc.reason}")
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.error("the database is unavailable: %s", exc)
-        return _error(503, "the database is unavailable now; try again later", headers={"Retry-After": "5"})
+        return error_response(503, "the database is unavailable now; try again later", headers={"Retry-After": "5"})
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
         log.error("database error: %s", exc)
-        return _error(500, "database error")
+        return error_response(500, "database error")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed: %s: %s", request.method, request.url.path[:200], type(exc).__name__, exc,
                   exc_info=exc)
-        return _error(500, "internal error (logged by EV_Registry)")
+        return error_response(500, "internal error (logged by EV_Registry)")
 
 
-# -- the guard: token, body size, no caching --------------------------------------------------
+# -- the guard: the operator token, then ev_common.web's body bounds and no caching ---------------
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class Guard:
-    """Pure ASGI middleware: the operator token before anything else, a bounded body, no caching."""
+class RegistryGuard(Guard):
+    """Pure ASGI middleware (``ev_common.web.Guard``): the operator token before anything else
+    (but for ``PUBLIC_PATHS``), a bounded body, no caching."""
 
     def __init__(self, app, registry: Registry, max_body: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT) -> None:
-        self.app = app
+        super().__init__(app, max_body=max_body, body_timeout=body_timeout)
         self.registry = registry
-        self.max_body = max_body
-        self.body_timeout = body_timeout
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = _headers(scope)
-        source = (scope.get("client") or ("", 0))[0] or ""
-        if scope["path"] not in PUBLIC_PATHS:
-            authorization = headers.get("authorization")
-            result = await run_in_threadpool(self.registry.authenticate, authorization, source,
-                                             f"{scope['method']} {scope['path']}")
-            if result.retry_after > 0:
-                await _send_json(send, 429, error_body(
-                    429, f"too many failed token attempts from {source}: try again in "
-                         f"{math.ceil(result.retry_after)} s"), {"retry-after": str(math.ceil(result.retry_after))})
-                return
-            if not result.ok:
-                challenge = REALM + (', error="invalid_token"' if result.token_given else "")
-                await _send_json(send, 401, error_body(401, f"{result.reason}: send 'Authorization: Bearer "
-                                                            f"<operator token>'"), {"www-authenticate": challenge})
-                return
-            scope[AUTHENTICATED] = True
-        try:
-            body = await self._read_body(headers, receive)
-        except _Refused as refused:
-            await _send_json(send, refused.status, error_body(refused.status, refused.message),
-                             {"connection": "close"})
-            return
-        except _Disconnected:
-            return
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        async def no_store(message):
-            if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = [*message.get("headers", []), (b"cache-control", b"no-store")]
-            await send(message)
-
-        await self.app(scope, replay, no_store)
-
-    async def _read_body(self, headers: dict[str, str], receive) -> bytes:
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise _Refused(400, "Content-Length is not a number")
-            if int(length) > self.max_body:
-                raise _Refused(413, f"the body has {length} bytes; at most {self.max_body} are accepted")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout
-        chunks, size = [], 0
-        while True:
-            left = deadline - loop.time()
-            try:
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                message = await asyncio.wait_for(receive(), left)
-            except asyncio.TimeoutError:
-                raise _Refused(408, f"the body was not received within {self.body_timeout:g} s") from None
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise _Refused(413, f"the body is longer than {self.max_body} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
-class _Disconnected(Exception):
-    pass
-
-
-def _headers(scope) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in scope.get("headers", []):
-        key = name.decode("latin-1").lower()
-        if key in headers:  # a repeated Authorization or Content-Length is refused below as malformed
-            headers[key] = headers[key] + "," + value.decode("latin-1")
-        else:
-            headers[key] = value.decode("latin-1")
-    return headers
-
-
-async def _send_json(send, status: int, body: dict, extra: dict[str, str] | None = None) -> None:
-    data = json.dumps(body).encode("utf-8")
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-               (b"cache-control", b"no-store")]
-    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
+    async def admit(self, scope, headers: dict[str, str], send) -> bool:
+        if scope["path"] in PUBLIC_PATHS:
+            return True
+        source = client_address(scope)
+        result = await run_in_threadpool(self.registry.authenticate, headers.get("authorization"), source,
+                                         f"{scope['method']} {scope['path']}")
+        if result.retry_after > 0:
+            await refuse(send, 429, f"too many failed token attempts from {source}", retry_after=result.retry_after)
+            return False
+        if not result.ok:
+            await refuse(send, 401, f"{result.reason}: send 'Authorization: Bearer <operator token>'",
+                         realm=REALM_NAME, token_given=result.token_given)
+            return False
+        scope[AUTHENTICATED] = True
+        return True
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -338,8 +188,8 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="operator",
 
 def _operator(request: Request,
               _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> None:
-    """Documents the bearer scheme; the check itself is Guard's (defence in depth: refuse a
-    request Guard did not mark)."""
+    """Documents the bearer scheme; the check itself is RegistryGuard's (defence in depth: refuse a
+    request it did not mark)."""
     if request.scope.get(AUTHENTICATED) is not True:
         raise StarletteHTTPException(401, "the operator token was not checked", headers={"WWW-Authenticate": REALM})
 
@@ -365,7 +215,7 @@ def create_app(registry: Registry, *, max_body: int = MAX_BODY, body_timeout: fl
                     "credential. HTTPS only; every path but this document needs the operator token as "
                     "'Authorization: Bearer <token>'. See docs/registry.md.",
     )
-    app.add_middleware(Guard, registry=registry, max_body=max_body, body_timeout=body_timeout)
+    app.add_middleware(RegistryGuard, registry=registry, max_body=max_body, body_timeout=body_timeout)
     _install_error_handlers(app)
     app.state.registry = registry
 
@@ -391,10 +241,10 @@ def create_app(registry: Registry, *, max_body: int = MAX_BODY, body_timeout: fl
         try:
             registry.deregister(cp_id, source)
         except NotRegistered:
-            return _error(404, f"{cp_id} is not registered")
+            return error_response(404, f"{cp_id} is not registered")
         except AlreadyDeregistered as exc:
             since = f" (since {exc.row.deregistered_at.isoformat()})" if exc.row.deregistered_at else ""
-            return _error(409, f"{cp_id} is already deregistered{since}; PUT registers it again")
+            return error_response(409, f"{cp_id} is already deregistered{since}; PUT registers it again")
         return Response(status_code=204)
 
     @app.get("/cps", response_model=CPList, summary="Every CP ever registered, by cp_id",
@@ -408,7 +258,7 @@ def create_app(registry: Registry, *, max_body: int = MAX_BODY, body_timeout: fl
     def get_cp(cp_id: CPId) -> Any:
         row = registry.get(cp_id)
         if row is None:
-            return _error(404, f"{cp_id} is not registered")
+            return error_response(404, f"{cp_id} is not registered")
         return _state(row)
 
     return app

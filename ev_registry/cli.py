@@ -17,13 +17,13 @@ import logging
 import os
 import re
 import socket
-import stat
 import sys
 from decimal import Decimal
 from pathlib import Path
 
 from ev_common.config import env, port_number
 from ev_common.log import add_log_level_argument, setup_logging
+from ev_common.tokens import read_token
 
 log = logging.getLogger("ev_registry")
 
@@ -176,31 +176,6 @@ def build_client_parser() -> argparse.ArgumentParser:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def read_token(path: Path | None, where_env: str = ENV_TOKEN) -> str | None:
-    """The operator token from ``path``, else ``$EV_REGISTRY_TOKEN``, else None. ``ValueError``
-    (a message to show) when the file cannot be read or the token is malformed."""
-    from .service import load_token
-
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read the operator token file {path}: {getattr(exc, 'strerror', None) or exc}")
-        if os.name == "posix":
-            try:
-                mode = path.stat().st_mode
-                if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    log.warning("the token file %s can be read by other users (mode %o): chmod 600 it", path,
-                                mode & 0o777)
-            except OSError:
-                pass
-        return load_token(text, str(path))
-    value = os.environ.get(where_env, "")
-    if not value.strip():
-        return None
-    return load_token(value, f"${where_env}")
-
-
 def write_secret(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 0600, whole or not at all (a temporary file of
     that mode, then renamed over ``path``)."""
@@ -243,7 +218,7 @@ def serve_main(argv: list[str]) -> int:
         parser.error("--cert and --key go together (neither: a self-signed certificate in --data-dir)")
     setup_logging(PROGRAM, args.log_level)
     try:
-        token = read_token(args.admin_token_file)
+        token = read_token(args.admin_token_file, ENV_TOKEN)
     except ValueError as exc:
         log.error("%s", exc)
         return 1
@@ -328,7 +303,7 @@ def client_main(argv: list[str]) -> int:
         except argparse.ArgumentTypeError as exc:
             parser.error(f"${ENV_FINGERPRINT}: {exc}")
     try:
-        token = read_token(args.token_file)
+        token = read_token(args.token_file, ENV_TOKEN)
     except ValueError as exc:
         parser.error(str(exc))
     if token is None:

@@ -13,7 +13,6 @@ scrypt hash, ``ev_common.credentials``).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
@@ -25,7 +24,9 @@ from typing import Callable
 from ev_central.audit import REGISTRY_AUTH, REGISTRY_DEREGISTER, REGISTRY_REGISTER
 from ev_central.core.entities import AuditEntry, RegistrationRow
 from ev_common.credentials import FailureLimiter, hash_credential, new_credential
+from ev_common.log import shown
 from ev_common.protocol.messages import PRICE
+from ev_common.tokens import bearer_token, load_token, token_digest
 
 log = logging.getLogger("ev_registry")
 
@@ -42,20 +43,10 @@ PRICE_TEXT = re.compile(PRICE_TEXT_PATTERN)
 #: A location for the OpenAPI document: no '#' nor control characters, not only white space
 #: (and printable: the document's format "printable").
 LOCATION_PATTERN = r"^[^#\u0000-\u001f\u007f]*[^#\s\u0000-\u001f\u007f][^#\u0000-\u001f\u007f]*$"
-#: An operator token: printable ASCII without spaces (it travels in an HTTP header), 16-512 long.
-TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{16,512}")
-_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]{1,1024}) *")
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def shown(text: str, limit: int = 120) -> str:
-    """``text`` fit for a log line or an audit entry: characters that are not printable become
-    '?', and it is cut to ``limit`` characters."""
-    text = "".join(c if c.isprintable() else "?" for c in str(text)[:limit + 1])
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -102,18 +93,6 @@ def validate_price(value: object) -> Decimal:
                          f"such as 0.48") from None
 
 
-def load_token(text: str, where: str) -> str:
-    """The operator token read from ``where`` (a file or a variable): surrounding white space
-    is dropped; ``ValueError`` when it is empty or not 16-512 printable ASCII characters."""
-    token = text.strip()
-    if not token:
-        raise ValueError(f"the operator token in {where} is empty")
-    if not TOKEN_PATTERN.fullmatch(token):
-        raise ValueError(f"the operator token in {where} must be 16 to 512 printable ASCII characters without "
-                         f"spaces (it has {len(token)} characters)")
-    return token
-
-
 # -- authentication ----------------------------------------------------------------------------
 
 
@@ -151,7 +130,7 @@ class Registry:
     def __init__(self, store, token: str, *, limiter: FailureLimiter | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.store = store
-        self._token_digest = hashlib.sha256(load_token(token, "the configuration").encode("ascii")).digest()
+        self._token_digest = token_digest(load_token(token, "the configuration"))
         self.limiter = limiter if limiter is not None else FailureLimiter()
         self.clock = clock
 
@@ -167,18 +146,8 @@ class Registry:
         if wait > 0:
             log.debug("refused %s from %s without checking: locked out for %.0f s more", request, source, wait)
             return AuthResult(False, "locked out", retry_after=wait)
-        given = None
-        if authorization is None or not authorization.strip():
-            reason = "no bearer token"
-        else:
-            match = _BEARER.fullmatch(authorization)
-            if match is None:
-                reason = "malformed Authorization header (expected 'Bearer <token>')"
-            else:
-                given = match.group(1)
-                reason = "wrong bearer token"
-        if given is not None and hmac.compare_digest(hashlib.sha256(given.encode("ascii")).digest(),
-                                                     self._token_digest):
+        given, reason = bearer_token(authorization)
+        if given is not None and hmac.compare_digest(token_digest(given), self._token_digest):
             self.limiter.success(key)
             return AuthResult(True)
         lockout = self.limiter.failure(key)

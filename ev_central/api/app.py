@@ -5,15 +5,15 @@ Reads (GET, no token) come from Central's memory, as the panel's do; drivers, ac
 sessions and the audit log live only in the database and are read on a few worker threads
 of their own (``DatabaseReads``), each within a deadline: a database that is down or slow
 answers 503 there, while every other path goes on answering from memory. Commands need a
-bearer token: the operator's for the CPs, EV_W's for the weather. ``Guard`` checks it before
-the body is read, bounds the body (413, 408), and puts the security headers on every
-answer. Errors are JSON: ``{"error": "<code>", "message": "..."}``, and 422 lists ``fields``.
+bearer token: the operator's for the CPs, EV_W's for the weather. ``ApiGuard`` (an
+``ev_common.web.Guard``) checks it before the body is read, bounds the body (413, 408), and puts
+the security headers on every answer. Errors are JSON: ``{"error": "<code>", "message": "..."}``,
+and 422 lists ``fields`` (``ev_common.web``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import anyio
 from fastapi import FastAPI, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from ev_common.credentials import FailureLimiter
-from ev_registry.api import Guard, _Disconnected, _field_errors, _headers, _Refused, _send_json, error_body
+from ev_common.web import (NO_STORE, SECURITY_HEADERS, Guard, client_address, error_response, install_error_handlers,
+                           refuse)
 
 from .. import audit as audited
 from ..core.states import IllegalTransition
@@ -50,18 +50,7 @@ DB_THREADS = 4
 DB_TIMEOUT = 8.0  # s a database read may take before the API answers 503
 CACHE_SECONDS = 2.0  # drivers' and accounts' pages are read again after this long
 STATIC_DIR = Path(__file__).with_name("static")
-#: Every answer: only this origin's scripts, styles, images, fonts and connections.
-SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                 b"font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-                                 b"form-action 'self'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-    (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
-]
+REALM_NAME = "EV_Central"
 CHECKED = "ev_central.api.checked"  # set in the ASGI scope by Guard once a command's token is checked
 
 
@@ -141,110 +130,59 @@ class JSON(JSONResponse):
         return to_json(content).encode("utf-8")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None,
-           fields: list[dict] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, fields), status_code=status, headers=headers)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = _field_errors(exc)
-        return _error(422, "invalid request: " + "; ".join(f"{f['field']}: {f['message']}" for f in fields[:3]),
-                      fields=fields)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if isinstance(exc.detail, str) else "error"
-        if exc.status_code == 404 and message == "Not Found":
-            message = "no such resource: /openapi.json lists the API's paths"
-        return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
+    install_error_handlers(app, not_found="no such resource: /openapi.json lists the API's paths")
 
     @app.exception_handler(DatabaseTimeout)
     async def slow(_request: Request, exc: DatabaseTimeout) -> JSONResponse:
         log.warning("API: %s", exc)
-        return _error(503, f"{exc}; try again later (what Central holds in memory is still served)",
-                      headers={"Retry-After": "5"})
+        return error_response(503, f"{exc}; try again later (what Central holds in memory is still served)",
+                              headers={"Retry-After": "5"})
 
     @app.exception_handler(StoreError)
     async def unavailable(_request: Request, exc: StoreError) -> JSONResponse:
         down = isinstance(exc, StoreUnavailable)
         log.warning("API: the database %s: %s", "is unavailable" if down else "failed", exc)
-        return _error(503, "the database is unavailable now; try again later (what Central holds in memory is "
-                           "still served)" if down else "the database failed to answer; try again later",
-                      headers={"Retry-After": "5"})
+        said = ("the database is unavailable now; try again later (what Central holds in memory is still served)"
+                if down else "the database failed to answer; try again later")
+        return error_response(503, said, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("API: %s %s failed: %s: %s", request.method, request.url.path[:200], type(exc).__name__, exc,
                   exc_info=exc)
-        return _error(500, "internal error (in Central's log)")
+        return error_response(500, "internal error (in Central's log)")
 
 
 # -- the guard: tokens, bounded bodies, headers ------------------------------------------------------
 
 
 class ApiGuard(Guard):
-    """Pure ASGI middleware (EV_Registry's ``Guard``, its body bounds reused): a command
-    (anything but GET and HEAD) needs its realm's token before its body is read; every answer
-    carries ``SECURITY_HEADERS``, and the API's ``Cache-Control: no-store``."""
+    """Pure ASGI middleware (``ev_common.web.Guard``): a command (anything but GET and HEAD)
+    needs its realm's token before its body is read; a bounded body; every answer carries
+    ``SECURITY_HEADERS``, and the API's ``Cache-Control: no-store`` (the page's: no-cache)."""
 
     def __init__(self, app, gate: TokenGate, max_body: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT) -> None:
-        super().__init__(app, registry=None, max_body=max_body, body_timeout=body_timeout)
+        super().__init__(app, max_body=max_body, body_timeout=body_timeout)
         self.gate = gate
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = _headers(scope)
-        source = (scope.get("client") or ("", 0))[0] or ""
-        extra = SECURITY_HEADERS + ([(b"cache-control", b"no-store")] if scope["path"].startswith("/api/")
-                                    or scope["path"] == "/openapi.json" else [(b"cache-control", b"no-cache")])
+    def response_headers(self, scope) -> list[tuple[bytes, bytes]]:
+        api = scope["path"].startswith("/api/") or scope["path"] == "/openapi.json"
+        return SECURITY_HEADERS + [NO_STORE if api else (b"cache-control", b"no-cache")]
 
-        async def with_headers(message):
-            if message["type"] == "http.response.start":
-                message = dict(message)
-                taken = {name for name, _ in extra}
-                message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() not in taken] + extra
-            await send(message)
-
-        if scope["method"] not in ("GET", "HEAD"):
-            realm = WEATHER if scope["path"].startswith("/api/weather/") else OPERATOR
-            verdict = await run_in_threadpool(self.gate.check, realm, headers.get("authorization"), source,
-                                              f"{scope['method']} {scope['path']}")
-            if not verdict.ok:
-                extras = {"connection": "close"} if verdict.status == 429 else {}
-                if verdict.status == 429:
-                    wait = str(math.ceil(verdict.retry_after))
-                    extras["retry-after"] = wait
-                    message = f"{verdict.message}: try again in {wait} s"
-                else:
-                    message = verdict.message
-                if verdict.status == 401:
-                    extras["www-authenticate"] = 'Bearer realm="EV_Central"' + (
-                        ', error="invalid_token"' if verdict.token_given else "")
-                await _send_json(with_headers, verdict.status, error_body(verdict.status, message), extras)
-                return
-            scope[CHECKED] = realm
-        try:
-            body = await self._read_body(headers, receive)
-        except _Refused as refused:
-            await _send_json(with_headers, refused.status, error_body(refused.status, refused.message),
-                             {"connection": "close"})
-            return
-        except _Disconnected:
-            return
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, with_headers)
+    async def admit(self, scope, headers: dict[str, str], send) -> bool:
+        if scope["method"] in ("GET", "HEAD"):
+            return True
+        realm = WEATHER if scope["path"].startswith("/api/weather/") else OPERATOR
+        verdict = await run_in_threadpool(self.gate.check, realm, headers.get("authorization"), client_address(scope),
+                                          f"{scope['method']} {scope['path']}")
+        if not verdict.ok:
+            locked = verdict.status == 429
+            await refuse(send, verdict.status, verdict.message, retry_after=verdict.retry_after if locked else None,
+                         realm=REALM_NAME, token_given=verdict.token_given, close=locked)
+            return False
+        scope[CHECKED] = realm
+        return True
 
 
 def _realm(realm: str, description: str):
@@ -256,7 +194,7 @@ def _realm(realm: str, description: str):
         request it did not mark)."""
         if request.scope.get(CHECKED) != realm:
             raise StarletteHTTPException(401, "the token was not checked",
-                                         headers={"WWW-Authenticate": 'Bearer realm="EV_Central"'})
+                                         headers={"WWW-Authenticate": f'Bearer realm="{REALM_NAME}"'})
 
     return Security(check)
 
@@ -318,7 +256,7 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
     @app.get("/api/cps/{cp_id}", summary="One CP", responses={200: {"model": m.CP}, **_not_found("no such CP")})
     def get_cp(cp_id: m.CPId) -> Response:
         cp = present.cp(cp_id)
-        return _error(404, f"no CP {cp_id}") if cp is None else JSON(cp)
+        return error_response(404, f"no CP {cp_id}") if cp is None else JSON(cp)
 
     @app.get("/api/requests", summary="The requests Central is handling now (deciding, authorised, supplying)",
              responses={200: {"model": m.RequestList}})
@@ -347,11 +285,11 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
     async def events(request: Request) -> Any:
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if last is not None and len(last) > 64:
-            return _error(422, "Last-Event-ID is an id this API sent (at most 64 characters)")
+            return error_response(422, "Last-Event-ID is an id this API sent (at most 64 characters)")
         try:
             subscription = hub.subscribe(last)
         except TooManySubscribers as exc:
-            return _error(503, f"{exc}; try again later", headers={"Retry-After": "10"})
+            return error_response(503, f"{exc}; try again later", headers={"Retry-After": "10"})
         snapshot = api.snapshot if (last is None or subscription.gap) else None
         return EventStream(hub, subscription, snapshot, heartbeat=heartbeat, send_timeout=send_timeout)
 
@@ -394,7 +332,7 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
                          action: str | None = Query(None, max_length=65, pattern=m.ACTION_REGEX,
                                                     description="one action, or a family ending in '.'")) -> Response:
         if after is not None and before is not None:
-            return _error(422, "give 'after' or 'before', not both")
+            return error_response(422, "give 'after' or 'before', not both")
 
         def read() -> tuple[int, list]:
             head = store.audit_head()[0]
@@ -429,7 +367,7 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
                              f"API {what} -> {said or _said(answer)}", outcome, source)
         log.info("API command from %s: %s -> %s", source, what, said or _said(answer))
         if status != 200:
-            return _error(status, said or "refused", headers={"Retry-After": "5"} if status == 503 else None)
+            return error_response(status, said or "refused", headers={"Retry-After": "5"} if status == 503 else None)
         return JSON(answer)
 
     def stop_or_resume(verb: str, cp_ids: list[str] | None) -> dict:
@@ -491,7 +429,7 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
         try:
             office().report(reports, source_ip=_source(request))
         except ValueError as exc:
-            return _error(422, f"invalid report: {exc}")
+            return error_response(422, f"invalid report: {exc}")
         return Response(status_code=204)
 
     @app.put("/api/weather/alerts/{city}", summary="A weather alert (below 0 °C): the city's CPs out of service",
@@ -501,7 +439,7 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
         try:
             outcome = office().alert(city, body.temperature, list(body.cp_ids), source_ip=_source(request))
         except ValueError as exc:
-            return _error(422, f"invalid alert: {exc}")
+            return error_response(422, f"invalid alert: {exc}")
         return JSON(_outcome(outcome))
 
     @app.delete("/api/weather/alerts/{city}", summary="Clear a weather alert: the city's CPs back in service",
@@ -511,9 +449,9 @@ def create_app(central, view, *, operator_token: str | None, weather_token: str 
         try:
             outcome = office().clear(city, source_ip=_source(request))
         except KeyError:
-            return _error(404, f"no weather alert for {city}")
+            return error_response(404, f"no weather alert for {city}")
         except ValueError as exc:
-            return _error(422, f"invalid city: {exc}")
+            return error_response(422, f"invalid city: {exc}")
         return JSON(_outcome(outcome))
 
     # -- the page (EV_Front) ----------------------------------------------------------------------------------

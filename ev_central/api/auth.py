@@ -6,17 +6,13 @@ logged and audited (``api.auth``), never with the token sent.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
-import os
-import re
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from ev_common.credentials import FailureLimiter
-from ev_registry.service import load_token, shown
+from ev_common.log import shown
+from ev_common.tokens import bearer_token, load_token, token_digest
 
 from .. import audit as audited
 
@@ -27,7 +23,6 @@ WHO = {OPERATOR: "the operator", WEATHER: "EV_W"}
 NAME = {OPERATOR: "operator", WEATHER: "EV_W"}
 REFUSED = {OPERATOR: "commands", WEATHER: "weather reports"}
 FLAG = {OPERATOR: "--api-token-file (or $EV_API_TOKEN)", WEATHER: "--weather-token-file (or $EV_WEATHER_TOKEN)"}
-_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]{1,1024}) *")
 
 
 @dataclass(frozen=True)
@@ -47,7 +42,7 @@ class TokenGate:
 
     def __init__(self, operator_token: str | None, weather_token: str | None, *,
                  limiter: FailureLimiter | None = None, audit=audited.NO_AUDIT) -> None:
-        self._digests = {realm: _digest(load_token(token, f"the {realm} token")) if token else None
+        self._digests = {realm: token_digest(load_token(token, f"the {realm} token")) if token else None
                          for realm, token in ((OPERATOR, operator_token), (WEATHER, weather_token))}
         if operator_token and weather_token and self._digests[OPERATOR] == self._digests[WEATHER]:
             raise ValueError("the operator token and EV_W's token must differ")
@@ -64,20 +59,14 @@ class TokenGate:
         wait = self.limiter.locked(key)
         if wait > 0:
             return Verdict(429, f"too many failed token attempts from {source}", retry_after=wait)
-        match = _BEARER.fullmatch(authorization or "")
-        given = _digest(match.group(1)) if match else None
+        token, reason = bearer_token(authorization)
+        given = token_digest(token) if token is not None else None
         if given is not None and hmac.compare_digest(given, expected):
             self.limiter.success(key)
             return Verdict(0)
         other = self._digests[OPERATOR if realm == WEATHER else WEATHER]
         if given is not None and other is not None and hmac.compare_digest(given, other):
             return Verdict(403, f"this token is not {WHO[realm]}'s: it may not do {request}", token_given=True)
-        if not (authorization or "").strip():
-            reason = "no bearer token"
-        elif match is None:
-            reason = "malformed Authorization header (expected 'Bearer <token>')"
-        else:
-            reason = "wrong bearer token"
         lockout = self.limiter.failure(key)
         details = f"{reason}: {shown(request)}"
         if lockout:
@@ -85,29 +74,4 @@ class TokenGate:
         log.warning("API: refused a request from %s: %s", source, details)
         self.audit.record(audited.API_AUTH, "unknown", details, audited.REFUSED, source)
         return Verdict(401, f"{reason}: send 'Authorization: Bearer <{WHO[realm]}'s token>'",
-                       token_given=match is not None)
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("ascii", "replace")).digest()
-
-
-def read_token(path: Path | None, env_name: str, what: str) -> str | None:
-    """A token from the file ``path``, else from ``$env_name``, else None. ``ValueError`` (a
-    message to show, never the token) when it cannot be read or is malformed."""
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read {what} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        if os.name == "posix":
-            try:
-                mode = Path(path).stat().st_mode
-                if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    log.warning("%s file %s can be read by other users (mode %o): chmod 600 it", what, path,
-                                mode & 0o777)
-            except OSError:
-                pass
-        return load_token(text, str(path))
-    value = os.environ.get(env_name, "")
-    return load_token(value, f"${env_name}") if value.strip() else None
+                       token_given=token is not None)

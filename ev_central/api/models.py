@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from ev_registry.api import Error, FieldError  # noqa: F401  (the same errors as EV_Registry's)
+from ev_common.web import Error, FieldError  # noqa: F401  (the JSON errors of every API: ev_common.web)
 
 ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"  # CP, driver, account and session ids (ev_common.protocol Identifier)
 ID_PATTERN = re.compile(ID_REGEX)
