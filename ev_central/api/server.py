@@ -7,7 +7,7 @@ thread, returning once uvicorn listens; ``address``/``url`` are then known (``po
 the system for one); ``stop()`` ends the live streams, then the server within its timeout.
 HTTPS with ``cert`` and ``key`` (TLS 1.2 or newer), plain HTTP without.
 
-Timeouts on every stage of a connection, as EV_Registry's (ev_registry/server.py): the TLS
+Timeouts on every stage of a connection, as EV_Registry's (``ev_common.web_server``): the TLS
 handshake, a request's headers (``header_timeout``), its body (the API's ``body_timeout``), an
 idle kept-alive connection, each write of a live stream (ev_central/api/sse.py); at most
 ``limit_concurrency`` connections and tasks at once (503 past that). Client addresses are the
@@ -31,10 +31,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import uvicorn
-
+from ev_common.web_server import HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT, TimedH11Protocol, WebServer
 from ev_common.words import AVERIADO, DESCONECTADO, PARADO
-from ev_registry.server import HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT, _TimedH11Protocol, bind, harden
 
 from ..events import EventLogHandler, to_json
 from .app import Api, create_app
@@ -52,20 +50,16 @@ REGISTRY_INTERVAL = 15.0
 OUT_OF_SERVICE = {AVERIADO: "faulty", DESCONECTADO: "disconnected", PARADO: "out of order"}
 
 
-class _ApiProtocol(_TimedH11Protocol):
-    """EV_Registry's h11 protocol (a deadline on each request's headers) that also puts in each
-    request's scope a way to cut its connection at once (``ev.abort``): a live-events reader
-    that stopped reading is dropped without waiting for its buffers to drain."""
+class ApiProtocol(TimedH11Protocol):
+    """``ev_common.web_server``'s h11 protocol (a deadline on each request's headers) that also
+    puts in each request's scope a way to cut its connection at once (``ev.abort``): a
+    live-events reader that stopped reading is dropped without waiting for its buffers to drain."""
 
     def handle_events(self) -> None:
         super().handle_events()
         scope = self.scope
         if scope is not None and ABORT not in scope:
             scope[ABORT] = self.transport.abort
-
-
-def _protocol(header_timeout: float) -> type:
-    return type("ApiH11Protocol", (_ApiProtocol,), {"header_timeout": header_timeout})
 
 
 class LiveFeed:
@@ -220,7 +214,7 @@ class LiveFeed:
         self._alerts = alerts
 
 
-class ApiServer:
+class ApiServer(WebServer):
     """Central's API on ``host``:``port`` (see the module's doc)."""
 
     def __init__(self, central, view, host: str, port: int, *, cert: str | Path | None = None,
@@ -234,80 +228,21 @@ class ApiServer:
             raise ValueError("give both the API's certificate and its key, or neither (plain HTTP)")
         self.central = central
         self.own_store = own_store
-        self.host = host
-        self.requested_port = port
-        self.app = create_app(central, view, operator_token=operator_token, weather_token=weather_token,
-                              **app_options)
-        self.api: Api = self.app.state.api
+        app = create_app(central, view, operator_token=operator_token, weather_token=weather_token, **app_options)
+        self.api: Api = app.state.api
         self.feed = LiveFeed(self.api, interval=watch_interval)
-        self.tls = cert is not None
-        options = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)} if self.tls else {}
-        self.config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off", ws="none", proxy_headers=False,
-            server_header=False, http=_protocol(header_timeout), timeout_keep_alive=timeout_keep_alive,
-            limit_concurrency=limit_concurrency, timeout_graceful_shutdown=graceful_shutdown, **options)
-        self.config.load()  # builds the SSLContext from the files (ssl.SSLError / OSError if they are bad)
-        if self.tls:
-            harden(self.config.ssl)
-        self.server = uvicorn.Server(self.config)
-        self._socket = None
-        self._address: tuple[str, int] | None = None
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        super().__init__(app, host, port, cert=cert, key=key, protocol=ApiProtocol, header_timeout=header_timeout,
+                         limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive,
+                         graceful_shutdown=graceful_shutdown, name="api-http", what="the API's server")
 
-    @property
-    def address(self) -> tuple[str, int]:
-        if self._address is None:
-            raise RuntimeError("the API is not listening yet")
-        return self._address
-
-    @property
-    def url(self) -> str:
-        host, port = self.address
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1" if host != "::" else "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{'https' if self.tls else 'http'}://{host}:{port}"
-
-    def start(self, timeout: float = 15.0) -> "ApiServer":
-        """Bind, serve on a thread, return once listening (``RuntimeError`` if it did not start
-        within ``timeout`` s, ``OSError`` if the port cannot be bound)."""
-        self._socket = bind(self.host, self.requested_port)
-        self._address = self._socket.getsockname()[:2]
+    def serving(self) -> None:
         self.feed.start()
-        self._thread = threading.Thread(target=self._run, name="api-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive():
-                self.stop()
-                raise RuntimeError(f"the API's server stopped while starting: {self.error!r}")
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise RuntimeError(f"the API's server did not start within {timeout:g} s")
-            self._thread.join(0.02)
-        return self
-
-    def _run(self) -> None:
-        try:
-            self.server.run(sockets=[self._socket])
-        except BaseException as exc:  # noqa: BLE001 - reported by start()
-            self.error = exc
-            log.error("the API's server failed: %s", exc)
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the live streams, stop serving (open requests get ``graceful_shutdown`` s), then
         close the socket and stop the feed."""
         self.api.hub.close_all()
-        self.server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                self.server.force_exit = True
-                self._thread.join(timeout)
-        if self._socket is not None:
-            self._socket.close()
+        super().stop(timeout)
         self.feed.stop()
         if self.api.registry is not None:
             self.api.registry.close()
