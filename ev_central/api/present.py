@@ -40,8 +40,12 @@ class Registrations:
         self.checked_at: datetime | None = None
         self.error: str | None = None  # the last refresh failed: why
         self._lock = threading.Lock()
+        self._changed: set[str] = set()  # CPs whose registration changed, not taken yet
+        self._everything = False  # the first read: every CP changed
 
     def refresh(self) -> bool:
+        """Read the registrations again (False: the database failed; the last read stays). The
+        CPs whose registration changed are kept for ``take_changes``."""
         try:
             rows = {row.cp_id: row for row in self.store.list_registrations()}
         except StoreError as exc:
@@ -49,20 +53,39 @@ class Registrations:
                 self.error = str(exc)[:300] or type(exc).__name__
             return False
         with self._lock:
+            before = self._rows
             self._rows, self.checked_at, self.error = rows, self._clock(), None
+            if before is None:
+                self._everything = True
+            else:
+                self._changed.update(cp_id for cp_id in before.keys() | rows.keys()
+                                     if _registration_state(before.get(cp_id))
+                                     != _registration_state(rows.get(cp_id)))
         return True
+
+    def take_changes(self) -> set[str] | None:
+        """The CPs whose registration (its state, or since when) changed in the reads since the
+        last call: registered, deregistered, registered again. None: every CP (the first read
+        turned each one's ``unknown`` into what it is)."""
+        with self._lock:
+            everything, changed = self._everything, self._changed
+            self._everything, self._changed = False, set()
+        return None if everything else changed
 
     def of(self, cp_id: str) -> Json:
         with self._lock:
             rows, checked = self._rows, self.checked_at
         if rows is None:
             return {"state": "unknown", "since": None, "checked_at": None}
-        row = rows.get(cp_id)
-        if row is None:
-            return {"state": "not registered", "since": None, "checked_at": checked}
-        if row.registered:
-            return {"state": "registered", "since": row.registered_at, "checked_at": checked}
-        return {"state": "deregistered", "since": row.deregistered_at, "checked_at": checked}
+        state, since = _registration_state(rows.get(cp_id))
+        return {"state": state, "since": since, "checked_at": checked}
+
+
+def _registration_state(row: RegistrationRow | None) -> tuple:
+    """What ``Registrations.of`` shows of a registration, but for when it was read."""
+    if row is None:
+        return ("not registered", None)
+    return ("registered", row.registered_at) if row.registered else ("deregistered", row.deregistered_at)
 
 
 class Presenter:

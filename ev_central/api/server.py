@@ -19,7 +19,8 @@ peers' own: ``X-Forwarded-For`` is not trusted.
 once per ``CP_BATCH`` s (the effects thread only notes which: a CP changing ten times in a
 moment is one event, made with one look at the supplies), and once a second ``health`` and
 ``weather`` when they changed (and ``alert`` when a part starts or stops failing, or a weather
-alert starts or ends); that thread also reads the CPs' registrations every 10 s and asks
+alert starts or ends); that thread also reads the CPs' registrations every 10 s (a ``cp`` event
+for each CP whose registration changed: registered, deregistered, registered again) and asks
 EV_Registry every 15 s. Nothing of it works while nobody listens, but for those two reads.
 """
 
@@ -141,7 +142,7 @@ class LiveFeed:
                     next_watch = now + self.interval
                     if now >= next_registrations:
                         next_registrations = now + self.registrations_interval
-                        self.api.registrations.refresh()
+                        self._refresh_registrations()
                     if self.api.registry is not None and now >= next_registry:
                         next_registry = now + self.registry_interval
                         self.api.registry.check()
@@ -152,6 +153,22 @@ class LiveFeed:
             if not self._stop.is_set():
                 self._stop.wait(CP_BATCH)  # more changes join this batch
             self._changed.clear()
+
+    def _refresh_registrations(self) -> None:
+        """Read the CPs' registrations again; a ``cp`` event for each CP whose registration
+        changed (every CP after the first read)."""
+        registrations = self.api.registrations
+        registrations.refresh()
+        changed = registrations.take_changes()
+        if not self.hub.live:
+            return
+        if changed is None:
+            for cp in self.api.presenter.cps():
+                self.hub.publish("cp", cp)
+        elif changed:
+            with self._dirty_lock:
+                self._dirty |= changed
+            self._publish_cps()
 
     def _publish_cps(self) -> None:
         """A ``cp`` event for each CP that changed since the last batch."""
@@ -221,7 +238,8 @@ class ApiServer(WebServer):
                  key: str | Path | None = None, operator_token: str | None = None, weather_token: str | None = None,
                  limit_concurrency: int = LIMIT_CONCURRENCY, timeout_keep_alive: int = KEEP_ALIVE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, graceful_shutdown: int = GRACEFUL_SHUTDOWN,
-                 watch_interval: float = WATCH_INTERVAL, own_store: bool = False, **app_options) -> None:
+                 watch_interval: float = WATCH_INTERVAL, registrations_interval: float = REGISTRATIONS_INTERVAL,
+                 own_store: bool = False, **app_options) -> None:
         """``app_options`` go to ``create_app`` (``store``: the API's own, closed by ``stop()``
         when ``own_store``)."""
         if (cert is None) != (key is None):
@@ -230,7 +248,7 @@ class ApiServer(WebServer):
         self.own_store = own_store
         app = create_app(central, view, operator_token=operator_token, weather_token=weather_token, **app_options)
         self.api: Api = app.state.api
-        self.feed = LiveFeed(self.api, interval=watch_interval)
+        self.feed = LiveFeed(self.api, interval=watch_interval, registrations_interval=registrations_interval)
         super().__init__(app, host, port, cert=cert, key=key, protocol=ApiProtocol, header_timeout=header_timeout,
                          limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive,
                          graceful_shutdown=graceful_shutdown, name="api-http", what="the API's server")

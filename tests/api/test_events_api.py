@@ -1,10 +1,12 @@
 """``GET /api/events`` over a real socket: the snapshot first, a fake Monitor's fault as a ``cp``
-event within 2 s, telemetry, messages, health and weather; a reader back with its
+event within 2 s, telemetry, messages, health and weather; a CP registered, deregistered and
+registered again at EV_Registry as a ``cp`` event at the next read of the registrations; a reader back with its
 ``Last-Event-ID`` gets what it missed; a reader that stops reading is dropped without slowing
 the others nor Central; too many readers are refused; Central stopping ends every stream."""
 
 from __future__ import annotations
 
+import logging
 import time
 from decimal import Decimal
 
@@ -15,7 +17,7 @@ from ev_common.protocol import Avr, Rec
 from ev_common.records import Telemetry
 from tests.support.waiting import wait_until
 
-from .conftest import EventReader
+from .conftest import EventReader, register_cp
 
 
 def test_the_stream_opens_with_a_snapshot_then_a_fault_comes_as_a_cp_event_within_2_s(running, events):
@@ -43,6 +45,46 @@ def test_the_stream_opens_with_a_snapshot_then_a_fault_comes_as_a_cp_event_withi
     reader.until(lambda e: e.event == "cp" and e.data["state"] == "ACTIVADO", 2.0, "CP1 back")
     ids = [int(e.id.rsplit("-", 1)[1]) for e in reader.events if e.id]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_a_change_of_registration_comes_as_a_cp_event_at_the_next_read(start_api):
+    running = start_api(registrations_interval=0.2)
+    store = running.central.store
+    running.monitor("CP1")
+    running.monitor("CP2")
+    reader = EventReader(running.url)
+    try:
+        snapshot = reader.next()
+        assert snapshot.event == "snapshot"
+        assert {cp["cp_id"]: cp["registration"]["state"] for cp in snapshot.data["cps"]} == {
+            "CP1": "not registered", "CP2": "not registered"}
+
+        def registration(state: str, what: str):
+            event = reader.until(lambda e: e.event == "cp" and e.data["cp_id"] == "CP1"
+                                 and e.data["registration"]["state"] == state, 3.0, what)
+            return event.data["registration"]
+
+        register_cp(store, "CP1")  # as EV_Registry does: straight into the database
+        registered = registration("registered", "CP1 registered")
+        assert registered["since"] is not None
+        store.deregister_cp("CP1")
+        deregistered = registration("deregistered", "CP1 deregistered")
+        assert deregistered["since"] is not None
+        time.sleep(0.01)
+        register_cp(store, "CP1")  # registered again: a new credential, since now
+        again = registration("registered", "CP1 registered again")
+        assert again["since"] > registered["since"]
+        assert again == running.http().get("/api/cps/CP1").json()["registration"] | {
+            "checked_at": again["checked_at"]}
+
+        time.sleep(0.5)  # a few reads more: nothing changed, no event
+        logging.getLogger("ev_central.test").warning("the end of the test")
+        reader.until(lambda e: e.event == "message" and "the end of the test" in e.data["text"], 3.0, "the end")
+        cps = [e for e in reader.events if e.event == "cp"]
+        assert [e.data["registration"]["state"] for e in cps] == ["registered", "deregistered", "registered"]
+        assert {e.data["cp_id"] for e in cps} == {"CP1"}  # CP2's registration did not change
+    finally:
+        reader.close()
 
 
 def test_telemetry_supply_interruption_and_weather_events(running, events):
