@@ -24,6 +24,8 @@ import httpx
 
 from ev_common.https_client import PinnedTransport, transport, transport_message
 
+from .source import hundredths
+
 TOKEN_MIN, TOKEN_MAX = 16, 512
 PEER = "Central"  # how messages name it: "Central's certificate ... was not accepted"
 
@@ -52,9 +54,11 @@ def check_token(text: str, where: str) -> str:
 
 
 def _number(value: Decimal | None) -> int | float | None:
-    """A temperature as a JSON number: ``-3`` (not ``-3.0``), ``-2.5``."""
+    """A temperature as a JSON number with at most 2 decimal places, as Central takes it (rounded
+    half up: ``ev_weather.source.hundredths``): ``-3`` (not ``-3.0``), ``-2.5``, ``-2.56``."""
     if value is None:
         return None
+    value = hundredths(value)
     return int(value) if value == value.to_integral_value() else float(value)
 
 

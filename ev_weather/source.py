@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "https://api.openweathermap.org/data/2.5/weather"
 MAX_ANSWER = 64 * 1024
 COLDEST, HOTTEST = Decimal(-100), Decimal(70)  # °C: a value outside is not a reading of this planet
+HUNDREDTH = Decimal("0.01")  # °C: what EV_W keeps of a reading (Central takes at most 2 decimal places)
 REASON_MAX = 200
 
 # httpx logs each request at INFO with its URL, which holds the key: never let it through.
@@ -62,7 +63,17 @@ def temperature(value: object) -> Decimal:
         raise SourceError(f"the temperature is not a number ({str(value)[:40]!r})") from None
     if not number.is_finite() or not COLDEST <= number <= HOTTEST:
         raise SourceError(f"{value} is not a temperature in °C")
-    return number
+    return hundredths(number)
+
+
+def hundredths(degrees: Decimal) -> Decimal:
+    """``degrees`` rounded to 0.01 °C, half up (a tie away from zero: -2.555 is -2.56), as EV_W
+    keeps, shows, decides on and sends every reading; a value with fewer places keeps them
+    (-2.5 stays -2.5), and a reading that rounds to zero is 0.00, never -0.00."""
+    if degrees.as_tuple().exponent >= -2:  # type: ignore[operator]  (finite: an int exponent)
+        return degrees
+    rounded = degrees.quantize(HUNDREDTH, rounding=ROUND_HALF_UP)
+    return rounded if rounded else abs(rounded)
 
 
 class OpenWeather:

@@ -86,6 +86,24 @@ def test_the_chain_alert_clear_and_an_operator_stop(central, monitors, weather, 
     assert ev_w.stop() == 0
 
 
+def test_a_simulated_reading_with_3_decimal_places_is_sent_rounded(central, monitors, start_api, start_ev_w, files):
+    """Central's API takes at most 2 decimal places: EV_W rounds half up (-2.555 -> -2.56) rather
+    than lose the whole report, and the alert goes through."""
+    monitors("CP001", "CP002")
+    api = start_api()
+    simulation = files("temperatures.txt", "Alicante,ES -2.555\n", 0o644)
+    ev_w = start_ev_w(api.url, ALICANTE, "--simulate", str(simulation), key=False)
+    wait_until(lambda: (c := city(central, "Alicante,ES")) and c.temperature == Decimal("-2.56"), WAIT,
+               "-2.56 reported through the API")
+    wait_state(central, "CP001", "PARADO")
+    wait_state(central, "CP002", "PARADO")
+    ev_w.wait_for_output(r"ALERT Alicante,ES \(-2\.56 °C\) sent: Central stopped CP001, CP002 \[SIMULATED\]")
+    shown = {c["city"]: c for c in page(api, "/api/weather")["cities"]}
+    assert shown["Alicante,ES"]["temperature"] == "-2.56" and shown["Alicante,ES"]["simulated"] is True
+    assert "refused" not in ev_w.output()
+    assert ev_w.stop() == 0
+
+
 def test_over_https_with_a_pinned_fingerprint_or_a_ca_file(central, monitors, weather, start_api, start_ev_w):
     monitors("CP001", "CP002")
     api = start_api(tls=True)

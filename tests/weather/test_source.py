@@ -110,3 +110,21 @@ def test_the_simulation_file(tmp_path):
     path.write_text("Alicante,ES 1\n")
     assert simulation.check("Alicante,ES") == Decimal("1")
     assert simulation.simulated and "SIMULATED" in simulation.describe()
+
+
+def test_a_reading_is_kept_to_a_hundredth_of_a_degree_rounded_half_up(tmp_path):
+    path = tmp_path / "temperatures.txt"
+    path.write_text("Alicante,ES -2.555\nMadrid,ES 12.345\nElche,ES -0.004\nTeruel,ES -2.5\nOslo,NO -2.5549\n")
+    simulation = Simulation(path, say=lambda _: None)
+    read = {city: simulation.check(city) for city in ("Alicante,ES", "Madrid,ES", "Elche,ES", "Teruel,ES", "Oslo,NO")}
+    assert read == {"Alicante,ES": Decimal("-2.56"), "Madrid,ES": Decimal("12.35"), "Elche,ES": Decimal("0"),
+                    "Teruel,ES": Decimal("-2.5"), "Oslo,NO": Decimal("-2.55")}
+    assert [str(read[c]) for c in ("Alicante,ES", "Elche,ES", "Teruel,ES")] == ["-2.56", "0.00", "-2.5"]
+    assert not read["Elche,ES"] < 0  # rounds to 0 °C: no alert
+
+
+def test_what_is_sent_to_central_has_at_most_2_decimal_places():
+    from ev_weather.central import _number
+
+    assert [_number(Decimal(v)) for v in ("-2.555", "-3", "-2.5", "0.005", "-0.004")] == [-2.56, -3, -2.5, 0.01, 0]
+    assert _number(None) is None
