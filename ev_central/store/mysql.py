@@ -309,6 +309,11 @@ _DDL_V6 = (
 ) {_TABLE_OPTIONS}""",
 )
 
+# The API's pages of sessions, newest first (ORDER BY started_at DESC, session_id DESC).
+_DDL_V7 = (
+    create_index(_INDEX_EXISTS, "charging_sessions", "ix_charging_sessions_started", "started_at, session_id"),
+)
+
 # Errors about the data itself: the same row is refused again, other rows are not.
 _REFUSED_ERRNOS = {
     errorcode.ER_BAD_NULL_ERROR,  # 1048 column cannot be null
@@ -355,7 +360,7 @@ class MySQLStore(SQLStore):
     applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (version)
 ) {_TABLE_OPTIONS}"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5, 6: _DDL_V6}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5, 6: _DDL_V6, 7: _DDL_V7}
     LOCK_AUDIT_HEAD = f"{SELECT_AUDIT_HEAD} FOR UPDATE"
     # A stored row is replaced only by one of the same or a higher version; ``version`` is
     # assigned last (upsert_assignments).

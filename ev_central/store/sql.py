@@ -74,6 +74,7 @@ MIGRATIONS: dict[int, str] = {
     4: "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id",
     5: "cp_registrations, cp_keys, audit_log and audit_head",
     6: "weather_alerts",
+    7: "index ix_charging_sessions_started (started_at, session_id)",
 }
 LATEST_VERSION = max(MIGRATIONS)
 

@@ -212,6 +212,12 @@ _DDL_V6 = (
 )
 
 
+# The API's pages of sessions, newest first (ORDER BY started_at DESC, session_id DESC).
+_DDL_V7 = (
+    "CREATE INDEX IF NOT EXISTS ix_charging_sessions_started ON charging_sessions (started_at, session_id)",
+)
+
+
 def _keep_newer(table: str, columns: tuple[str, ...]) -> str:
     """The upsert's update of every column but the key, only by a row of the same or a
     higher version."""
@@ -231,7 +237,7 @@ class SQLiteStore(SQLStore):
     description TEXT NOT NULL DEFAULT '',
     applied_at TEXT NOT NULL DEFAULT {_NOW}
 )"""
-    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5, 6: _DDL_V6}
+    DDL = {1: _DDL_V1, 2: _DDL_V2, 3: _DDL_V3, 4: _DDL_V4, 5: _DDL_V5, 6: _DDL_V6, 7: _DDL_V7}
     LOCK_AUDIT_HEAD = SELECT_AUDIT_HEAD  # BEGIN IMMEDIATE already holds the write lock
     UPSERT_CP = f"{INSERT_CP}\n{_keep_newer('charging_points', CP_COLUMNS)}"
     INSERT_DRIVER = """INSERT INTO drivers (driver_id, name, registered_at)

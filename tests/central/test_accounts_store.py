@@ -65,7 +65,7 @@ def test_a_malformed_uid_is_refused(text: Any) -> None:
 
 
 def test_version_4_tables_columns_and_indexes(store: SQLStore) -> None:
-    assert store.schema_versions()[-1] == LATEST_VERSION == 6
+    assert store.schema_versions()[-1] == LATEST_VERSION == 7
     found = columns(store)
     assert found["accounts"] == {"account_id", "name", "kind", "active", "created_at"}
     assert found["rfid_tags"] == {"tag_uid", "account_id", "active", "created_at"}
@@ -90,7 +90,7 @@ def test_a_version_3_database_is_upgraded_keeping_its_rows(store: SQLStore) -> N
         "DELETE FROM schema_version WHERE version = 4",
     ):
         raw(store, statement)
-    assert store.schema_versions() == [1, 2, 3, 5, 6]
+    assert store.schema_versions() == [1, 2, 3, 5, 6, 7]
     assert store.migrate() == LATEST_VERSION
     assert store.schema_versions() == list(range(1, LATEST_VERSION + 1))
     assert store.get_session("S001") == session()

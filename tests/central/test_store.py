@@ -90,13 +90,14 @@ EXPECTED_COLUMNS = {
 def test_schema_has_the_documented_tables_columns_and_indexes(store: SQLStore) -> None:
     assert columns(store) == EXPECTED_COLUMNS
     assert index_columns(store, "charging_sessions") == {
-        "cp_id", "driver_id", "status", "account_id",
+        "cp_id", "driver_id", "status", "account_id", "started_at",
     }  # fmt: skip
     assert indexes(store, "charging_sessions") == {
         "ix_charging_sessions_cp_id": ("cp_id",),
         "ix_charging_sessions_driver_id": ("driver_id",),
         "ix_charging_sessions_status": ("status", "ticket_sent", "started_at"),
         "ix_charging_sessions_account_id": ("account_id", "started_at"),
+        "ix_charging_sessions_started": ("started_at", "session_id"),
     }
     assert indexes(store, "drivers") == {"ix_drivers_account_id": ("account_id",)}
     assert indexes(store, "rfid_tags") == {"ix_rfid_tags_account_id": ("account_id", "tag_uid")}
@@ -105,7 +106,7 @@ def test_schema_has_the_documented_tables_columns_and_indexes(store: SQLStore) -
 
 
 def test_migrate_is_idempotent(store: SQLStore) -> None:
-    assert store.migrate() == LATEST_VERSION == 6
+    assert store.migrate() == LATEST_VERSION == 7
     assert store.migrate() == LATEST_VERSION
     again = same_kind(store)
     try:
@@ -120,6 +121,7 @@ def test_migrate_is_idempotent(store: SQLStore) -> None:
         (4, "accounts, rfid_tags, drivers.account_id, charging_sessions.tag_uid and .account_id"),
         (5, "cp_registrations, cp_keys, audit_log and audit_head"),
         (6, "weather_alerts"),
+        (7, "index ix_charging_sessions_started (started_at, session_id)"),
     ]
     assert columns(store) == EXPECTED_COLUMNS
 
@@ -132,7 +134,7 @@ def test_concurrent_migrations_apply_each_version_once(store: SQLStore) -> None:
     results = migrate_at_once(store, 4)
     assert results == [LATEST_VERSION] * 4
     assert raw(store, "SELECT version FROM schema_version ORDER BY version") == [
-        (1,), (2,), (3,), (4,), (5,), (6,)
+        (1,), (2,), (3,), (4,), (5,), (6,), (7,)
     ]
     assert raw(store, "SELECT id, last_seq FROM audit_head") == [(1, 0)]  # one head, whoever made it
     assert columns(store) == EXPECTED_COLUMNS

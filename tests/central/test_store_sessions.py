@@ -1,6 +1,7 @@
 """Charging sessions in Central's store (``charging_sessions``), on both backends through the
-``store`` fixture of tests/central/conftest.py; and schema version 2, which added
-``request_id`` and ``ix_charging_sessions_status``."""
+``store`` fixture of tests/central/conftest.py; schema version 2, which added ``request_id``
+and ``ix_charging_sessions_status``; and schema version 7, which added
+``ix_charging_sessions_started`` for the API's pages of sessions, newest first."""
 
 from __future__ import annotations
 
@@ -483,7 +484,7 @@ def test_a_version_1_database_is_upgraded_in_place(store: SQLStore) -> None:
 
     upgraded = same_kind(store)  # what open_store does: a new store, then migrate()
     try:
-        assert upgraded.migrate() == LATEST_VERSION == 6
+        assert upgraded.migrate() == LATEST_VERSION == 7
         assert upgraded.schema_versions() == list(range(1, LATEST_VERSION + 1))
         assert columns(store)["charging_sessions"] == LATEST_COLUMNS
         assert indexes(store, "charging_sessions")["ix_charging_sessions_status"] == (
@@ -528,3 +529,41 @@ def test_concurrent_upgrades_from_version_1_apply_version_2_once(store: SQLStore
         (v,) for v in range(1, LATEST_VERSION + 1)
     ]
     assert columns(store)["charging_sessions"] == LATEST_COLUMNS
+
+
+# -- schema version 7: the index of the pages of sessions -------------------------------------------
+
+
+def _drop_started_index(store: SQLStore) -> None:
+    on = "" if type(store).__name__ == "SQLiteStore" else " ON charging_sessions"
+    raw(store, f"DROP INDEX ix_charging_sessions_started{on}")
+
+
+def test_a_version_6_database_gets_the_index_of_the_pages_of_sessions(store: SQLStore) -> None:
+    store.save_sessions([session("S1"), session("S2", started_at=T0 + timedelta(minutes=1))])
+    _drop_started_index(store)
+    raw(store, "DELETE FROM schema_version WHERE version = 7")
+    assert store.schema_versions() == [1, 2, 3, 4, 5, 6]
+    assert "ix_charging_sessions_started" not in indexes(store, "charging_sessions")
+    assert store.migrate() == LATEST_VERSION == 7
+    assert store.schema_versions() == list(range(1, LATEST_VERSION + 1))
+    assert indexes(store, "charging_sessions")["ix_charging_sessions_started"] == ("started_at", "session_id")
+    assert [row.session_id for row in store.list_sessions_page(None, None, None, 10)] == ["S2", "S1"]
+
+
+def test_version_7_applied_again_over_its_own_index_is_harmless(store: SQLStore) -> None:
+    """As after a MySQL migration whose DDL ran but whose schema_version row was lost."""
+    raw(store, "DELETE FROM schema_version WHERE version = 7")
+    assert store.migrate() == LATEST_VERSION
+    assert store.schema_versions() == list(range(1, LATEST_VERSION + 1))
+    assert list(indexes(store, "charging_sessions")).count("ix_charging_sessions_started") == 1
+
+
+def test_the_newest_page_of_sessions_is_read_by_the_index(store: SQLStore) -> None:
+    if type(store).__name__ != "SQLiteStore":
+        pytest.skip("MySQL's plan depends on the table's statistics; SQLite's is fixed")
+    plan = " ".join(str(row[-1]) for row in raw(
+        store, "EXPLAIN QUERY PLAN SELECT session_id FROM charging_sessions"
+               " ORDER BY started_at DESC, session_id DESC LIMIT 50"))
+    assert "ix_charging_sessions_started" in plan and "TEMP B-TREE" not in plan
+

@@ -191,7 +191,7 @@ def test_version_3_applied_again_over_its_own_changes_is_harmless(store: SQLStor
     store.save_sessions([session(version=3)])
     store.add_rejected("cp", "CP1", "x", "{}")
     raw(store, "DELETE FROM schema_version WHERE version = 3")
-    assert store.migrate() == LATEST_VERSION == 6
+    assert store.migrate() == LATEST_VERSION == 7
     assert store.schema_versions() == list(range(1, LATEST_VERSION + 1))
     assert {"engine_final", "corrected", "version"} <= columns(store)["charging_sessions"]
     assert store.get_session("S001") == session(version=3)

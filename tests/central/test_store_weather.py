@@ -20,7 +20,7 @@ def alert(city: str = "Alicante,ES", cp_ids=("CP001", "CP002"), temperature="-2.
 
 
 def test_the_table_and_its_version(store) -> None:
-    assert store.schema_versions()[-1] == LATEST_VERSION == 6
+    assert store.schema_versions()[-1] == LATEST_VERSION == 7
     assert columns(store)["weather_alerts"] == {"city", "cp_ids", "temperature", "since"}
     assert store.load_weather_alerts() == []
 
@@ -88,7 +88,7 @@ def test_version_6_applied_again_over_its_own_changes_is_harmless(store) -> None
 def test_a_version_5_database_is_upgraded(store) -> None:
     raw(store, "DROP TABLE weather_alerts")
     raw(store, "DELETE FROM schema_version WHERE version = 6")
-    assert store.schema_versions() == [1, 2, 3, 4, 5]
+    assert store.schema_versions() == [1, 2, 3, 4, 5, 7]
     assert store.migrate() == LATEST_VERSION
     store.save_weather_alert(alert())
     assert store.load_weather_alerts() == [alert()]
