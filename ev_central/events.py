@@ -190,6 +190,9 @@ class EventHub:
         self.live = False  # someone listens, or did within ``linger`` s: publish does its work
         self.published = 0
         self.dropped = 0  # subscribers dropped for falling behind
+        #: Called (on the subscriber's thread, never under the hub's lock) after each subscribe:
+        #: the API's feed looks at once at what it publishes only while someone listens.
+        self.on_subscribe: Callable[[], None] | None = None
 
     # -- publishing (any thread) ------------------------------------------------------------
 
@@ -293,6 +296,8 @@ class EventHub:
                 self._thread = threading.Thread(target=self._run_pump, name="live-events", daemon=True)
                 self._thread.start()
         self._wakeup.set()
+        if self.on_subscribe is not None:
+            self.on_subscribe()
         return subscriber
 
     def _parse(self, event_id: str) -> int | None:

@@ -84,12 +84,14 @@ class LiveFeed:
         self._failing: set[str] = set()
         self._weather: str | None = None
         self._alerts: dict[str, dict] = {}
+        self._newcomer = False  # a reader subscribed: see _subscribed
 
     def start(self) -> "LiveFeed":
         supplies = self.api.central.supplies
         supplies.on_cp_change = self._cp_changed
         supplies.on_progress = self._progress
         logging.getLogger().addHandler(self._handler)
+        self.hub.on_subscribe = self._subscribed
         self._thread = threading.Thread(target=self._run, name="api-watch", daemon=True)
         self._thread.start()
         return self
@@ -101,6 +103,8 @@ class LiveFeed:
         if supplies.on_progress == self._progress:
             supplies.on_progress = None
         logging.getLogger().removeHandler(self._handler)
+        if self.hub.on_subscribe == self._subscribed:
+            self.hub.on_subscribe = None
         self._stop.set()
         self._changed.set()
         if self._thread is not None:
@@ -138,7 +142,7 @@ class LiveFeed:
             try:
                 self._publish_cps()
                 now = time.monotonic()
-                if now >= next_watch:
+                if now >= next_watch or self._first_look():
                     next_watch = now + self.interval
                     if now >= next_registrations:
                         next_registrations = now + self.registrations_interval
@@ -169,6 +173,18 @@ class LiveFeed:
             with self._dirty_lock:
                 self._dirty |= changed
             self._publish_cps()
+
+    def _subscribed(self) -> None:
+        """(the hub, on a reader's thread) Someone subscribed: if nobody listened before, the
+        watcher looks at once (not up to ``interval`` s later), so that a change soon after
+        the reader's snapshot (a weather alert cleared) is published to it."""
+        self._newcomer = True
+        self._changed.set()
+
+    def _first_look(self) -> bool:
+        """A reader came while the watcher published nothing (taken once)."""
+        newcomer, self._newcomer = self._newcomer, False
+        return newcomer and self._weather is None
 
     def _publish_cps(self) -> None:
         """A ``cp`` event for each CP that changed since the last batch."""
