@@ -12,8 +12,6 @@ This module and ``menu.py`` are the only ones that print for people.
 
 from __future__ import annotations
 
-import collections
-import logging
 import sys
 import threading
 import time
@@ -22,6 +20,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable, TextIO
 
+from ev_common import menu_lines
 from ev_common.words import (
     ACTIVADO,
     AVERIADO,
@@ -193,58 +192,12 @@ class PlainScreen:
                 pass
 
 
-class Messages:
-    """The Engine's ``say``: plain lines, or, while the menu runs, its message queue.
-
-    Never blocks (the Engine may call it holding its lock): the menu drains the
-    queue on its own thread. Whatever is queued when the menu ends is printed.
-    """
+class Messages(menu_lines.Messages):
+    """The program's ``say`` (``ev_common.menu_lines``): plain lines on this screen, or, while the
+    menu runs, its message queue."""
 
     def __init__(self, plain: PlainScreen | None = None, now: Callable[[], datetime] = datetime.now) -> None:
-        self.plain = plain or PlainScreen()
-        self._now = now
-        self._queue: collections.deque[tuple[datetime, str]] = collections.deque(maxlen=MAX_MESSAGES)
-        self._lock = threading.Lock()
-        self._to_menu = False
-
-    def __call__(self, text: str) -> None:
-        with self._lock:
-            if self._to_menu:
-                self._queue.append((self._now(), text))
-                return
-        self.plain.line(text)
-
-    def attach(self) -> None:
-        """From now on, lines wait in the queue for the menu."""
-        with self._lock:
-            self._to_menu = True
-
-    def detach(self) -> None:
-        """Back to plain lines; what the menu did not show yet is printed."""
-        with self._lock:
-            self._to_menu = False
-            left = list(self._queue)
-            self._queue.clear()
-        for _, text in left:
-            self.plain.line(text)
-
-    def drain(self) -> list[tuple[datetime, str]]:
-        with self._lock:
-            items = list(self._queue)
-            self._queue.clear()
-        return items
+        super().__init__(plain or PlainScreen(), now, MAX_MESSAGES)
 
 
-class MessagesLogHandler(logging.Handler):
-    """Log records as lines of ``Messages`` (while the menu owns the terminal)."""
-
-    def __init__(self, messages: Messages, level: int = logging.NOTSET) -> None:
-        super().__init__(level)
-        self.messages = messages
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.messages(self.format(record))
-        except Exception:  # never let a log line break the Engine
-            self.handleError(record)
+MessagesLogHandler = menu_lines.MessagesLogHandler

@@ -8,12 +8,12 @@ below; ``Messages`` queues the lines for it while it runs.
 
 from __future__ import annotations
 
-import collections
-import logging
 import sys
 import threading
 from datetime import datetime
 from typing import Callable, TextIO
+
+from ev_common import menu_lines
 
 from .office import WatchView
 
@@ -54,53 +54,12 @@ class PlainScreen:
             del self._shown[gone]
 
 
-class Messages:
-    """EV_W's ``say``: plain lines, or, while the menu runs, its message queue (never blocks)."""
+class Messages(menu_lines.Messages):
+    """The program's ``say`` (``ev_common.menu_lines``): plain lines on this screen, or, while the
+    menu runs, its message queue."""
 
     def __init__(self, plain: PlainScreen | None = None, now: Callable[[], datetime] = datetime.now) -> None:
-        self.plain = plain or PlainScreen()
-        self._now = now
-        self._queue: collections.deque[tuple[datetime, str]] = collections.deque(maxlen=MAX_MESSAGES)
-        self._lock = threading.Lock()
-        self._to_menu = False
-
-    def __call__(self, text: str) -> None:
-        with self._lock:
-            if self._to_menu:
-                self._queue.append((self._now(), text))
-                return
-        self.plain.line(text)
-
-    def attach(self) -> None:
-        with self._lock:
-            self._to_menu = True
-
-    def detach(self) -> None:
-        """Back to plain lines; what the menu did not show yet is printed."""
-        with self._lock:
-            self._to_menu = False
-            left = list(self._queue)
-            self._queue.clear()
-        for _, text in left:
-            self.plain.line(text)
-
-    def drain(self) -> list[tuple[datetime, str]]:
-        with self._lock:
-            items = list(self._queue)
-            self._queue.clear()
-        return items
+        super().__init__(plain or PlainScreen(), now, MAX_MESSAGES)
 
 
-class MessagesLogHandler(logging.Handler):
-    """Log records as lines of ``Messages`` (while the menu owns the terminal)."""
-
-    def __init__(self, messages: Messages, level: int = logging.NOTSET) -> None:
-        super().__init__(level)
-        self.messages = messages
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.messages(self.format(record))
-        except Exception:
-            self.handleError(record)
+MessagesLogHandler = menu_lines.MessagesLogHandler
