@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         broker = None if args.kafka else TansuBroker(log_path=Path(tmp) / "tansu.log").start()
         try:
             results = run(runner, db, args.runs, args.kafka or broker.bootstrap)
+        except AssertionError as exc:  # say why, while the programs' logs are still there
+            tails = "\n".join(f"--- {program.name} ---\n{program.output()[-1500:]}" for program in runner.programs)
+            raise AssertionError(f"{exc}\n{tails}") from None
         finally:
             runner.stop_all()
             if broker is not None:
@@ -75,6 +78,10 @@ def run(runner: ProgramRunner, db: str, runs: int, kafka: str) -> dict[str, list
         wait_until(lambda: state() == target, timeout, f"{target}", interval=0.005)
         return time.monotonic() - started
 
+    def back(action, why):  # not measured: the CP back in service before the next measurement
+        action()
+        wait_until(lambda: state() == "ACTIVADO", 30, why, interval=0.05)
+
     results: dict[str, list[float]] = {"Engine fault -> AVERIADO": [], "Monitor SIGKILL -> DESCONECTADO": [],
                                        "Monitor SIGSTOP -> DESCONECTADO": []}
     try:
@@ -82,7 +89,7 @@ def run(runner: ProgramRunner, db: str, runs: int, kafka: str) -> dict[str, list
         for _ in range(runs):
             time.sleep(random.uniform(0, 1))  # a random phase of the 1 s check cycle
             results["Engine fault -> AVERIADO"].append(timed(lambda: engine.send_signal(signal.SIGUSR1), "AVERIADO"))
-            timed(lambda: engine.send_signal(signal.SIGUSR1), "ACTIVADO")
+            back(lambda: engine.send_signal(signal.SIGUSR1), "the Engine to recover (ACTIVADO)")
         for _ in range(runs):
             time.sleep(random.uniform(0, 1))
             results["Monitor SIGKILL -> DESCONECTADO"].append(timed(monitor.kill, "DESCONECTADO"))
