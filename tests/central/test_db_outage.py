@@ -72,7 +72,7 @@ def test_central_serves_through_a_database_outage(proxied, caplog):
         assert "CP2" not in db_states(direct_url)
 
         proxy.restore()
-        wait_until(lambda: db_states(direct_url) == {"CP1": "AVERIADO", "CP2": "ACTIVADO"}, 20,
+        wait_until(lambda: db_states(direct_url) == {"CP1": "AVERIADO", "CP2": "ACTIVADO"}, 45,
                    "the pending states to be written")
         wait_until(lambda: "database back" in caplog.text, 5, "the recovery said")
     finally:

@@ -16,6 +16,7 @@ from ev_weather.locations import LocationsFile
 from ev_weather.office import WeatherWatch
 from ev_weather.source import SourceError
 from tests.support.clock import FakeClock
+from tests.support.waiting import wait_until
 
 
 class Source:
@@ -220,10 +221,12 @@ def test_a_slow_check_is_not_asked_twice(setup):
     assert any("no answer within" in s for s in said)
     assert all(line.error and "no answer within" in line.error for line in watch.view().cities)
     source.gate.set()
-    for _ in range(50):
+
+    def answered() -> bool:
         watch.cycle()
-        if all(line.error is None for line in watch.view().cities):
-            break
+        return all(line.error is None for line in watch.view().cities)
+
+    wait_until(answered, 10, "the checks to be answered once the source answers", interval=0.05)
     assert all(line.temperature == Decimal("1") for line in watch.view().cities)
 
 
