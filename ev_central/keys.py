@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import secrets
 import stat
 import threading
@@ -24,6 +23,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ev_common.files import write_atomically
 
 from .core.entities import CPKeyRow
 from .store.base import Store
@@ -46,13 +47,10 @@ def load_or_make_master_key(path: Path) -> bytes:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_bytes(KEY_BYTES)
-        temporary = path.with_name(path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(base64.urlsafe_b64encode(key).decode().rstrip("=") + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        try:
+            write_atomically(path, key_text(key).encode() + b"\n", 0o600, replace=False)
+        except FileExistsError:  # another Central made it meanwhile: that one is the key
+            return load_or_make_master_key(path)
         log.info("made the master key that seals the CPs' keys: %s (keep it, and keep it private)", path)
         return key
     mode = path.stat().st_mode

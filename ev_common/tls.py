@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import write_atomically
 from .linkstate import LinkBroken, LinkTimeout
 
 __all__ = ["Certificate", "CertificateRejected", "TLSChannel", "TLSClient", "TLSError", "TLSTimeout",
@@ -203,36 +204,12 @@ def _create(folder: Path, cert_path: Path, key_path: Path, name: str, hosts) -> 
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    _write_atomically(key_path, key_pem, 0o600)  # the key first: a certificate on disk has its key
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(key_path, key_pem, 0o600)  # the key first: a certificate on disk has its key
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     fingerprint = format_fingerprint(cert.fingerprint(hashes.SHA256()))
     log.info("made a self-signed certificate %s (CN=%s, for %s, valid %d days), key in %s: %s", cert_path, name,
              ", ".join(str(n.value) for n in alt_names), VALIDITY_DAYS, key_path, fingerprint)
     return Certificate(cert_path, key_path, fingerprint, created=True)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a fresh temporary file of ``mode`` beside ``path``, then rename it:
-    ``path`` never exists half written nor with a wider mode."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-    try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, mode)  # whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
 
 
 def _load(cert_path: Path, key_path: Path, name: str, hosts) -> Certificate:

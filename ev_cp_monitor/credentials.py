@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
+from ev_common.files import write_atomically
 from ev_common.protocol.fields import Token
 from ev_common.protocol.messages import CREDENTIAL_MAX
 
@@ -79,27 +80,9 @@ def read_credential(path: Path) -> str:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Create ``path`` holding ``text``, mode 0600 whatever the umask, whole or not at all: it is
-    written under a temporary name and then linked to ``path``, which must not exist yet
-    (``FileExistsError``: what is there is left alone)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)
-            data = memoryview(text.encode("utf-8"))
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(temporary, path)  # never replaces a file written meanwhile
-    finally:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+    """Create ``path`` holding ``text``, mode 0600, whole or not at all; ``path`` must not exist
+    yet (``FileExistsError``: what is there is left alone)."""
+    write_atomically(path, text.encode("utf-8"), 0o600, replace=False)
 
 
 def _registry_client(access: RegistryAccess, token: str):

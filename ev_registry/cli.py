@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import socket
 import sys
@@ -22,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from ev_common.config import env, port_number
+from ev_common.files import write_atomically
 from ev_common.log import add_log_level_argument, setup_logging
 from ev_common.tokens import read_token
 
@@ -177,26 +177,8 @@ def build_client_parser() -> argparse.ArgumentParser:
 
 
 def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600, whole or not at all (a temporary file of
-    that mode, then renamed over ``path``)."""
-    path = path.expanduser()
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)
-            os.write(fd, text.encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` to ``path`` with mode 0600, whole or not at all."""
+    write_atomically(path.expanduser(), text.encode("ascii"), 0o600)
 
 
 def certificate_hosts(host: str, extra: list[str]) -> list[str]:
