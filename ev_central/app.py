@@ -22,7 +22,7 @@ from ev_common.link import LinkConfig
 from ev_common.records import CPStatus, Record
 
 from .audit import AuditLog, default_spool_path
-from .auth import Audit, CPAuthenticator
+from .auth import CPAuthenticator
 from .bus_adapter import REQUESTS_GROUP, CentralBus, KafkaNotifier
 from .effects import Effects
 from .events import EventHub
@@ -64,15 +64,19 @@ class Central:
                  end_grace: float = DEFAULT_END_GRACE, stale_after: float = DEFAULT_STALE_AFTER,
                  topic_partitions: int = 1, topic_replication: int = 1, mcsp_port: int | None = None,
                  secure: bool = False, tls: ssl.SSLContext | None = None, master_key: bytes | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, audit_store: Store | None = None) -> None:
         """``secure``: CPs authenticate with their credential and get a key (docs/security.md);
         it needs ``master_key`` (ev_central/keys.py), and ``tls`` for the Monitor port.
-        ``audit``: the audit writer (default: one spooling next to the database, ev_central/audit.py)."""
+        ``audit``: the audit writer (default: one spooling next to the database, ev_central/audit.py),
+        appending through ``audit_store`` when given: a connection of its own, which Central closes
+        at its stop (its retries then never wait behind, nor hold up, the writers of CPs and
+        sessions)."""
         if secure and (master_key is None or tls is None):
             raise ValueError("secure mode needs a master key and a TLS context")
         self.store = store
         self.secure = secure
-        self.audit = audit if audit is not None else AuditLog(store, default_spool_path(store))
+        self._audit_store = audit_store
+        self.audit = audit if audit is not None else AuditLog(audit_store or store, default_spool_path(store))
         self._host = host
         self._mcsp_port = mcsp_port  # None: no MCSP port
         self.network = ChargingNetwork(silence_timeout=silence_timeout)
@@ -102,7 +106,7 @@ class Central:
         self.monitors.on_change = self.supplies.changed
         self.monitors.on_supply_state = self.supplies.on_supply_state
         if self.keys is not None:
-            self.monitors.authenticator = CPAuthenticator(store, self.keys, getattr(self, "audit", None) or Audit())
+            self.monitors.authenticator = CPAuthenticator(store, self.keys, self.audit)
         self.mcsp: MCSPServer | None = None  # RFID stations (docs/mcsp.md), once started
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -179,6 +183,8 @@ class Central:
         self.writer.stop()
         self.weather.stop()
         self.audit.stop()  # last: what every part recorded, appended or spooled
+        if self._audit_store is not None:
+            self._audit_store.close()
         self.store.close()
 
     # -- operator commands -----------------------------------------------------------------------
@@ -206,9 +212,7 @@ class Central:
             raise KeyError(cp_id)
         count = self.keys.revoke(cp_id)
         told = self.monitors.revoke(cp_id, KEYS_REVOKED)
-        audit = getattr(self, "audit", None)
-        if audit is not None:
-            audit.record("key.revoke", actor, f"{cp_id}: {count} key(s) revoked", "ok")
+        self.audit.record("key.revoke", actor, f"{cp_id}: {count} key(s) revoked", "ok")
         log.warning("%s: keys revoked (%d); %s", cp_id, count,
                     "its Monitor was told and must authenticate again" if told
                     else "its Monitor is not connected; it must authenticate again")

@@ -275,18 +275,25 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         return 1
     try:
+        audit_store = open_store(args.db)  # the audit writer's own connection
+    except (StoreError, ValueError) as exc:
+        log.error("cannot open the database: %s", exc)
+        store.close()
+        return 1
+    try:
         central = Central(store, args.host, args.port, kafka=kafka, topics=Topics(args.topic_prefix),
                           silence_timeout=args.silence_timeout, request_ttl=args.request_ttl,
                           end_grace=args.end_grace, stale_after=args.stale_after,
                           topic_partitions=args.topic_partitions, topic_replication=args.topic_replication,
-                          mcsp_port=args.mcsp_port, secure=args.secure, tls=tls, master_key=master_key).start()
-    except OSError as exc:
-        ports = f"ports {args.port} and {args.mcsp_port}" if args.mcsp_port is not None else f"port {args.port}"
-        log.error("cannot listen on %s, %s: %s", args.host, ports, exc.strerror or exc)
-        store.close()
-        return 1
-    except AnotherCentral as exc:
-        log.error("%s", exc)
+                          mcsp_port=args.mcsp_port, secure=args.secure, tls=tls, master_key=master_key,
+                          audit_store=audit_store).start()
+    except (OSError, AnotherCentral) as exc:
+        if isinstance(exc, AnotherCentral):
+            log.error("%s", exc)
+        else:
+            ports = f"ports {args.port} and {args.mcsp_port}" if args.mcsp_port is not None else f"port {args.port}"
+            log.error("cannot listen on %s, %s: %s", args.host, ports, exc.strerror or exc)
+        audit_store.close()
         store.close()
         return 1
     view = CentralView(central, messages)
