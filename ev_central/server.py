@@ -72,7 +72,7 @@ class MonitorServer:
     def __init__(self, network: ChargingNetwork, on_change: Callable[[StateChange], None],
                  host: str, port: int, *, config: LinkConfig = LinkConfig(),
                  max_sessions: int = 10_000, workers: int = 4, tls: ssl.SSLContext | None = None,
-                 authenticator=None) -> None:
+                 authenticator=None, reuse_port: bool = False) -> None:
         """``tls``: serve TLS on the port (``ev_common.tls.server_context``); None, plaintext.
         ``authenticator``: who may register (``ev_central.auth``: ``OpenDoor`` by default,
         ``CPAuthenticator`` in secure mode)."""
@@ -80,7 +80,7 @@ class MonitorServer:
         self.authenticator = authenticator or OpenDoor()
         self.on_change = on_change
         self._server = LinkReactor(host, port, self, name="monitor", max_sessions=max_sessions, config=config,
-                                   workers=workers, tls=tls)
+                                   workers=workers, tls=tls, reuse_port=reuse_port)
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._unregistered: set[MonitorSession] = set()

@@ -222,7 +222,9 @@ class LinkReactor:
     def __init__(self, host: str, port: int, handler: SessionHandler, *, name: str = "link",
                  max_sessions: int = 10_000, busy_reason: str | None = None, config: LinkConfig = LinkConfig(),
                  registry: Registry = MESSAGES, workers: int = 8, backlog: int = 4096,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, reuse_port: bool = False) -> None:
+        """``reuse_port``: bind with ``SO_REUSEPORT``, so that several processes (gateways) share
+        ``port`` and the kernel spreads new connections over them (Linux)."""
         self.handler = handler
         self.tls = tls
         self.name = name
@@ -230,7 +232,7 @@ class LinkReactor:
         self.busy_reason = busy_reason or f"{max_sessions} sessions open, the most allowed"
         self.config = config
         self.registry = registry
-        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=False)
+        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=reuse_port)
         self._listener.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
