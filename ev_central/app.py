@@ -32,6 +32,7 @@ from .core.network import DEFAULT_SILENCE_TIMEOUT, ChargingNetwork, StateChange
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER, SupplyBook
 from .mcsp_server import MCSPServer
 from .persistence import cp_state_writer, session_writer
+from .remote import DEFAULT_GATEWAY_TIMEOUT, CPRouter, RemoteGateways
 from .server import MonitorServer
 from .store import Store
 from .supply_service import DEFAULT_REQUEST_TTL, DriverDirectory, SupplyService
@@ -64,15 +65,20 @@ class Central:
                  end_grace: float = DEFAULT_END_GRACE, stale_after: float = DEFAULT_STALE_AFTER,
                  topic_partitions: int = 1, topic_replication: int = 1, mcsp_port: int | None = None,
                  secure: bool = False, tls: ssl.SSLContext | None = None, master_key: bytes | None = None,
-                 audit: AuditLog | None = None, audit_store: Store | None = None) -> None:
+                 audit: AuditLog | None = None, audit_store: Store | None = None, gateways: bool = False,
+                 gateway_timeout: float = DEFAULT_GATEWAY_TIMEOUT) -> None:
         """``secure``: CPs authenticate with their credential and get a key (docs/security.md);
         it needs ``master_key`` (ev_central/keys.py), and ``tls`` for the Monitor port.
         ``audit``: the audit writer (default: one spooling next to the database, ev_central/audit.py),
         appending through ``audit_store`` when given: a connection of its own, which Central closes
         at its stop (its retries then never wait behind, nor hold up, the writers of CPs and
-        sessions)."""
+        sessions). ``gateways``: also serve CPs whose Monitors are served by gateway processes
+        (``EV_Central gateway``, docs/scaling.md), over Kafka; a gateway silent for
+        ``gateway_timeout`` s is dead."""
         if secure and (master_key is None or tls is None):
             raise ValueError("secure mode needs a master key and a TLS context")
+        if gateways and not kafka:
+            raise ValueError("serving gateways needs Kafka")
         self.store = store
         self.secure = secure
         self._audit_store = audit_store
@@ -90,20 +96,28 @@ class Central:
         # CPs' records: opened with their keys in secure mode, refused when not genuine (docs/topics.md)
         self.gate = RecordGate(secure, self.keys.key_for if self.keys else (lambda cp_id, version: None),
                                self._record_rejected)
+        self.remote: RemoteGateways | None = None  # the gateways' CPs (docs/scaling.md), when served
         if kafka:
             publisher = Publisher(kafka, "ev-central")
             self.bus: CentralBus | None = CentralBus(kafka, topics, publisher, partitions=topic_partitions,
                                                      replication=topic_replication, gate=self.gate)
             notifier = KafkaNotifier(publisher, topics)
+            if gateways:
+                self.remote = RemoteGateways(self.network, publisher, kafka, topics, timeout=gateway_timeout,
+                                             partitions=topic_partitions, replication=topic_replication,
+                                             keys=self.keys)
         else:
             self.bus, notifier = None, _NoBus()
-        self.supplies = SupplyService(self.network, self.book, self.monitors, DriverDirectory(store), notifier,
+        # how the core reaches a CP: its Monitor's session here, or (with gateways) its gateway
+        self.cps = self.monitors if self.remote is None else CPRouter(self.network, self.monitors, self.remote)
+        self.supplies = SupplyService(self.network, self.book, self.cps, DriverDirectory(store), notifier,
                                       self.session_writer, store, cp_rows=self.writer, effects=self.effects,
                                       request_ttl=request_ttl, audit=self.audit)
         self.supplies.audit_registrations = not secure  # in secure mode "auth" records each REG
         self.weather = WeatherOffice(self.supplies, store, self.audit)  # EV_W's reports and alerts (docs/weather.md)
         # the Monitor side reports to the core through these two doors only
         self.monitors.on_change = self.supplies.changed
+        self.monitors.on_changes = self.supplies.changed_many
         self.monitors.on_supply_state = self.supplies.on_supply_state
         if self.keys is not None:
             self.monitors.authenticator = CPAuthenticator(store, self.keys, self.audit)
@@ -159,6 +173,8 @@ class Central:
             log.info("Central listening for RFID stations (MCSP/1.0) on %s:%d", host, port)
         if self.bus is not None:
             self.bus.start(self.supplies)
+        if self.remote is not None:
+            self.remote.start(self.supplies)
         self.supplies.publish_all_status()
         resent = self.supplies.resend_unsent_tickets()
         if resent:
@@ -176,6 +192,8 @@ class Central:
         if self.mcsp is not None:
             self.mcsp.stop()
         self.monitors.stop()
+        if self.remote is not None:
+            self.remote.stop()
         self.effects.stop()  # what the last decisions caused, before Kafka and the writers stop
         if self.bus is not None:
             self.bus.stop()
@@ -211,7 +229,7 @@ class Central:
         if self.network.get(cp_id) is None:
             raise KeyError(cp_id)
         count = self.keys.revoke(cp_id)
-        told = self.monitors.revoke(cp_id, KEYS_REVOKED)
+        told = self.cps.revoke(cp_id, KEYS_REVOKED)
         self.audit.record("key.revoke", actor, f"{cp_id}: {count} key(s) revoked", "ok")
         log.warning("%s: keys revoked (%d); %s", cp_id, count,
                     "its Monitor was told and must authenticate again" if told

@@ -36,6 +36,7 @@ REGISTRATION_TIMEOUT = 10.0  # a session that has not registered by then is clos
 SWEEP_INTERVAL = 0.2
 ANSWERS_KEPT = 64  # per session: supplies already answered or given up on, to tell a repeat from a late answer
 GAVE_UP = "Central gave up waiting for the CP's answer"
+LOUD_BATCH = 8  # registrations served together up to this many are logged one by one at INFO
 
 
 class CPUnreachable(Exception):
@@ -88,6 +89,8 @@ class MonitorServer:
         self._stopping = False  # a clean stop: closing sessions is not the CPs' failure
         # what a CP reports of its supply after registering (SST): answered with the messages returned
         self.on_supply_state: Callable[[str, Sst], list[Message]] = lambda cp_id, report: []
+        # many changes at once (a batch of registrations); None: ``on_change`` for each
+        self.on_changes: Callable[[list[StateChange]], None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -170,6 +173,28 @@ class MonitorServer:
             return self.network.heartbeat(session.cp_id, session)
         return None
 
+    def batch(self, items: list[tuple[MonitorSession, object]]) -> list:
+        """(the register lane) The first messages of many sessions at once, one per session:
+        their registrations are served together (``_accept_registrations``); anything else as
+        ``message`` serves it. Returns each one's answer, in order."""
+        answers: list = [False] * len(items)
+        registrations: list[tuple[int, MonitorSession, Reg]] = []
+        for index, (session, message) in enumerate(items):
+            if session.cp_id is None and isinstance(message, Reg):
+                registrations.append((index, session, message))
+                continue
+            try:
+                answers[index] = self.message(session, message)
+            except Exception:
+                log.exception("serving %r failed", session)
+        if registrations:
+            with self._lock:
+                self._unregistered.difference_update(session for _, session, _ in registrations)
+            replies = self._accept_registrations([(session, reg) for _, session, reg in registrations])
+            for (index, _, _), reply in zip(registrations, replies):
+                answers[index] = reply
+        return answers
+
     def lane(self, session: MonitorSession, message) -> str:
         """Registrations are served one at a time (see LinkReactor); the rest by the main workers."""
         return "register" if session.cp_id is None else "main"
@@ -211,23 +236,54 @@ class MonitorServer:
         return True
 
     def _accept_registration(self, session: MonitorSession, reg: Reg) -> list[Message]:
-        log.info("REG received from %s: %s", session.link.peer, reg.redacted())
-        admitted = self.authenticator.authenticate(reg, session.link.peer)
-        if isinstance(admitted, Refused):
-            log.info("AUTH#KO sent to %s from %s (%s)", reg.cp_id, session.link.peer, admitted.reason)
-            return [Auth.refused(admitted.reason)]
-        session.cp_id = reg.cp_id
-        change, replaced = self.network.register(reg.cp_id, admitted.location, admitted.price_eur_kwh, session)
-        if replaced is not None:
-            log.warning("%s: a newer Monitor session from %s replaces %r", reg.cp_id, session.link.peer, replaced)
-            replaced.link.close("replaced by a newer session for the same CP")
-        self._changed(change)  # queued for the DB before the Monitor hears AUTH#OK
-        reply = Auth.accepted()  # returned: the reactor sends it, then the key, then STOP
-        log.info("AUTH#OK sent to %s (%s)", reg.cp_id, reply.text)
-        replies: list[Message] = [reply, admitted.key]  # KEY#cp#0 in open mode: records in clear
-        if change.stopped or change.weather:  # the CP must know it is out of service, also after a restart
-            replies.append(Stop(reg.cp_id))
-        return replies
+        return self._accept_registrations([(session, reg)])[0]
+
+    def _accept_registrations(self, pairs: list[tuple[MonitorSession, Reg]]) -> list:
+        """Registrations, many at once: each is authenticated, then every admitted one enters the
+        network under one taking of its lock and their changes go to the core together. Each
+        answer is the replies to send (``AUTH``, the key, ``STOP`` if the CP is stopped), or
+        False when serving it failed. A batch of a few logs each step of each CP, as one does; a
+        storm's batch logs them at DEBUG and says at INFO how many registered."""
+        loud = len(pairs) <= LOUD_BATCH
+        say = log.info if loud else log.debug
+        answers: list = [False] * len(pairs)
+        admitted_ones: list[tuple[int, MonitorSession, Reg, object]] = []
+        for index, (session, reg) in enumerate(pairs):
+            say("REG received from %s: %s", session.link.peer, reg.redacted())
+            try:
+                admitted = self.authenticator.authenticate(reg, session.link.peer)
+            except Exception:
+                log.exception("authenticating %s from %s failed; its session ends", reg.cp_id, session.link.peer)
+                continue
+            if isinstance(admitted, Refused):
+                log.info("AUTH#KO sent to %s from %s (%s)", reg.cp_id, session.link.peer, admitted.reason)
+                answers[index] = [Auth.refused(admitted.reason)]
+                continue
+            session.cp_id = reg.cp_id
+            admitted_ones.append((index, session, reg, admitted))
+        if not admitted_ones:
+            return answers
+        results = self.network.register_many([(reg.cp_id, admitted.location, admitted.price_eur_kwh, session)
+                                              for _, session, reg, admitted in admitted_ones])
+        changes = []
+        for (index, session, reg, admitted), (change, replaced) in zip(admitted_ones, results):
+            if replaced is not None:
+                log.warning("%s: a newer Monitor session from %s replaces %r", reg.cp_id, session.link.peer,
+                            replaced)
+                replaced.link.close("replaced by a newer session for the same CP")
+            changes.append(change)
+            reply = Auth.accepted()  # returned: the reactor sends it, then the key, then STOP
+            say("AUTH#OK sent to %s (%s)", reg.cp_id, reply.text)
+            replies: list[Message] = [reply, admitted.key]  # KEY#cp#0 in open mode: records in clear
+            if change.stopped or change.weather:  # the CP must know it is out of service, also after a restart
+                replies.append(Stop(reg.cp_id))
+            answers[index] = replies
+        self._changed_many(changes)  # queued for the DB before the Monitors hear AUTH#OK
+        if not loud:
+            names = [reg.cp_id for _, _, reg, _ in admitted_ones]
+            log.info("AUTH#OK sent to %d CPs registering at once: %s%s", len(names), ", ".join(names[:5]),
+                     f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return answers
 
     def _handle(self, session: MonitorSession, message: Message) -> bool | list[Message]:
         """Serve one message of a registered session: its replies, or False when the session must end."""
@@ -236,6 +292,8 @@ class MonitorServer:
             if message.cp_id != cp_id:
                 return [Auth.refused(f"this session is registered as {cp_id}")]
             replies = self._accept_registration(session, message)
+            if replies is False:
+                return False
             if isinstance(replies[0], Auth) and not replies[0].ok:  # refused now: the session ends
                 self._changed(self.network.session_ended(cp_id, session, f"registration refused: {replies[0].text}"))
                 session.link.close("registration refused")
@@ -284,6 +342,13 @@ class MonitorServer:
     def _changed(self, change: StateChange | None) -> None:
         if change is not None:
             self.on_change(change)
+
+    def _changed_many(self, changes: list[StateChange]) -> None:
+        if self.on_changes is not None:
+            self.on_changes(changes)
+        else:
+            for change in changes:
+                self.on_change(change)
 
     # -- silence -------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ FAULT_REPORT_WAIT = 2.5  # s: the Monitor checks every second and reports a faul
 TAG_END_WAIT = 10.0  # s an RFID END waits for the Engine's final figures (more than the end grace)
 REMEMBERED = 100_000  # drivers and tags remembered for when the database is down
 FINISHED_KEPT = 20_000  # closed and stored sessions remembered, for END answers (more than the book keeps)
+LOUD_CHANGES = 8  # changes that come together up to this many are logged one by one
 
 
 class CPGateway(Protocol):
@@ -617,16 +618,47 @@ class SupplyService:
             # Central restarted while this CP supplied: the supply goes on, so does SUMINISTRANDO
             self._network_event(change.cp_id, Event.SUPPLY_STARTED, "supply in course since before Central restarted")
 
-    def _apply_change(self, change: StateChange, interrupted: SessionRow | None) -> None:
+    def changed_many(self, changes: list[StateChange]) -> None:
+        """``changed`` for many changes at once (a storm's batch of registrations): what they
+        cause outside is one task of the effects thread, which logs a few of them one by one and
+        many of them as one line per kind of change."""
+        if len(changes) <= LOUD_CHANGES:
+            for change in changes:
+                self.changed(change)
+            return
+        interrupted = [self.book.interrupt(change.cp_id, _interruption(change))
+                       if change.interrupts_supply and CANNOT_REPORT not in change.cause else None
+                       for change in changes]
+        self._effects.submit(self._apply_changes, changes, interrupted)
+        for change in changes:
+            if (not change.interrupts_supply and change.event is Event.REGISTERED and change.new is State.ACTIVADO
+                    and self.book.running_for_cp(change.cp_id) is not None):
+                self._network_event(change.cp_id, Event.SUPPLY_STARTED,
+                                    "supply in course since before Central restarted")
+
+    def _apply_changes(self, changes: list[StateChange], interrupted: list[SessionRow | None]) -> None:
+        """(effects thread) ``_apply_change`` for each, with one log line per kind of change."""
+        kinds: dict[str, list[str]] = {}
+        for change, stopped in zip(changes, interrupted):
+            self._apply_change(change, stopped, loud=False)
+            if change.old is None or change.state_changed:
+                moved = f"{'new' if change.old is None else change.old} -> {change.new}"
+                kinds.setdefault(moved, []).append(change.cp_id)
+        for moved, cp_ids in kinds.items():
+            log.info("%d CP(s) %s: %s%s", len(cp_ids), moved, ", ".join(cp_ids[:5]),
+                     f" and {len(cp_ids) - 5} more" if len(cp_ids) > 5 else "")
+
+    def _apply_change(self, change: StateChange, interrupted: SessionRow | None, loud: bool = True) -> None:
         """(effects thread) What a CP change causes outside Central's memory."""
         if self._observe is not None:
             self._observe(change)
         if change.row is not None and self.cp_rows is not None:
             self.cp_rows.put(change.row)
+        say = log.info if loud else log.debug
         if change.old is None:
-            log.info("%s: new CP signed up -> %s", change.cp_id, change.new)
+            say("%s: new CP signed up -> %s", change.cp_id, change.new)
         elif change.state_changed:
-            log.info("%s: %s -> %s (%s)", change.cp_id, change.old, change.new, change.cause)
+            say("%s: %s -> %s (%s)", change.cp_id, change.old, change.new, change.cause)
         if interrupted is not None:
             reason = _interruption(change)
             if interrupted.driver_id:

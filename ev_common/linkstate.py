@@ -261,6 +261,10 @@ class LinkState:
         self._handshake_deadline: float | None = None
         self._in_flight: _Outbound | None = None
         self._queue: collections.deque[_Outbound] = collections.deque()
+        # the last chunk that was exactly one well-formed message, and its event: a peer sends
+        # the same frame again and again (a Monitor's sign of life), which is then not decoded again
+        self._repeat: bytes | None = None
+        self._repeat_event: Received | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -312,6 +316,14 @@ class LinkState:
         decoder = self._decoder
         if not data:
             return self._end_of_stream()
+        if data == self._repeat and decoder.idle and self._unread + self.backlog < self.config.max_inbound:
+            # the same frame as the last one (messages are immutable): its event again, no decoding
+            self.stats["received"] += 1
+            self._unread += 1
+            self._events.append(self._repeat_event)
+            return ACK_BYTE
+        single = self.phase is OPEN and decoder.idle and len(data) <= 128  # may become the repeat
+        discarded, before = decoder.discarded, len(self._events)
         self._heard = True
         decoder.feed(data)
         out = b""
@@ -354,6 +366,12 @@ class LinkState:
             self._unread += 1
             self._events.append(Received(message))
             out += ACK_BYTE
+        if single:
+            if (out == ACK_BYTE and len(self._events) == before + 1 and decoder.idle
+                    and decoder.discarded == discarded and not isinstance(message, MessageError)):
+                self._repeat, self._repeat_event = bytes(data), self._events[-1]
+            else:
+                self._repeat = None
         return out
 
     def on_timer(self, now: float) -> bytes:

@@ -218,6 +218,47 @@ class TLSReactorLink(ReactorLink):
         return f"TLSReactorLink({self.peer})"
 
 
+class _BatchLane:
+    """A lane of one thread that serves the sessions queued to it in batches: each turn takes
+    every session queued so far (at most ``limit``) and hands them to ``serve`` together, so
+    that the more arrive at once, the less each costs. ``submit``/``shutdown`` as an executor's."""
+
+    def __init__(self, serve: Callable[[list], None], name: str, limit: int = 1024) -> None:
+        self._serve = serve
+        self._limit = limit
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, link: "ReactorLink") -> None:
+        with self._cond:
+            self._queue.append(link)
+            self._cond.notify()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if wait:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:  # closed, and nothing left
+                    return
+                count = min(len(self._queue), self._limit)
+                batch = [self._queue.popleft() for _ in range(count)]
+            try:
+                self._serve(batch)
+            except Exception:
+                log.exception("a batch of %d sessions failed", len(batch))
+
+
 class LinkReactor:
     def __init__(self, host: str, port: int, handler: SessionHandler, *, name: str = "link",
                  max_sessions: int = 10_000, busy_reason: str | None = None, config: LinkConfig = LinkConfig(),
@@ -246,8 +287,7 @@ class LinkReactor:
         self._seq = itertools.count()
         self._tags = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
-        self._lanes = {"main": self._pool,
-                       "register": ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-register")}
+        self._lanes = {"main": self._pool, "register": _BatchLane(self._serve_batch, f"{name}-register")}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
@@ -535,10 +575,11 @@ class LinkReactor:
     def _deliver(self, link: ReactorLink, item: Any) -> None:
         if link._stop_serving:
             return
-        with link._lock:
-            if link._busy:  # a worker serves this session: behind what it has
-                link._inbox.append(item)
-                return
+        if link._busy:  # (only this thread sets it; a worker may be clearing it: look again under the lock)
+            with link._lock:
+                if link._busy:  # a worker serves this session: behind what it has
+                    link._inbox.append(item)
+                    return
         try:
             keep = self.handler.inline(link.state, item)
         except Exception:
@@ -549,7 +590,10 @@ class LinkReactor:
             with link._lock:
                 link._inbox.append(item)
                 link._busy = True
-            lane.submit(self._serve, link)
+            if lane is self._pool:
+                lane.submit(self._serve, link)
+            else:
+                lane.submit(link)
         elif not keep:
             link._stop_serving = True
             self._request_close(link, "session ended by the server", True)
@@ -672,6 +716,42 @@ class LinkReactor:
             log.exception("%s: closing the session with %s failed", self.name, link.peer)
 
     # -- workers --------------------------------------------------------------------------
+
+    def _serve_batch(self, links: list[ReactorLink]) -> None:
+        """The register lane's turn: the first message of every session queued there, served
+        together by ``handler.batch`` when the handler has one (a storm of registrations is one
+        lock, one round of effects and one log line per batch, not per CP); then each session's
+        next messages, in order, as ``_serve`` does."""
+        batch = getattr(self.handler, "batch", None)
+        items: list[tuple[ReactorLink, Any]] = []
+        for link in links:
+            with link._lock:
+                item = link._inbox.popleft() if link._inbox and not link._stop_serving else None
+            if item is not None:
+                items.append((link, item))
+        answers: list[Any] | None = None
+        if batch is not None and len(items) > 1:
+            try:
+                answers = batch([(link.state, item) for link, item in items])
+            except Exception:
+                log.exception("%s: serving a batch of %d sessions failed", self.name, len(items))
+                answers = [False] * len(items)
+        for index, (link, item) in enumerate(items):
+            if answers is not None:
+                answer = answers[index]
+            else:
+                try:
+                    answer = self.handler.message(link.state, item)
+                except LinkError as exc:
+                    log.info("%s: session with %s: %s", self.name, link.peer, exc)
+                    answer = False
+                except Exception:
+                    log.exception("%s: serving %s failed", self.name, link.peer)
+                    answer = False
+            if not self._answer(link, answer):
+                link._stop_serving = True
+        for link in links:
+            self._serve(link)  # what else it has queued, and the end of its turn
 
     def _serve(self, link: ReactorLink) -> None:
         """A worker's turn with one session: its queued messages, in order, one at a time."""

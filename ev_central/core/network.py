@@ -14,7 +14,9 @@ does not know yet, which is held from the moment it signs up.
 
 A *session* is any object standing for one Monitor connection. Only the
 session that registered a CP last may speak for it: reports from an older,
-replaced session are ignored, and its end does not disconnect the CP.
+replaced session are ignored, and its end does not disconnect the CP. A session
+whose ``remote`` attribute is true is held by a gateway process (ev_central/remote.py),
+which watches its silence itself: ``expire_silent`` leaves it alone.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class _CP:
     session: Hashable | None = None
     last_seen: float = 0.0
     fault: str | None = None  # the Engine's fault as last reported, for people
+    watched: bool = True  # its silence is watched here (False: by the gateway that holds its session)
 
 
 class ChargingNetwork:
@@ -125,31 +128,48 @@ class ChargingNetwork:
     def register(self, cp_id: str, location: str, price: Decimal,
                  session: Hashable) -> tuple[StateChange, Hashable | None]:
         """A Monitor session registered ``cp_id``. Returns the change and the session it replaced."""
+        return self.register_many([(cp_id, location, price, session)])[0]
+
+    def register_many(self, registrations: Iterable[tuple[str, Decimal | str, Decimal, Hashable]]
+                      ) -> list[tuple[StateChange, Hashable | None]]:
+        """``register`` for many (cp_id, location, price, session) at once, in order, under one
+        taking of the lock (a storm of registrations)."""
         now = self._utcnow()
+        results = []
         with self._lock:
-            cp = self._cps.get(cp_id)
-            signed_up = cp is None
-            if cp is None:
-                cp = self._cps[cp_id] = _CP(CPRow(cp_id, location, price, State.DESCONECTADO.value, False, now))
-            replaced = cp.session if cp.session is not None and cp.session != session else None
-            cp.row = replace(cp.row, location=location, price_eur_kwh=price, updated_at=now, version=cp.row.version + 1)
-            cp.session = session
-            cp.last_seen = self._clock()
-            cp.fault = None
-            cause = "signed up" if signed_up else ("registered again (new Monitor session)" if replaced else "registered")
-            change = self._apply(cp, Event.REGISTERED, cause, now, force=True)
-            if signed_up:
-                change = replace(change, old=None)
-            return change, replaced
+            seen = self._clock()
+            for cp_id, location, price, session in registrations:
+                cp = self._cps.get(cp_id)
+                signed_up = cp is None
+                if cp is None:
+                    cp = self._cps[cp_id] = _CP(CPRow(cp_id, location, price, State.DESCONECTADO.value, False, now))
+                replaced = cp.session if cp.session is not None and cp.session != session else None
+                cp.row = replace(cp.row, location=location, price_eur_kwh=price, updated_at=now,
+                                 version=cp.row.version + 1)
+                cp.session = session
+                cp.last_seen = seen
+                cp.fault = None
+                cp.watched = not getattr(session, "remote", False)
+                cause = ("signed up" if signed_up else
+                         ("registered again (new Monitor session)" if replaced else "registered"))
+                change = self._apply(cp, Event.REGISTERED, cause, now, force=True)
+                if signed_up:
+                    change = replace(change, old=None)
+                results.append((change, replaced))
+        return results
 
     def heartbeat(self, cp_id: str, session: Hashable) -> bool:
-        """A sign of life; False when ``session`` does not own ``cp_id`` (anymore)."""
-        with self._lock:
-            cp = self._owned(cp_id, session)
-            if cp is None:
-                return False
-            cp.last_seen = self._clock()
-            return True
+        """A sign of life; False when ``session`` does not own ``cp_id`` (anymore).
+
+        Without the lock (it is the reactor's most frequent call): one dictionary read, one
+        comparison, one timestamp. A registration or an expiry that runs at the same moment
+        decides alone who owns the CP; a sign of life racing it only moves ``last_seen``."""
+        cp = self._cps.get(cp_id)
+        owner = cp.session if cp is not None else None
+        if owner is None or (owner is not session and owner != session):
+            return False
+        cp.last_seen = self._clock()
+        return True
 
     def engine_fault(self, cp_id: str, session: Hashable, reason: str) -> StateChange | None:
         with self._lock:
@@ -187,7 +207,7 @@ class ChargingNetwork:
         expired = []
         with self._lock:
             for cp in self._cps.values():
-                if cp.session is not None and now - cp.last_seen > self.silence_timeout:
+                if cp.session is not None and cp.watched and now - cp.last_seen > self.silence_timeout:
                     session, cp.session = cp.session, None
                     change = self._apply(cp, Event.MONITOR_LOST,
                                          f"no sign of life from the Monitor for {now - cp.last_seen:.1f} s",

@@ -143,6 +143,11 @@ class FrameDecoder:
         return self._state in (_DATA, _LRC)
 
     @property
+    def idle(self) -> bool:
+        """True between frames with nothing held: the next byte starts afresh."""
+        return self._state == _IDLE and self._pos == len(self._buf)
+
+    @property
     def pending(self) -> int:
         """Bytes held by the decoder: unconsumed input plus the frame in assembly."""
         return len(self._buf) - self._pos + len(self._data)

@@ -43,6 +43,7 @@ class Message:
 
     OPCODE: ClassVar[str] = ""
     _WIRE: ClassVar[tuple[tuple[str, FieldType], ...]] = ()
+    _OPTIONAL: ClassVar[int | None] = None
 
     def __post_init__(self) -> None:
         for name, ftype in self._wire_fields():
@@ -69,12 +70,15 @@ class Message:
     @classmethod
     def _optional_count(cls) -> int:
         """How many trailing wire fields are optional (they have a default): a sender leaves
-        them out when empty, and a receiver takes a message without them."""
-        count = 0
-        for f in reversed([f for f in dataclasses.fields(cls) if "wire" in f.metadata]):
-            if f.default is dataclasses.MISSING:
-                break
-            count += 1
+        them out when empty, and a receiver takes a message without them (worked out once per class)."""
+        count = cls.__dict__.get("_OPTIONAL")
+        if count is None:
+            count = 0
+            for f in reversed([f for f in dataclasses.fields(cls) if "wire" in f.metadata]):
+                if f.default is dataclasses.MISSING:
+                    break
+                count += 1
+            cls._OPTIONAL = count
         return count
 
     def to_data(self) -> bytes:

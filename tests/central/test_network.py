@@ -167,3 +167,20 @@ def test_a_held_cp_stays_parado_through_a_fault_and_a_reconnection(net):
     net.session_ended("CP1", "s1", "closed")
     change, _ = register(net, session="s2")
     assert (change.new, change.weather) == (State.PARADO, True)
+
+
+def test_registrations_at_once_are_what_they_would_be_one_by_one(net, clock):
+    net.load([CPRow("CP2", "b", Decimal("0.5"), "DESCONECTADO", True, T0)])
+    results = net.register_many([("CP1", "a", Decimal("0.4"), "s1"), ("CP2", "b", Decimal("0.5"), "s2"),
+                                 ("CP3", "c", Decimal("0.6"), "s3"), ("CP3", "c", Decimal("0.6"), "s4")])
+    changes = [change for change, _ in results]
+    assert [(c.cp_id, c.old, c.new) for c in changes] == [
+        ("CP1", None, State.ACTIVADO), ("CP2", State.DESCONECTADO, State.PARADO),
+        ("CP3", None, State.ACTIVADO), ("CP3", State.ACTIVADO, State.ACTIVADO)]
+    assert [replaced for _, replaced in results] == [None, None, None, "s3"]  # the later one wins
+    assert net.owner("CP3") == "s4" and not net.heartbeat("CP3", "s3")
+    assert changes[3].row.version > changes[2].row.version  # rows keep their order for the writer
+    clock.advance(2.0)
+    assert net.heartbeat("CP3", "s4")
+    clock.advance(0.6)
+    assert sorted(c.cp_id for _, c in net.expire_silent()) == ["CP1", "CP2"]  # CP3 spoke just now

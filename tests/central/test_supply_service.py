@@ -916,3 +916,39 @@ def test_a_cp_that_cannot_reach_kafka_is_out_of_service_but_its_supply_ends_on_i
     [ticket] = central.notifier.tickets()
     assert (ticket.status, ticket.kwh) == ("COMPLETED", Decimal("1.2"))
     assert central.state("CP1") is State.AVERIADO  # until its Monitor reports the recovery
+
+
+# -- many changes at once (a storm's batch of registrations) ---------------------------------------
+
+
+def test_many_changes_at_once_cause_what_each_would_with_one_line_per_kind(caplog) -> None:
+    import logging
+
+    from ev_central.supply_service import LOUD_CHANGES
+
+    c = Central()
+    c.add_cp("CP01")
+    c.network.session_ended("CP01", "mon-CP01", "gone")
+    caplog.set_level(logging.INFO, logger="ev_central.supply_service")
+    count = LOUD_CHANGES + 3
+    results = c.network.register_many([(f"CP{i:02d}", "Street", PRICE, f"m{i}") for i in range(1, count + 1)])
+    before = len(c.changes)
+    c.service.changed_many([change for change, _ in results])
+
+    assert [change.cp_id for change in c.changes[before:]] == [f"CP{i:02d}" for i in range(1, count + 1)]
+    statuses = [s for s in c.notifier.statuses if s.state == "ACTIVADO"]
+    assert {s.cp_id for s in statuses} >= {f"CP{i:02d}" for i in range(1, count + 1)}  # each one published
+    lines = sorted(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert lines == ["1 CP(s) DESCONECTADO -> ACTIVADO: CP01",
+                     f"{count - 1} CP(s) new -> ACTIVADO: CP02, CP03, CP04, CP05, CP06 and {count - 6} more"]
+
+
+def test_a_few_changes_at_once_are_logged_one_by_one(caplog) -> None:
+    import logging
+
+    c = Central()
+    caplog.set_level(logging.INFO, logger="ev_central.supply_service")
+    results = c.network.register_many([("CP1", "Street", PRICE, "m1"), ("CP2", "Street", PRICE, "m2")])
+    c.service.changed_many([change for change, _ in results])
+    assert sorted(r.getMessage() for r in caplog.records) == ["CP1: new CP signed up -> ACTIVADO",
+                                                             "CP2: new CP signed up -> ACTIVADO"]

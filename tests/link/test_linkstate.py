@@ -395,3 +395,55 @@ def test_a_client_and_a_server_exchange_messages_both_ways(feeding) -> None:
     assert got["client"] == [Auth.accepted(f"push {i}") for i in range(3)]
     assert acked == {"client": ["c0", "c1", "c2"], "server": ["s0", "s1", "s2"]}
     assert client.stats["retransmitted"] == server.stats["retransmitted"] == 0
+
+
+# -- the same frame again (a Monitor's sign of life every second) --------------------------------------
+
+
+def test_a_frame_repeated_alone_is_not_decoded_again() -> None:
+    """A chunk that is exactly the last chunk's one well-formed frame yields that frame's event
+    again: the same message object (immutable), ACKed, counted; nothing is decoded."""
+    state = opened()
+    first, out1 = run(state, [frame(HB)])
+    second, out2 = run(state, [frame(HB)])
+    third, out3 = run(state, [frame(HB)])
+    assert first == second == third == [Received(HB)] and out1 == out2 == out3 == A
+    assert second[0].message is first[0].message and third[0] is first[0]
+    assert state.stats["received"] == 3
+
+
+def test_a_repeated_frame_is_still_bounded_by_max_inbound() -> None:
+    state = opened(config=LinkConfig(max_inbound=2))
+    assert run(state, [frame(HB)]) == ([Received(HB)], A)
+    state.backlog = 2  # the driver holds two unread
+    assert run(state, [frame(HB)]) == ([], N)
+    assert state.stats["refused_full"] == 1
+    state.backlog = 0
+    assert run(state, [frame(HB)]) == ([Received(HB)], A)
+
+
+def test_what_is_not_one_whole_good_frame_is_decoded_as_always() -> None:
+    state = opened()
+    run(state, [frame(HB)])
+    other = Hb("CP002")
+    assert run(state, [frame(other)]) == ([Received(other)], A)  # another frame: decoded, and now the repeat
+    assert run(state, [frame(HB) * 2]) == ([Received(HB)] * 2, A + A)  # two frames in one chunk
+    events, out = run(state, [UNKNOWN])
+    assert out == A and isinstance(events[0].message, UnknownOpcode)
+    again, out = run(state, [UNKNOWN])  # bad content is never the repeat: decoded (and refused) again
+    assert out == A and isinstance(again[0].message, UnknownOpcode) and again[0] is not events[0]
+    assert run(state, [BAD_LRC]) == ([], N)
+    assert run(state, [BAD_LRC]) == ([], N)
+
+
+def test_a_repeated_chunk_after_a_partial_frame_is_decoded_with_it() -> None:
+    """The repeat is taken only when the decoder holds nothing: after half a frame, the same
+    bytes are the rest of a longer stream and are decoded with it."""
+    state = opened()
+    run(state, [frame(HB)])
+    whole_reg = frame(REG)
+    assert run(state, [whole_reg[:5]]) == ([], b"")
+    events, out = run(state, [whole_reg[5:] + frame(HB)])
+    assert events == [Received(REG), Received(HB)] and out == A + A
+    events, out = run(state, [whole_reg[:5], frame(HB)])  # STX inside a frame: the half frame is refused
+    assert Received(HB) in events and out.endswith(A)

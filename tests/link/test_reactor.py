@@ -675,3 +675,85 @@ def test_many_clients_at_once(net: Net) -> None:
     wait_until(lambda: len(handler.closes) == clients and reactor.session_count() == 0, 5, "every session to end")
     assert Counter(m.cp_id for m in handler.messages()) == {f"CP{i:03d}": beats for i in range(clients)}
     assert len(handler.links) == clients and sorted(n for n, _ in handler.closes) == list(range(clients))
+
+
+# -- a lane served in batches ---------------------------------------------------------------------
+
+
+class Batcher(Recorder):
+    """A ``Recorder`` with a register lane served in batches: REG goes to the "register" lane;
+    ``batch`` answers each REG with AUTH#OK naming the batch's size, and ends the session of
+    a REG whose location is "boom" with False. ``message`` (a lone REG) waits for ``slow``
+    when the REG's cp_id is "SLOW"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def lane(self, state: int, message) -> str:
+        return "register" if isinstance(message, Reg) else "main"
+
+    def message(self, state: int, message):
+        if isinstance(message, Reg) and message.cp_id == "SLOW":
+            self.serving_slow.set()
+            self.slow.wait(10)
+        return super().message(state, message)
+
+    def batch(self, items):
+        with self.lock:
+            self.batches.append([message.cp_id for _, message in items])
+        return [False if message.location == "boom" else Auth.accepted(f"batch of {len(items)}")
+                for _, message in items]
+
+
+def test_a_lane_serves_what_queued_meanwhile_in_one_batch(net: Net) -> None:
+    handler = Batcher()
+    reactor = net.serve(handler)
+    slow = net.connect(reactor)
+    slow.send(Reg("SLOW", "somewhere", Decimal("0.3")))
+    assert handler.serving_slow.wait(3)  # the lane's one thread is busy
+    links = [net.connect(reactor) for _ in range(5)]
+    for number, link in enumerate(links):
+        link.send(Reg(f"CP{number}", "boom" if number == 3 else "street", Decimal("0.3")))
+    lane = reactor._lanes["register"]
+    wait_until(lambda: len(lane._queue) == 5, 3, "five sessions queued on the register lane")
+    handler.slow.set()
+
+    assert slow.recv(timeout=3) == Auth("OK", "hello SLOW")  # alone: served by ``message``
+    for number, link in enumerate(links):
+        if number == 3:
+            with pytest.raises((LinkClosed, LinkBroken)):
+                link.recv(timeout=3)  # its session ended
+        else:
+            assert link.recv(timeout=3) == Auth("OK", "batch of 5")
+    assert handler.batches == [[f"CP{number}" for number in range(5)]]
+    wait_until(lambda: handler.closes_of(4), 3, "the end of CP3's session (session 4)")
+    links[0].send(Hb("CP0"))  # after its registration, a session is served as before
+    assert [s.where for s in handler.wait_served(2) if s.message == Hb("CP0")] == ["inline"]
+
+
+def test_a_batch_that_fails_ends_its_sessions_and_the_lane_goes_on(net: Net) -> None:
+    handler = Batcher()
+    calls = []
+
+    def failing(items):
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise RuntimeError("broken handler")
+        return Batcher.batch(handler, items)
+
+    handler.batch = failing
+    reactor = net.serve(handler)
+    slow = net.connect(reactor)
+    slow.send(Reg("SLOW", "somewhere", Decimal("0.3")))
+    assert handler.serving_slow.wait(3)
+    links = [net.connect(reactor) for _ in range(2)]
+    for number, link in enumerate(links):
+        link.send(Reg(f"CP{number}", "street", Decimal("0.3")))
+    wait_until(lambda: len(reactor._lanes["register"]._queue) == 2, 3, "two sessions queued")
+    handler.slow.set()
+    for link in links:
+        with pytest.raises((LinkClosed, LinkBroken)):
+            link.recv(timeout=3)
+    assert calls == [2]
+    assert slow.recv(timeout=3) == Auth("OK", "hello SLOW")
