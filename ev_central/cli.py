@@ -6,6 +6,8 @@
     EV_Central tags add|list|disable|enable                 manage accounts' RFID tags
     EV_Central rejected [--db URL] [--json] [--limit N]     rows the database refused, set aside
     EV_Central audit [--since T] [--action A] [--json]      the audit log; 'audit verify' checks its chain
+    EV_Central gateway --port 5000 --kafka HOST:PORT --id G1 a gateway serving Monitors for a core run
+                                                            with --gateways (docs/scaling.md)
 
 ``--ui panel`` shows the full-screen monitoring panel (ev_central/panel); its logs go
 to the panel's message list and to ``--log-file``, never to the terminal. ``--ui log``
@@ -32,6 +34,7 @@ from ev_common.log import add_log_level_argument, setup_logging
 from .core.network import DEFAULT_SILENCE_TIMEOUT
 from .core.supplies import DEFAULT_END_GRACE, DEFAULT_STALE_AFTER
 from .keys import MASTER_KEY_FILE, KeyError_
+from .remote import DEFAULT_GATEWAY_TIMEOUT
 from .supply_service import DEFAULT_REQUEST_TTL
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                "stop <CP|all>, resume <CP|all>, keys revoke <CP> (secure mode), list, help. Drivers, accounts and "
                "RFID tags: "
                "'EV_Central drivers --help', 'EV_Central accounts --help', 'EV_Central tags --help'. The audit "
-               "log: 'EV_Central audit --help'.",
+               "log: 'EV_Central audit --help'. Gateways serving Monitors on other processes or machines "
+               "(docs/scaling.md): 'EV_Central gateway --help', and --gateways here.",
     )
     parser.add_argument("--port", type=port_number, required=True, help="TCP port Monitors connect to")
     parser.add_argument("--kafka", type=host_port, default=env("EV_KAFKA"), metavar="HOST:PORT",
@@ -103,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--registry-fingerprint", default=env("EV_REGISTRY_FINGERPRINT"), metavar="SHA256:...",
                      help="or by its pinned fingerprint (default: $EV_REGISTRY_FINGERPRINT); neither: the "
                           "system's CAs")
+    gateways = parser.add_argument_group(
+        "gateways (docs/scaling.md)",
+        "Monitors may also be served by gateway processes ('EV_Central gateway'), which pass their CPs' events "
+        "to Central and Central's commands to them over Kafka. Without --gateways Central serves only the "
+        "Monitors of --port.")
+    gateways.add_argument("--gateways", action="store_true", default=env("EV_GATEWAYS", "") in ("1", "true", "yes"),
+                          help="also serve the CPs of gateways (default: $EV_GATEWAYS=1, else off)")
+    gateways.add_argument("--gateway-timeout", type=_positive_seconds, metavar="SECONDS",
+                          default=env("EV_GATEWAY_TIMEOUT", str(DEFAULT_GATEWAY_TIMEOUT)),
+                          help="a gateway silent this long is dead: its CPs go DESCONECTADO (default: "
+                               "$EV_GATEWAY_TIMEOUT or %(default)s)")
     parser.add_argument("--topic-prefix", default=env("EV_TOPIC_PREFIX", ""),
                         help="prefix of every Kafka topic name (default: $EV_TOPIC_PREFIX or none)")
     parser.add_argument("--topic-partitions", type=int, default=1, help="partitions of topics Central creates")
@@ -128,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "or the working directory; in log mode: no file)")
     add_log_level_argument(parser)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.5 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.5 to 3600")
+    return value
 
 
 def data_directory() -> Path:
@@ -230,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         return tags_main(argv[1:])
     if argv[:1] == ["certificate"]:
         return certificate_main(argv[1:])
+    if argv[:1] == ["gateway"]:
+        from .gateway.cli import gateway_main
+
+        return gateway_main(argv[1:])
     if argv[:1] == ["audit"]:
         from .audit_cli import audit_main
 
@@ -286,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                           end_grace=args.end_grace, stale_after=args.stale_after,
                           topic_partitions=args.topic_partitions, topic_replication=args.topic_replication,
                           mcsp_port=args.mcsp_port, secure=args.secure, tls=tls, master_key=master_key,
-                          audit_store=audit_store).start()
+                          audit_store=audit_store, gateways=args.gateways,
+                          gateway_timeout=args.gateway_timeout).start()
     except (OSError, AnotherCentral) as exc:
         if isinstance(exc, AnotherCentral):
             log.error("%s", exc)

@@ -75,8 +75,11 @@ class KeyRing:
     """Every CP key in force, in memory (the Kafka consumers ask for one per record), backed by
     the store. Thread-safe."""
 
-    def __init__(self, store: Store, master_key: bytes) -> None:
+    def __init__(self, store: Store, master_key: bytes, *, shared: bool = False) -> None:
+        """``shared``: other processes issue keys in the same store too (Central's gateways,
+        docs/scaling.md): a CP's key in force there is taken before a new one is made."""
         self.store = store
+        self.shared = shared
         self._sealer = AESGCM(master_key)
         self._lock = threading.Lock()
         self._keys: dict[str, tuple[int, bytes]] = {}  # cp_id -> (version, key) in force
@@ -116,6 +119,8 @@ class KeyRing:
         Returns (version, key, new). Raises StoreError if a new key cannot be stored."""
         with self._lock:
             held = self._keys.get(cp_id)
+        if held is None and self.shared:
+            held = self._read(cp_id)
         if held is not None:
             return held[0], held[1], False
         key = secrets.token_bytes(KEY_BYTES)
@@ -134,7 +139,32 @@ class KeyRing:
             self._revoked.add(cp_id)
         return max(count, 1 if had else 0)
 
+    def refresh(self, cp_id: str) -> int | None:
+        """Read the key of ``cp_id`` in force from the store (another process issued it): its
+        version, or None when it has none. Raises StoreError when the store cannot be read."""
+        held = self._read(cp_id)
+        return held[0] if held is not None else None
+
+    def forget(self, cp_id: str) -> None:
+        """Forget the key of ``cp_id`` held here (another process revoked it in the store)."""
+        with self._lock:
+            self._keys.pop(cp_id, None)
+
     # -- internals -------------------------------------------------------------------------
+
+    def _read(self, cp_id: str) -> tuple[int, bytes] | None:
+        row = self.store.current_cp_key(cp_id)
+        if row is None:
+            return None
+        try:
+            held = (row.version, self._unseal(row))
+        except InvalidTag:
+            log.error("the key v%d of %s cannot be opened with this master key: it is ignored", row.version, cp_id)
+            return None
+        with self._lock:
+            self._keys[cp_id] = held
+            self._revoked.discard(cp_id)
+        return held
 
     def _seal(self, cp_id: str, version: int, key: bytes) -> str:
         nonce = secrets.token_bytes(NONCE_BYTES)

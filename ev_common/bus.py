@@ -59,6 +59,19 @@ class Topics:
     def all(self) -> list[str]:
         return [self.driver_requests, self.driver_notifications, self.cp_telemetry, self.cp_status]
 
+    # Central's gateways (docs/scaling.md): not in all(), made by the gateways and a core that serves them
+
+    @property
+    def cp_events(self) -> str:
+        return self.prefix + "ev.cp.events"
+
+    @property
+    def gateway_beacons(self) -> str:
+        return self.prefix + "ev.gateway.beacons"
+
+    def gateway_commands(self, gateway_id: str) -> str:
+        return self.prefix + "ev.gateway.commands." + gateway_id
+
 
 # librdkafka logs every failed connection attempt; an outage is reported once by _OutageReporter
 # instead, and the client's own log keeps only critical lines, through Python logging.
