@@ -1,0 +1,116 @@
+"""Gateways with real processes: a core (``EV_Central --gateways``), gateways
+(``EV_Central gateway``) sharing one port with SO_REUSEPORT, real CPs (Engine + Monitor), a
+driver, and a fleet of simulated Monitors, on the real broker and MySQL. Gateways and the core
+are killed (SIGKILL) mid-run: the CPs come back without losing a supply or a ticket."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.gateway.conftest import GATEWAY_TIMEOUT
+from tests.gateway.fleet import Fleet
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+IN_SERVICE = {"ACTIVADO", "SUMINISTRANDO"}
+
+
+def holder(system, cp_id: str) -> str:
+    """The id of the gateway whose log shows ``cp_id``'s registration."""
+    pattern = re.compile(rf"REG received from \S+: REG#{cp_id}#")
+    found = [gid for gid, program in system.gateways.items() if pattern.search(program.output())]
+    assert len(found) == 1, f"{cp_id} registered at {found}"
+    return found[0]
+
+
+def test_gateway_killed_its_monitors_come_back_through_the_other(gateway_system):
+    system = gateway_system
+    system.start_gateway("G1")
+    system.start_gateway("G2")
+    system.start_cp_at_gateways("CP001", "--auto", "--auto-seconds", "14")
+    sims = [f"SIM{i:04d}" for i in range(240)]
+    fleet = Fleet("127.0.0.1", system.gateway_port, sims).start()
+    try:
+        wait_until(lambda: fleet.registered_count() == len(sims), 30, "every simulated Monitor to register")
+        system.wait_states(sims + ["CP001"], {"ACTIVADO"}, 20, "every CP ACTIVADO at the core")
+        driver = system.start_driver("D001", "--cp", "CP001", "--supply-timeout", "120")
+        driver.wait_for_output(r"Charging at CP001", timeout=30)
+        wait_until(lambda: [s for s in system.sessions(driver_id="D001") if s.kwh > 0], 15, "telemetry at the core")
+
+        victim = holder(system, "CP001")
+        survivor = "G2" if victim == "G1" else "G1"
+        monitor_mark = system.cps["CP001"].monitor.mark()
+        core_mark = system.central.mark()
+        system.gateways[victim].kill()
+
+        # the Monitors of the dead gateway register again, through the one left on the port
+        system.cps["CP001"].monitor.wait_for_output(r"Registered at Central as CP001", after=monitor_mark,
+                                                    timeout=15)
+        moved = [cp for cp in sims if fleet.registrations[cp] > 1]
+        wait_until(lambda: fleet.registered_count() == len(sims), 20, "every simulated Monitor registered again")
+        moved = [cp for cp in sims if fleet.registrations[cp] > 1]
+        assert len(moved) >= 20, f"only {len(moved)} simulated Monitors were on the killed gateway {victim}"
+        # the core declares the silent gateway dead; no CP it held is left DESCONECTADO
+        system.central.wait_for_output(rf"gateway {victim} is dead", after=core_mark,
+                                       timeout=float(GATEWAY_TIMEOUT) + 10)
+        system.wait_states(sims, {"ACTIVADO"}, 15, "every simulated CP ACTIVADO after the gateway died")
+        system.wait_states(["CP001"], IN_SERVICE, 15, "CP001 in service after the gateway died")
+        assert re.search(rf"REG received from \S+: REG#CP001#", system.gateways[survivor].output())
+
+        # the supply went on through the move: one ticket, its energy counted
+        assert driver.wait_exit(60) == 0, driver.output()[-3000:]
+        assert driver.output().count("TICKET of your supply at CP001") == 1, driver.output()[-3000:]
+        [session] = [s for s in system.sessions(driver_id="D001") if s.ended_at is not None]
+        assert session.status == "COMPLETED" and session.kwh > 0, session
+        system.wait_states(["CP001"], {"ACTIVADO"}, 10, "CP001 free after its supply")
+    finally:
+        fleet.stop()
+
+
+def test_core_restarted_gateways_keep_their_sessions(gateway_system):
+    system = gateway_system
+    system.start_gateway("G1")
+    cp = system.start_cp_at_gateways("CP001", "--auto", "--auto-seconds", "10")
+    sims = [f"SIM{i:04d}" for i in range(100)]
+    fleet = Fleet("127.0.0.1", system.gateway_port, sims).start()
+    try:
+        wait_until(lambda: fleet.registered_count() == len(sims), 30, "every simulated Monitor to register")
+        system.wait_states(sims + ["CP001"], {"ACTIVADO"}, 20, "every CP ACTIVADO at the core")
+        driver = system.start_driver("D001", "--cp", "CP001", "--supply-timeout", "120")
+        driver.wait_for_output(r"Charging at CP001", timeout=30)
+        monitor_mark = cp.monitor.mark()
+
+        system.central.kill()
+        gateway_mark, core_mark = system.gateways["G1"].mark(), system.central.mark()
+        system.start_core()  # the same port, database and topics
+        # (a killed core's Kafka consumers stay in their groups for up to 6 s: the new one waits that long)
+        system.central.wait_for_output(r"Central (system status OK|running)", after=core_mark, timeout=30)
+        system.central.wait_for_output(r"gateway G1 \(run [0-9a-f]+\) is serving Monitors", after=core_mark,
+                                       timeout=20)
+        # every CP back in service from the gateway's roster, none of its Monitors registering again
+        system.wait_states(sims, {"ACTIVADO"}, 20, "every simulated CP ACTIVADO after the core's restart")
+        system.wait_states(["CP001"], IN_SERVICE, 20, "CP001 in service after the core's restart")
+        assert set(fleet.registrations.values()) == {1} and fleet.losses == 0
+        assert "Registered at Central" not in cp.monitor.output()[monitor_mark:]
+        assert "Cannot connect" not in cp.monitor.output()[monitor_mark:]
+        assert "the core asks for the roster" in system.gateways["G1"].output()[gateway_mark:]
+
+        # the supply went on at the CP while the core was away: its ticket, once
+        assert driver.wait_exit(60) == 0, driver.output()[-3000:]
+        assert driver.output().count("TICKET of your supply at CP001") == 1, driver.output()[-3000:]
+        [session] = [s for s in system.sessions(driver_id="D001") if s.ended_at is not None]
+        assert session.status == "COMPLETED" and session.kwh > 0, session
+
+        # and the core commands the CPs through the gateway again: a new supply, stop and resume
+        system.wait_states(["CP001"], {"ACTIVADO"}, 10, "CP001 free after its supply")
+        engine_mark = cp.engine.mark()
+        system.operator("stop CP001")
+        cp.engine.wait_for_output(r"Central STOPPED this CP", after=engine_mark, timeout=10)
+        system.wait_states(["CP001"], {"PARADO"}, 10, "CP001 PARADO")
+        system.operator("resume CP001")
+        system.wait_states(["CP001"], {"ACTIVADO"}, 10, "CP001 ACTIVADO again")
+    finally:
+        fleet.stop()
