@@ -49,9 +49,13 @@ bench: $(STAMP)
 loadgen: $(STAMP)
 	$(VENV_PY) -m benchmarks.loadgen $(LOADGEN_ARGS)
 
+# the Compose plugin (docker compose) when there is one, else docker-compose
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
 docker-check:
-	docker compose --profile interactive -f docker-compose.yml config -q
-	for f in deploy/pc*.yml; do docker compose --profile interactive --env-file deploy/.env.example -f $$f config -q || exit 1; done
+	$(COMPOSE) --profile interactive -f docker-compose.yml config -q
+	$(COMPOSE) --profile gateways -f docker-compose.yml config -q
+	for f in deploy/pc*.yml; do $(COMPOSE) --profile interactive --env-file deploy/.env.example -f $$f config -q || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info .ev-test

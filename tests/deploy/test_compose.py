@@ -223,7 +223,12 @@ def check_program_argv(argv: list[str], service_env: dict[str, str]) -> None:
     """Parse ``argv`` (program name first) as the program does; AssertionError with its message if refused."""
     program, args = argv[0], argv[1:]
     with program_env(service_env):
-        if program == "EV_Central" and args[:1] and args[0] in ADMIN_COMMANDS:
+        if program == "EV_Central" and args[:1] == ["gateway"]:
+            from ev_central.gateway.cli import build_gateway_parser as parser_factory
+
+            parser = parser_factory()
+            args = args[1:]
+        elif program == "EV_Central" and args[:1] and args[0] in ADMIN_COMMANDS:
             from ev_central import cli
 
             parser = getattr(cli, f"build_{args[0]}_parser")()
@@ -774,3 +779,33 @@ def test_one_machine_weather_office_reports_to_centrals_api_with_its_token():
     located = {line.split()[0] for line in (ROOT / "deploy/weather/locations.txt").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert located == {flag(argv, "--cp_id") for argv in services_running(compose, "EV_CP_M").values()}
+
+
+def test_one_machine_gateways_profile_serves_monitors_through_haproxy():
+    """Profile `gateways`: Central serves gateways; each gateway runs `EV_Central gateway` in secure
+    mode with Central's certificate, master key and database, a distinct id, the same Kafka and
+    topic prefix; HAProxy (TCP) lists exactly those gateways on their port."""
+    compose = load(BASE)
+    services = compose["services"]
+    central = services_running(compose, "EV_Central")["central"]
+    assert "--gateways" in central
+    gateways = {name: argv for name, argv in services_running(compose, "EV_Central").items() if argv[1:2] == ["gateway"]}
+    assert len(gateways) >= 2, gateways
+    ids = {flag(argv, "--id") for argv in gateways.values()}
+    assert len(ids) == len(gateways), ids
+    for name, argv in gateways.items():
+        assert services[name]["profiles"] == ["gateways"], name
+        assert flag(argv, "--kafka") == flag(central, "--kafka") and flag(argv, "--topic-prefix") == flag(
+            central, "--topic-prefix"), name
+        assert "--secure" in argv and flag(argv, "--db") == flag(central, "--db"), name
+        assert flag(argv, "--tls-cert") == flag(central, "--tls-cert"), name
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts[flag(argv, "--master-key").rsplit("/", 1)[0]] == "central-data", name
+        assert depends(services[name]) == {"central": "service_healthy"}, name
+    haproxy = services["haproxy"]
+    assert haproxy["profiles"] == ["gateways"] and haproxy["image"].startswith("haproxy:")
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text(encoding="utf-8")
+    assert re.search(r"^\s*mode tcp", config, re.M)
+    servers = re.findall(r"^\s*server \S+ (\S+):(\d+)", config, re.M)
+    assert sorted(servers) == sorted((name, flag(argv, "--port")) for name, argv in gateways.items())
+    assert haproxy["ports"] == ["5500:5000"] and re.search(r"^\s*bind :5000", config, re.M)
