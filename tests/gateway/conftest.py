@@ -26,6 +26,10 @@ class GatewaySystem(EVSystem):
         return self.start_central("--gateways", "--gateway-timeout", GATEWAY_TIMEOUT)
 
     def start_gateway(self, gateway_id: str, *extra: str) -> Program:
+        if self.secure:  # Central's certificate, master key and database
+            data = self.central_data
+            extra = ("--secure", "--tls-cert", str(data / "ev_central.crt"), "--tls-key", str(data / "ev_central.key"),
+                     "--master-key", str(data / "ev_central.master.key"), "--db", self.db_url, *extra)
         program = self.runner.start(f"gateway-{gateway_id}", [
             "gateway", "--port", str(self.gateway_port), "--host", "127.0.0.1", "--reuse-port",
             "--kafka", self.kafka, "--id", gateway_id, "--topic-prefix", self.prefix, *extra],
@@ -58,6 +62,18 @@ class GatewaySystem(EVSystem):
 @pytest.fixture
 def gateway_system(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
     system = GatewaySystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix)
+    system.register_drivers("D001", "D002")
+    system.start_core()
+    yield system
+    runner.stop_all()
+    system.close()
+
+
+@pytest.fixture
+def secure_gateway_system(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
+    """In secure mode: the core --secure, gateways --secure with its certificate, master key and
+    database; every CP registered with a credential, its Monitor pinning the certificate."""
+    system = GatewaySystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix, secure=True)
     system.register_drivers("D001", "D002")
     system.start_core()
     yield system

@@ -114,3 +114,28 @@ def test_core_restarted_gateways_keep_their_sessions(gateway_system):
         system.wait_states(["CP001"], {"ACTIVADO"}, 10, "CP001 ACTIVADO again")
     finally:
         fleet.stop()
+
+
+def test_secure_gateways_authenticate_and_a_cp_keeps_its_key_when_it_moves(secure_gateway_system):
+    """TLS and credentials at the gateways, keys from the core's database: the CP's sealed records
+    open at the core, also after its Monitor moved to the other gateway (the same key)."""
+    system = secure_gateway_system
+    system.start_gateway("G1")
+    system.start_gateway("G2")
+    cp = system.start_cp_at_gateways("CP001", "--auto", "--auto-seconds", "12")
+    victim = holder(system, "CP001")
+    survivor = "G2" if victim == "G1" else "G1"
+    driver = system.start_driver("D001", "--cp", "CP001", "--supply-timeout", "120")
+    driver.wait_for_output(r"Charging at CP001", timeout=30)
+    wait_until(lambda: [s for s in system.sessions(driver_id="D001") if s.kwh > 0], 15, "sealed telemetry opened")
+    mark = cp.monitor.mark()
+    system.gateways[victim].kill()
+    cp.monitor.wait_for_output(r"Registered at Central as CP001", after=mark, timeout=15)
+    assert re.search(r"REG received from \S+: REG#CP001#.*#\*\*\*", system.gateways[survivor].output())
+    assert driver.wait_exit(60) == 0, driver.output()[-3000:]
+    assert driver.output().count("TICKET of your supply at CP001") == 1, driver.output()[-3000:]
+    [session] = [s for s in system.sessions(driver_id="D001") if s.ended_at is not None]
+    assert session.status == "COMPLETED" and session.kwh > 0, session
+    assert "not authentic" not in system.central.output() and "unknown key" not in system.central.output()
+    keys = [row for row in system.store.load_cp_keys() if row.cp_id == "CP001"]
+    assert [row.version for row in keys] == [1]  # one key, kept across the move
