@@ -204,6 +204,26 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of every core since boot (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def pid_of(name: str) -> int | None:
+    """The first process whose command name is ``name`` (the database server), if any."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
 def threads_of(pid: int) -> int | None:
     try:
         return len(os.listdir(f"/proc/{pid}/task"))
@@ -215,7 +235,7 @@ def threads_of(pid: int) -> int | None:
 
 
 def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pid: int | None,
-        prefix: str) -> dict:
+        prefix: str, broker_pid: int | None = None) -> dict:
     figures = Figures()
     topics = Topics(prefix)
     cp_ids = [f"LG{i:05d}" for i in range(args.monitors)]
@@ -236,9 +256,12 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
     fleet.measure(True)  # the fleet's own lag and CPU, counted in the measured window only
     supplies.request_all()
     fleet.faults(True)
+    others = {"broker": broker_pid, "database": pid_of("mariadbd") or pid_of("mysqld")}
     cpu0, own0, t0 = (cpu_seconds(central_pid) if central_pid else None), time.process_time(), time.monotonic()
+    others0, machine0 = {k: cpu_seconds(v) if v else None for k, v in others.items()}, machine_busy_seconds()
     time.sleep(args.seconds)
     cpu1, own1, t1 = (cpu_seconds(central_pid) if central_pid else None), time.process_time(), time.monotonic()
+    others1, machine1 = {k: cpu_seconds(v) if v else None for k, v in others.items()}, machine_busy_seconds()
     fleet.faults(False)
     fleet.measure(False)
     supplies.end_all()
@@ -292,6 +315,11 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
         "central_threads": None if central_pid is None else threads_of(central_pid),
         "loadgen_cpu_pct": round((own1 - own0 + monitors.cpu_seconds) / (t1 - t0) * 100, 1),
         "loadgen_fleet_cpu_pct": round(monitors.cpu_seconds / (t1 - t0) * 100, 1),
+        **{f"{name}_cpu_pct": (round((others1[name] - others0[name]) / (t1 - t0) * 100, 1)
+                               if others0[name] is not None and others1[name] is not None else None)
+           for name in others},
+        # every core of the machine, whatever ran on it: 100 % is all of them busy
+        "machine_busy_pct": round((machine1[0] - machine0[0]) / (machine1[1] - machine0[1]) * 100, 1),
     }
 
 
@@ -315,7 +343,10 @@ def table(result: dict) -> str:
                                f"{result['closed_by_central']})"),
         ("Central CPU (% of one core)", f"{result['central_cpu_pct']}"),
         ("Central peak RSS", f"{result['central_rss_mb']} MB ({result['central_threads']} threads)"),
-        ("Load generator CPU (% of one core)", f"{result['loadgen_cpu_pct']}"),
+        ("Load generator CPU (% of one core)", f"{result['loadgen_cpu_pct']} (its Monitors "
+                                               f"{result['loadgen_fleet_cpu_pct']})"),
+        ("Broker / database CPU (% of one core)", f"{result['broker_cpu_pct']} / {result['database_cpu_pct']}"),
+        ("Machine busy (% of all cores)", f"{result['machine_busy_pct']}"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows)
@@ -391,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                 system.start_central("--host", "127.0.0.1", "--ui", "log", *args.central_arg)
                 central_addr, central_pid = ("127.0.0.1", system.central_port), system.central.pid
             try:
-                result = run(args, kafka, db_url, central_addr, central_pid, prefix)
+                result = run(args, kafka, db_url, central_addr, central_pid, prefix,
+                             broker.pid if broker is not None else None)
             except KeyboardInterrupt:
                 print("loadgen: interrupted; stopping what it started", file=sys.stderr)
                 return 130

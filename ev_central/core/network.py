@@ -204,10 +204,11 @@ class ChargingNetwork:
         Returns the (session, change) pairs: the caller closes those sessions.
         """
         now = self._clock()
+        cutoff = now - self.silence_timeout
         expired = []
         with self._lock:
-            for cp in self._cps.values():
-                if cp.session is not None and cp.watched and now - cp.last_seen > self.silence_timeout:
+            for cp in self._cps.values():  # (every CP at every sweep: one comparison for most)
+                if cp.last_seen < cutoff and cp.session is not None and cp.watched:
                     session, cp.session = cp.session, None
                     change = self._apply(cp, Event.MONITOR_LOST,
                                          f"no sign of life from the Monitor for {now - cp.last_seen:.1f} s",

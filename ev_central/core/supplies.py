@@ -57,6 +57,9 @@ class _Open:
     end_expected_why: str = ""
 
 
+_NONE: dict = {}  # (never written)
+
+
 class SupplyBook:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  utcnow: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
@@ -69,6 +72,7 @@ class SupplyBook:
         self.stale_after = stale_after
         self._lock = threading.Lock()
         self._open: dict[str, _Open] = {}
+        self._by_cp: dict[str, dict[str, _Open]] = {}  # cp_id -> its open sessions, oldest first
         self._closed: OrderedDict[str, SessionRow] = OrderedDict()  # the newest last
 
     # -- loading and reading ------------------------------------------------------------
@@ -79,17 +83,16 @@ class SupplyBook:
         with self._lock:
             for row in open_rows:
                 if row.status in OPEN_STATUSES:
-                    self._open[row.session_id] = _Open(row, now)
+                    self._add(_Open(row, now))
 
     def active_for_cp(self, cp_id: str) -> SessionRow | None:
         with self._lock:
-            return next((s.row for s in self._open.values() if s.row.cp_id == cp_id), None)
+            return next((s.row for s in self._by_cp.get(cp_id, _NONE).values()), None)
 
     def running_for_cp(self, cp_id: str) -> SessionRow | None:
         """The CP's open session unless Central has already interrupted it."""
         with self._lock:
-            return next((s.row for s in self._open.values()
-                         if s.row.cp_id == cp_id and s.interrupt_reason is None), None)
+            return next((s.row for s in self._by_cp.get(cp_id, _NONE).values() if s.interrupt_reason is None), None)
 
     def active_for_driver(self, driver_id: str) -> SessionRow | None:
         with self._lock:
@@ -138,7 +141,7 @@ class SupplyBook:
                          Decimal(0), Decimal(0), "AUTHORISED", None, False, 0, version=1,
                          tag_uid=tag_uid, account_id=account_id)
         with self._lock:
-            self._open[session_id] = _Open(row, self._clock())
+            self._add(_Open(row, self._clock()))
         return row
 
     def telemetry(self, session_id: str, seq: int, kwh: Decimal) -> SessionRow | None:
@@ -204,7 +207,7 @@ class SupplyBook:
         """Central ends the CP's supply (Stop, fault, lost Monitor); it closes on the Engine's
         ``supply.end`` or after ``end_grace``. Returns the session, or None if the CP had none."""
         with self._lock:
-            s = next((s for s in self._open.values() if s.row.cp_id == cp_id), None)
+            s = next(iter(self._by_cp.get(cp_id, _NONE).values()), None)
             if s is None:
                 return None
             if s.interrupt_reason is None:
@@ -217,7 +220,7 @@ class SupplyBook:
         ticket, ``COMPLETED`` or not) is on its way; if it is not read within ``within``
         seconds the session closes ``INTERRUPTED`` with ``why``. Returns the session, or None."""
         with self._lock:
-            s = next((s for s in self._open.values() if s.row.cp_id == cp_id), None)
+            s = next(iter(self._by_cp.get(cp_id, _NONE).values()), None)
             if s is None:
                 return None
             if s.end_expected_by is None:
@@ -243,8 +246,17 @@ class SupplyBook:
         s.row = replace(s.row, status=status, end_reason=reason[:200], ended_at=self._utcnow(),
                         amount_eur=amount_for(s.row.kwh, s.row.price_eur_kwh, CENT), version=s.row.version + 1)
         del self._open[s.row.session_id]
+        mine = self._by_cp.get(s.row.cp_id)
+        if mine is not None:
+            mine.pop(s.row.session_id, None)
+            if not mine:
+                del self._by_cp[s.row.cp_id]
         self._keep_closed(s.row)
         return s.row
+
+    def _add(self, s: _Open) -> None:
+        self._open[s.row.session_id] = s
+        self._by_cp.setdefault(s.row.cp_id, {})[s.row.session_id] = s
 
     def _keep_closed(self, row: SessionRow) -> None:
         keep_newest(self._closed, row.session_id, row, CLOSED_KEPT)
