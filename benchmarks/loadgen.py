@@ -54,7 +54,7 @@ from ev_common.lifecycle import raise_file_limit
 from ev_common.records import RequestAuthorised, RequestDenied, SupplyEnd, SupplyProgress, SupplyRequest, Telemetry
 from ev_common.records import Ticket
 from tests.support.processes import ProgramRunner
-from tests.support.services import TansuBroker, ThrowawayDatabase
+from tests.support.services import TansuBroker, ThrowawayDatabase, free_port
 from tests.support.system import EVSystem
 
 log = logging.getLogger("loadgen")
@@ -235,7 +235,7 @@ def threads_of(pid: int) -> int | None:
 
 
 def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pid: int | None,
-        prefix: str, broker_pid: int | None = None) -> dict:
+        prefix: str, broker_pid: int | None = None, gateway_pids: dict[str, int] | None = None) -> dict:
     figures = Figures()
     topics = Topics(prefix)
     cp_ids = [f"LG{i:05d}" for i in range(args.monitors)]
@@ -256,7 +256,8 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
     fleet.measure(True)  # the fleet's own lag and CPU, counted in the measured window only
     supplies.request_all()
     fleet.faults(True)
-    others = {"broker": broker_pid, "database": pid_of("mariadbd") or pid_of("mysqld")}
+    others = {"broker": broker_pid, "database": pid_of("mariadbd") or pid_of("mysqld"),
+              **{f"gateway_{name}": pid for name, pid in (gateway_pids or {}).items()}}
     cpu0, own0, t0 = (cpu_seconds(central_pid) if central_pid else None), time.process_time(), time.monotonic()
     others0, machine0 = {k: cpu_seconds(v) if v else None for k, v in others.items()}, machine_busy_seconds()
     time.sleep(args.seconds)
@@ -313,6 +314,8 @@ def run(args, kafka: str, db_url: str, central_addr: tuple[str, int], central_pi
         "central_cpu_pct": cpu_pct,
         "central_rss_mb": None if central_pid is None else round(peak_rss_mb(central_pid) or 0, 1),
         "central_threads": None if central_pid is None else threads_of(central_pid),
+        "gateways": len(gateway_pids or {}),
+        **{f"gateway_{name}_rss_mb": round(peak_rss_mb(pid) or 0, 1) for name, pid in (gateway_pids or {}).items()},
         "loadgen_cpu_pct": round((own1 - own0 + monitors.cpu_seconds) / (t1 - t0) * 100, 1),
         "loadgen_fleet_cpu_pct": round(monitors.cpu_seconds / (t1 - t0) * 100, 1),
         **{f"{name}_cpu_pct": (round((others1[name] - others0[name]) / (t1 - t0) * 100, 1)
@@ -345,6 +348,9 @@ def table(result: dict) -> str:
         ("Central peak RSS", f"{result['central_rss_mb']} MB ({result['central_threads']} threads)"),
         ("Load generator CPU (% of one core)", f"{result['loadgen_cpu_pct']} (its Monitors "
                                                f"{result['loadgen_fleet_cpu_pct']})"),
+        *[(f"Gateway {key[8:-8]} CPU (% of one core), peak RSS",
+           f"{result[key]}, {result[key[:-8] + '_rss_mb']} MB") for key in result
+          if key.startswith("gateway_") and key.endswith("_cpu_pct")],
         ("Broker / database CPU (% of one core)", f"{result['broker_cpu_pct']} / {result['database_cpu_pct']}"),
         ("Machine busy (% of all cores)", f"{result['machine_busy_pct']}"),
     ]
@@ -385,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long to wait for every Monitor to register (default 60)")
     parser.add_argument("--central-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for the Central this starts (repeatable)")
+    parser.add_argument("--gateways", type=int, default=0, metavar="G",
+                        help="serve the Monitors through G gateway processes sharing one port (SO_REUSEPORT) "
+                             "in front of a core, EV_Central --gateways (docs/scaling.md; default 0: one "
+                             "all-in-one Central)")
     parser.add_argument("--keep-logs", metavar="DIR", help="keep Central's and the broker's logs in DIR")
     args = parser.parse_args(argv)
     if args.monitors < 1 or args.supplies < 0 or args.seconds <= 0:
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         broker = database = system = None
         runner = ProgramRunner(work)
+        gateway_pids: dict[str, int] = {}
         try:
             if args.kafka:
                 kafka = args.kafka
@@ -418,12 +429,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.central:
                 host, _, port = args.central.rpartition(":")
                 central_addr, central_pid = (host or "127.0.0.1", int(port)), args.central_pid
+            elif args.gateways:  # a core serving N gateway processes that share one port (docs/scaling.md)
+                system.start_central("--host", "127.0.0.1", "--ui", "log", "--gateways", *args.central_arg)
+                gateway_port = free_port()
+                for number in range(1, args.gateways + 1):
+                    gateway = runner.start(f"gateway-G{number}", [
+                        "gateway", "--port", str(gateway_port), "--host", "127.0.0.1", "--reuse-port",
+                        "--kafka", kafka, "--id", f"G{number}", "--topic-prefix", prefix,
+                        "--max-sessions", str(args.monitors + 1000)], script="ev_central/EV_Central.py")
+                    gateway.wait_for_output(r"gateway \S+ running", timeout=30)
+                    gateway_pids[f"G{number}"] = gateway.pid
+                central_addr, central_pid = ("127.0.0.1", gateway_port), system.central.pid
             else:  # the seed's command, its log in work/central.log
                 system.start_central("--host", "127.0.0.1", "--ui", "log", *args.central_arg)
                 central_addr, central_pid = ("127.0.0.1", system.central_port), system.central.pid
             try:
                 result = run(args, kafka, db_url, central_addr, central_pid, prefix,
-                             broker.pid if broker is not None else None)
+                             broker.pid if broker is not None else None, gateway_pids)
             except KeyboardInterrupt:
                 print("loadgen: interrupted; stopping what it started", file=sys.stderr)
                 return 130
