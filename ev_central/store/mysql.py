@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import mysql.connector
 from mysql.connector import errorcode, errors
@@ -199,6 +199,11 @@ class _Cursor:
             self._cursor.execute(sql)
         else:
             self._cursor.execute(_pyformat(sql), dict(params))
+
+    def executemany(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        """One statement for every row of an ``INSERT ... VALUES``: the connector sends one
+        multi-row INSERT (one round trip, the statement parsed once)."""
+        self._cursor.executemany(_pyformat(sql), [dict(p) for p in params])
 
     def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
@@ -382,6 +387,13 @@ ON DUPLICATE KEY UPDATE tag_uid = tag_uid"""
         f"{INSERT_SESSION}\nON DUPLICATE KEY UPDATE "
         + upsert_assignments(SESSION_COLUMNS, lambda c: f":{c}", lambda c: c)
     )
+    # The same for many rows in one statement: the connector sends one multi-row INSERT, each
+    # row's assignments reading its own values with VALUES(col) (MariaDB, MySQL 8; MySQL 8.0.20+
+    # calls VALUES() in this place deprecated, with a warning, and still runs it).
+    UPSERT_CP_MANY = f"{INSERT_CP}\nON DUPLICATE KEY UPDATE " + upsert_assignments(
+        CP_COLUMNS, lambda c: f"VALUES({c})", lambda c: c)
+    UPSERT_SESSION_MANY = f"{INSERT_SESSION}\nON DUPLICATE KEY UPDATE " + upsert_assignments(
+        SESSION_COLUMNS, lambda c: f"VALUES({c})", lambda c: c)
     STRICT_MODE = (
         "SET SESSION sql_mode = IF(@@SESSION.sql_mode LIKE '%STRICT_ALL_TABLES%',"
         " @@SESSION.sql_mode, CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'))"

@@ -95,6 +95,8 @@ class Cursor(Protocol):
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
+    def executemany(self, sql: str, params: Sequence[Mapping[str, Any]]) -> Any: ...
+
     def fetchall(self) -> list[Sequence[Any]]: ...
 
 
@@ -426,6 +428,9 @@ class SQLStore(Store):
     INSERT_ACCOUNT: str  # params: account_id, name, kind, created_at; rowcount 0 if present
     INSERT_TAG: str  # params: tag_uid, account_id, created_at; rowcount 0 if present
     UPSERT_SESSION: str  # INSERT_SESSION plus the dialect's update of every other column
+    #: The same, for ``executemany`` of many rows at once (where the dialect needs another form).
+    UPSERT_CP_MANY: str | None = None
+    UPSERT_SESSION_MANY: str | None = None
 
     def __init__(self, lock_timeout: float) -> None:
         if set(self.DDL) != set(MIGRATIONS):
@@ -519,13 +524,22 @@ class SQLStore(Store):
         ]
 
     def save_charging_points(self, rows: Iterable[CPRow]) -> None:
-        self._save(self.UPSERT_CP, [(row.cp_id, self._cp_params(row)) for row in rows])
+        self._save(self.UPSERT_CP, [(row.cp_id, self._cp_params(row)) for row in rows], self.UPSERT_CP_MANY)
 
-    def _save(self, sql: str, keyed: list[tuple[str, dict[str, Any]]]) -> None:
+    def _save(self, sql: str, keyed: list[tuple[str, dict[str, Any]]], many: str | None = None) -> None:
         """Run ``sql`` with each row's parameters in one transaction; a refusal names the
-        row the database refused."""
+        row the database refused. Several rows go as one statement first (``many``, or
+        ``sql``, through ``executemany``: one round trip); when the database refuses that
+        statement, they go again one statement each, in one transaction, to name the row
+        (and nothing of the batch is saved)."""
         if not keyed:
             return
+        if len(keyed) > 1:
+            try:
+                self._run(lambda cur: cur.executemany(many or sql, [params for _, params in keyed]))
+                return
+            except StoreRefused:
+                pass  # which row? below
         current: list[str | None] = [None]
 
         def work(cur: Cursor) -> None:
@@ -709,7 +723,8 @@ class SQLStore(Store):
 
     def save_sessions(self, rows: Iterable[SessionRow]) -> None:
         # every row checked before the database is used
-        self._save(self.UPSERT_SESSION, [(r.session_id, self._session_params(r)) for r in rows])
+        self._save(self.UPSERT_SESSION, [(r.session_id, self._session_params(r)) for r in rows],
+                   self.UPSERT_SESSION_MANY)
 
     def _session_params(self, row: SessionRow) -> dict[str, Any]:
         try:
@@ -917,16 +932,20 @@ class SQLStore(Store):
             if not head:
                 raise StoreError("the audit log has no head row (audit_head): the schema is damaged")
             seq, prev = int(head[0][0]), head[0][1]
-            appended = []
+            appended, params = [], []
             for entry in entries:
                 seq += 1
                 digest = entry_hash(prev, seq, entry)
-                cur.execute(INSERT_AUDIT, {
+                params.append({
                     "seq": seq, "at": self._time(entry.at), "actor": entry.actor, "source_ip": entry.source_ip,
                     "action": entry.action, "details": entry.details, "outcome": entry.outcome,
                     "prev_hash": prev, "hash": digest})
                 appended.append(AuditRow(seq, entry, prev, digest))
                 prev = digest
+            if len(params) == 1:
+                cur.execute(INSERT_AUDIT, params[0])
+            elif params:
+                cur.executemany(INSERT_AUDIT, params)  # one statement for the batch
             cur.execute(UPDATE_AUDIT_HEAD, {"seq": seq, "hash": prev})
             return appended
 

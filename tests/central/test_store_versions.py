@@ -97,6 +97,12 @@ def test_an_older_cp_row_never_replaces_a_newer_one(store: SQLStore) -> None:
     assert store.load_charging_points() == [cp(state="AVERIADO", version=2)]
     store.save_charging_points([cp(state="PARADO", version=2)])
     assert store.load_charging_points() == [cp(state="PARADO", version=2)]
+    # in one batch (one multi-row statement) too, beside a new CP and a newer row of a third
+    store.save_charging_points([cp("CP002", version=1), cp("CP003", version=2, state="AVERIADO")])
+    store.save_charging_points([cp(state="ACTIVADO", version=1), cp("CP002", state="AVERIADO", version=2),
+                                cp("CP003", version=1), cp("CP004", version=7)])
+    assert store.load_charging_points() == [cp(state="PARADO", version=2), cp("CP002", state="AVERIADO", version=2),
+                                            cp("CP003", version=2, state="AVERIADO"), cp("CP004", version=7)]
 
 
 def test_mark_all_disconnected_keeps_versions(store: SQLStore) -> None:
