@@ -155,12 +155,13 @@ class GatewayNetwork:
         return results
 
     def heartbeat(self, cp_id: str, session) -> bool:
-        with self._lock:
-            held = self._cps.get(cp_id)
-            if held is None or held.session is not session:
-                return False
-            held.last_seen = self._clock()
-            return True
+        """Without the lock, as ChargingNetwork.heartbeat (the most frequent call): one read, one
+        comparison, one timestamp; a registration or an expiry at the same moment decides alone."""
+        held = self._cps.get(cp_id)
+        if held is None or held.session is not session:
+            return False
+        held.last_seen = self._clock()
+        return True
 
     def engine_fault(self, cp_id: str, session, reason: str) -> GatewayChange | None:
         with self._lock:
@@ -191,14 +192,15 @@ class GatewayNetwork:
 
     def expire_silent(self) -> list[tuple[Hashable, GatewayChange]]:
         now = self._clock()
+        cutoff = now - self.silence_timeout
         expired = []
         with self._lock:
-            for cp_id, held in list(self._cps.items()):
-                if now - held.last_seen > self.silence_timeout:
-                    cause = f"no sign of life from the Monitor for {now - held.last_seen:.1f} s"
-                    del self._cps[cp_id]
-                    self._event("cp.lost", cp_id, held, reason=cause)
-                    expired.append((held.session, GatewayChange(cp_id, cause)))
+            silent = [(cp_id, held) for cp_id, held in self._cps.items() if held.last_seen < cutoff]
+            for cp_id, held in silent:
+                cause = f"no sign of life from the Monitor for {now - held.last_seen:.1f} s"
+                del self._cps[cp_id]
+                self._event("cp.lost", cp_id, held, reason=cause)
+                expired.append((held.session, GatewayChange(cp_id, cause)))
         return expired
 
     # -- what the gateway adds -----------------------------------------------------------------
