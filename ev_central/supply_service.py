@@ -65,6 +65,10 @@ FAULT_REPORT_WAIT = 2.5  # s: the Monitor checks every second and reports a faul
 TAG_END_WAIT = 10.0  # s an RFID END waits for the Engine's final figures (more than the end grace)
 REMEMBERED = 100_000  # drivers and tags remembered for when the database is down
 FINISHED_KEPT = 20_000  # closed and stored sessions remembered, for END answers (more than the book keeps)
+# a supply's figures are logged (ev_central.live) at each telemetry record while at most this many
+# supplies run, else at every LIVE_LOG_EVERY-th record (a thousand supplies: a line each 10 s, not 1,000 a second)
+LIVE_LOG_ALL_UP_TO = 20
+LIVE_LOG_EVERY = 10
 LOUD_CHANGES = 8  # changes that come together up to this many are logged one by one
 
 
@@ -462,8 +466,9 @@ class SupplyService:
         if row.driver_id:
             self._notify(row.driver_id, SupplyProgress(row.session_id, row.driver_id, row.cp_id, t.seq,
                                                        row.kwh, row.amount_eur, t.power_kw))
-        live_log.info("%s SUMINISTRANDO to %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, _who(row),
-                      row.kwh, row.amount_eur, t.power_kw)
+        if t.seq % LIVE_LOG_EVERY == 1 or self.book.open_count <= LIVE_LOG_ALL_UP_TO:
+            live_log.info("%s SUMINISTRANDO to %s: %.3f kWh, %.2f EUR (%s kW)", row.cp_id, _who(row),
+                          row.kwh, row.amount_eur, t.power_kw)
         if self.on_progress is not None:
             self.on_progress(row, t.seq)
 

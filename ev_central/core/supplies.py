@@ -85,6 +85,11 @@ class SupplyBook:
                 if row.status in OPEN_STATUSES:
                     self._add(_Open(row, now))
 
+    @property
+    def open_count(self) -> int:
+        """Sessions open now (read without the lock: a glance, for the log's pace)."""
+        return len(self._open)
+
     def active_for_cp(self, cp_id: str) -> SessionRow | None:
         with self._lock:
             return next((s.row for s in self._by_cp.get(cp_id, _NONE).values()), None)

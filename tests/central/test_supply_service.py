@@ -952,3 +952,30 @@ def test_a_few_changes_at_once_are_logged_one_by_one(caplog) -> None:
     c.service.changed_many([change for change, _ in results])
     assert sorted(r.getMessage() for r in caplog.records) == ["CP1: new CP signed up -> ACTIVADO",
                                                              "CP2: new CP signed up -> ACTIVADO"]
+
+
+def test_figures_are_logged_at_each_record_while_few_supplies_run_then_every_tenth(caplog) -> None:
+    import logging
+
+    from ev_central.supply_service import LIVE_LOG_ALL_UP_TO, LIVE_LOG_EVERY
+
+    c = Central()
+    count = LIVE_LOG_ALL_UP_TO + 1
+    sessions = []
+    for n in range(count):
+        c.add_cp(f"CP{n:02d}")
+        c.store.drivers.add(f"D{n:02d}")
+        sessions.append(c.authorise(f"D{n:02d}", f"CP{n:02d}").session_id)
+    caplog.set_level(logging.INFO, logger="ev_central.live")
+
+    def logged(seq: int) -> int:
+        caplog.clear()
+        for n, session_id in enumerate(sessions):
+            c.telemetry(session_id, seq, f"{seq / 1000:.4f}", cp_id=f"CP{n:02d}", driver_id=f"D{n:02d}")
+        return len([r for r in caplog.records if r.name == "ev_central.live"])
+
+    assert logged(1) == count  # the first record of each supply
+    assert [logged(seq) for seq in range(2, LIVE_LOG_EVERY + 1)] == [0] * (LIVE_LOG_EVERY - 1)
+    assert logged(LIVE_LOG_EVERY + 1) == count
+    c.end(sessions[0], LIVE_LOG_EVERY + 2, "0.0120", "unplugged", cp_id="CP00", driver_id="D00")
+    assert logged(LIVE_LOG_EVERY + 3) == count - 1  # few enough again: every record of every supply
