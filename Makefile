@@ -5,7 +5,8 @@
 #   make test PYTEST_ARGS='-k kafka -x'
 #   make bench                run the benchmarks (protocol, CP link, telemetry); they print figures
 #   make loadgen              2,000 simulated CPs and 500 supplies on one Central for 60 s (about 2 min)
-#   make loadgen LOADGEN_ARGS='--monitors 5000 --storm'
+#   make loadgen LOADGEN_ARGS='--monitors 10000 --supplies 1000 --storm'          (about 3 min)
+#   make loadgen LOADGEN_ARGS='--monitors 10000 --supplies 1000 --storm --gateways 2'
 #   make clean                remove .venv and caches
 #
 # PYTHON chooses the interpreter that creates .venv (default python3, >= 3.10).
@@ -45,6 +46,7 @@ bench: $(STAMP)
 	$(VENV_PY) benchmarks/bench_protocol.py
 	$(VENV_PY) -m benchmarks.bench_cp_link
 	$(VENV_PY) -m benchmarks.bench_telemetry
+	$(VENV_PY) -m benchmarks.bench_signs_of_life --monitors 5000
 
 loadgen: $(STAMP)
 	$(VENV_PY) -m benchmarks.loadgen $(LOADGEN_ARGS)

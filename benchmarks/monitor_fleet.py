@@ -73,6 +73,7 @@ class FleetFigures:
     links_broken: int = 0
     heartbeats: int = 0
     hb_late_max: float = 0.0  # the fleet's own lag: a sign of life sent late
+    hb_late_max_before: float = 0.0  # the same, before the measured window (the storm)
     hb_late_ms: dict[int, int] = field(default_factory=dict)  # lateness (whole ms) -> signs of life
     cpu_seconds: float = 0.0  # the fleet process's CPU over the measured window
 
@@ -461,6 +462,7 @@ def _child(conn, host: str, port: int, cp_ids: list[str], supplying: list[str], 
             fleet.faults_on.set() if argument else fleet.faults_on.clear()
         elif what == "measure":  # the measured window starts (or ends)
             if argument:
+                fleet.figures.hb_late_max_before = fleet.figures.hb_late_max
                 fleet.figures.hb_late_max = 0.0
                 fleet.figures.hb_late_ms = {}
                 cpu0 = time.process_time()

@@ -221,11 +221,24 @@ class TLSReactorLink(ReactorLink):
 class _BatchLane:
     """A lane of one thread that serves the sessions queued to it in batches: each turn takes
     every session queued so far (at most ``limit``) and hands them to ``serve`` together, so
-    that the more arrive at once, the less each costs. ``submit``/``shutdown`` as an executor's."""
+    that the more arrive at once, the less each costs. ``submit``/``shutdown`` as an executor's.
 
-    def __init__(self, serve: Callable[[list], None], name: str, limit: int = 1024) -> None:
+    Between two batches it pauses ``rest`` times as long as the batch took (at most
+    ``MAX_REST`` s) while more wait. A lane that keeps the interpreter busy makes every
+    ``recv`` and ``send`` of the reactor thread wait for the interpreter again (up to the
+    switch interval, 5 ms, each: the "convoy"), and the reactor then serves a few hundred
+    frames a second instead of tens of thousands: signs of life go unanswered, ACKs come
+    late. The pause leaves the reactor the interpreter to itself for a while."""
+
+    MAX_REST = 0.02
+
+    def __init__(self, serve: Callable[[list], None], name: str, limit: int = 256, rest: float = 0.5,
+                 clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> None:
         self._serve = serve
         self._limit = limit
+        self._rest = rest
+        self._clock = clock
+        self._sleep = sleep
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -253,10 +266,13 @@ class _BatchLane:
                     return
                 count = min(len(self._queue), self._limit)
                 batch = [self._queue.popleft() for _ in range(count)]
+            started = self._clock()
             try:
                 self._serve(batch)
             except Exception:
                 log.exception("a batch of %d sessions failed", len(batch))
+            if self._queue and self._rest > 0:  # more wait: the reactor's turn first (see the class doc)
+                self._sleep(min(self.MAX_REST, (self._clock() - started) * self._rest))
 
 
 class LinkReactor:

@@ -26,3 +26,18 @@ def test_telemetry_benchmark_runs(capsys, kafka_bootstrap):
     assert bench_telemetry.main(["--cps", "1", "--seconds", "2", "--kafka", kafka_bootstrap]) == 0
     out = capsys.readouterr().out
     assert "Central applied" in out and "driver's consumer" in out
+
+
+def test_signs_of_life_benchmark_runs(capsys):
+    """A real Monitor side in a child process, 200 Monitors: every one registers, every sign of
+    life is acknowledged in time, and the figures are printed."""
+    import json
+
+    from benchmarks import bench_signs_of_life
+
+    assert bench_signs_of_life.main(["--monitors", "200", "--seconds", "2"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["monitors"] == 200 and result["signs_of_life"] >= 200
+    assert result["retransmits"] == 0 and result["false_disconnects"] == 0
+    assert result["cpu_per_sign_of_life_us"] > 0 and "cpu_per_registration_us" in result

@@ -757,3 +757,33 @@ def test_a_batch_that_fails_ends_its_sessions_and_the_lane_goes_on(net: Net) -> 
             link.recv(timeout=3)
     assert calls == [2]
     assert slow.recv(timeout=3) == Auth("OK", "hello SLOW")
+
+
+def test_a_busy_lane_pauses_between_batches_while_more_wait() -> None:
+    """The register lane leaves the interpreter to the reactor between two batches (half as
+    long as the batch took, at most MAX_REST), and only while more sessions wait."""
+    from ev_common.reactor import _BatchLane
+
+    now = [0.0]
+    slept: list[float] = []
+    served: list[list[str]] = []
+    gate = threading.Event()
+
+    def serve(batch: list[str]) -> None:
+        gate.wait(5)  # the first batch holds the lane until the test queued more
+        now[0] += 0.03 * len(batch)  # a batch costs 30 ms per session
+        served.append(batch)
+
+    lane = _BatchLane(serve, "test-lane", limit=2, clock=lambda: now[0], sleep=slept.append)
+    try:
+        lane.submit("a")
+        wait_until(lambda: not lane._queue, 3, "the lane to take the first session")
+        for name in ("b", "c", "d"):
+            lane.submit(name)
+        gate.set()
+        wait_until(lambda: sum(map(len, served)) == 4, 3, "every session served")
+    finally:
+        lane.shutdown()
+    assert served == [["a"], ["b", "c"], ["d"]]
+    # 30 ms -> 15 ms; 60 ms -> at most MAX_REST; none after the last batch
+    assert slept == [pytest.approx(0.015), pytest.approx(_BatchLane.MAX_REST)]
