@@ -195,6 +195,14 @@ class MonitorServer:
                 answers[index] = reply
         return answers
 
+    def acked(self, session: MonitorSession) -> None:
+        """The Monitor acknowledged a frame (AUTH, a command): a sign of life too. So a CP's
+        silence is counted from when its Monitor had its AUTH, not from when Central decided
+        it: in a storm, AUTH may wait for the reactor, and the Monitor's first sign of life
+        comes a second after it hears AUTH."""
+        if session.cp_id is not None:
+            self.network.heartbeat(session.cp_id, session)
+
     def lane(self, session: MonitorSession, message) -> str:
         """Registrations are served one at a time (see LinkReactor); the rest by the main workers."""
         return "register" if session.cp_id is None else "main"

@@ -19,7 +19,9 @@ same state machine as ``Link``: one handshake, one ACK wait):
   queue behind them (at most ``max_inbound``, then NACK) for the same worker, so a session's
   messages are served one at a time, in order. The optional ``handler.lane`` sends a
   session's turn to a lane of one thread ("register"), so that a storm of registrations
-  never takes the interpreter from the reactor;
+  never takes the interpreter from the reactor; that lane serves every session queued to it
+  at once (``handler.batch``, when the handler has one: the first message of each), and
+  pauses between batches while more wait (``_BatchLane``);
 * ``handler.message`` returns what to answer (see ``Reply``); the reactor sends it.
   Any thread may also call ``send(link, message, on_done)``: it never blocks, the message
   queues behind the frame in flight and the reactor writes it;
@@ -114,6 +116,10 @@ class SessionHandler(Protocol):
     def lane(self, state: Any, message: Any) -> str:
         """Optional: which workers serve this message, "main" (the default) or "register" (one
         thread, so that a storm of registrations never takes the interpreter from the reactor)."""
+
+    def acked(self, state: Any) -> None:
+        """Optional: the peer acknowledged a frame of this session (it is alive and reads); on the
+        reactor thread, so quick and never waiting."""
 
     def closed(self, state: Any, cause: str) -> None: ...
 
@@ -308,6 +314,7 @@ class LinkReactor:
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
         self._lane_of = getattr(handler, "lane", None)
+        self._acked = getattr(handler, "acked", None)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -568,6 +575,8 @@ class LinkReactor:
                     self._deliver(link, event.message)
                 elif kind is Acked:
                     self._done(link, event.tag, True)
+                    if self._acked is not None and link._opened:
+                        self._acked(link.state)
                 elif kind is Opened:
                     self._open(link)
                 else:  # Ended: the last event

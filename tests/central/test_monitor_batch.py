@@ -92,3 +92,23 @@ def test_a_small_batch_logs_each_cp_and_a_storm_one_line(server, caplog) -> None
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert lines == [f"AUTH#OK sent to {LOUD_BATCH + 4} CPs registering at once: S00, S01, S02, S03, S04 "
                      f"and {LOUD_BATCH - 1} more"]
+
+
+def test_a_monitor_acknowledging_auth_is_a_sign_of_life() -> None:
+    """The silence rule counts from the Monitor's ACK of AUTH (in a storm AUTH may wait), not
+    only from when Central decided the registration."""
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock(1000.0)
+    network = ChargingNetwork(clock=clock, silence_timeout=2.5)
+    monitors = MonitorServer(network, lambda change: None, "127.0.0.1", 0)
+    try:
+        session = monitors.opened(FakeLink(1))
+        monitors.batch([(session, reg("CP1")), (monitors.opened(FakeLink(2)), reg("CP2"))])
+        clock.advance(2.0)
+        monitors.acked(session)  # CP1's Monitor acknowledged its AUTH just now
+        clock.advance(1.0)
+        assert [change.cp_id for _, change in network.expire_silent()] == ["CP2"]
+        monitors.acked(monitors.opened(FakeLink(3)))  # an unregistered session: nothing to refresh
+    finally:
+        monitors._server._listener.close()

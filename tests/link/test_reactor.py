@@ -787,3 +787,23 @@ def test_a_busy_lane_pauses_between_batches_while_more_wait() -> None:
     assert served == [["a"], ["b", "c"], ["d"]]
     # 30 ms -> 15 ms; 60 ms -> at most MAX_REST; none after the last batch
     assert slept == [pytest.approx(0.015), pytest.approx(_BatchLane.MAX_REST)]
+
+
+def test_the_handler_hears_of_each_frame_its_peer_acknowledged(net: Net) -> None:
+    class Acks(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.acks: list[int] = []
+
+        def acked(self, state: int) -> None:
+            with self.lock:
+                self.acks.append(state)
+
+    handler = Acks()
+    reactor = net.serve(handler)
+    link = net.connect(reactor)
+    link.send(Avr("CP001", "two"))  # answered with two messages
+    assert link.recv(timeout=3) == Auth.accepted("one")
+    assert link.recv(timeout=3) == Auth.accepted("two")
+    wait_until(lambda: len(handler.acks) == 2, 3, "both answers acknowledged")
+    assert handler.acks == [0, 0]
