@@ -40,3 +40,21 @@ def test_loadgen_small_run_is_clean(kafka_bootstrap, fresh_mysql_url, kafka_topi
     assert result["faults_seen"] >= 1 and result["fault_detect_p99_ms"] is not None
     assert result["false_disconnects"] == 0 and result["links_broken"] == 0
     assert result["central_rss_mb"] > 0 and result["central_cpu_pct"] is not None
+
+
+@pytest.mark.timeout(180)
+def test_loadgen_through_two_gateways_is_clean(kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix, tmp_path):
+    """``--gateways 2``: a core and two gateway processes on one shared port; every Monitor
+    registers through them, every supply gets its ticket, and each gateway is measured."""
+    argv = [sys.executable, "-m", "benchmarks.loadgen", "--monitors", "60", "--supplies", "4", "--seconds", "4",
+            "--storm", "--faults-per-second", "2", "--gateways", "2", "--kafka", kafka_bootstrap,
+            "--db", fresh_mysql_url, "--topic-prefix", kafka_topic_prefix, "--keep-logs", str(tmp_path)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    logs = "".join((tmp_path / name).read_text(errors="replace")[-2000:]
+                   for name in ("central.log", "gateway-G1.log", "gateway-G2.log"))
+    assert result["gateways"] == 2 and result["registered"] == 60, logs
+    assert result["authorised"] == 4 and result["tickets"] == 4, done.stderr + logs
+    assert result["faults_seen"] >= 1 and result["false_disconnects"] == 0, logs
+    assert result["gateway_G1_cpu_pct"] is not None and result["gateway_G2_rss_mb"] > 0
