@@ -276,14 +276,7 @@ class MonitorFleet:
     def _lost(self, sim: SimMonitor, refused: bool = False) -> None:
         """The connection ended (or never opened): count it, reconnect later."""
         was = sim.state
-        sim.state = "closed"
-        if sim.sock is not None:
-            try:
-                self.selector.unregister(sim.sock)
-            except (KeyError, ValueError):
-                pass
-            sim.sock.close()
-            sim.sock = None
+        self._drop_socket(sim)
         if sim.link is not None and not sim.link.closed:
             sim.link.fail(LinkError("connection lost"))
             sim.link.events()
@@ -302,13 +295,18 @@ class MonitorFleet:
             return
         if sim.link is not None:
             self._write(sim, sim.link.close(reason))
+        self._drop_socket(sim)
+
+    def _drop_socket(self, sim: SimMonitor) -> None:
+        sim.state = "closed"
+        if sim.sock is None:
+            return
         try:
             self.selector.unregister(sim.sock)
         except (KeyError, ValueError):
             pass
         sim.sock.close()
         sim.sock = None
-        sim.state = "closed"
 
     # -- messages from Central --
 

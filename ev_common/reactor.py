@@ -762,17 +762,7 @@ class LinkReactor:
                 log.exception("%s: serving a batch of %d sessions failed", self.name, len(items))
                 answers = [False] * len(items)
         for index, (link, item) in enumerate(items):
-            if answers is not None:
-                answer = answers[index]
-            else:
-                try:
-                    answer = self.handler.message(link.state, item)
-                except LinkError as exc:
-                    log.info("%s: session with %s: %s", self.name, link.peer, exc)
-                    answer = False
-                except Exception:
-                    log.exception("%s: serving %s failed", self.name, link.peer)
-                    answer = False
+            answer = answers[index] if answers is not None else self._message(link, item)
             if not self._answer(link, answer):
                 link._stop_serving = True
         for link in links:
@@ -780,7 +770,6 @@ class LinkReactor:
 
     def _serve(self, link: ReactorLink) -> None:
         """A worker's turn with one session: its queued messages, in order, one at a time."""
-        handler = self.handler
         while True:
             with link._lock:
                 if not link._inbox or link._stop_serving:
@@ -791,18 +780,20 @@ class LinkReactor:
                         link._finished = True
                     break
                 item = link._inbox.popleft()
-            try:
-                answer = handler.message(link.state, item)
-            except LinkError as exc:
-                log.info("%s: session with %s: %s", self.name, link.peer, exc)
-                answer = False
-            except Exception:
-                log.exception("%s: serving %s failed", self.name, link.peer)
-                answer = False
-            if not self._answer(link, answer):
+            if not self._answer(link, self._message(link, item)):
                 link._stop_serving = True
         if tell:
             self._tell_closed(link)
+
+    def _message(self, link: ReactorLink, item: Any) -> Any:
+        """``handler.message`` for one message; False (the session ends) when it fails."""
+        try:
+            return self.handler.message(link.state, item)
+        except LinkError as exc:
+            log.info("%s: session with %s: %s", self.name, link.peer, exc)
+        except Exception:
+            log.exception("%s: serving %s failed", self.name, link.peer)
+        return False
 
     def _answer(self, link: ReactorLink, answer: Any) -> bool:
         """Send a handler's answer; False when the session ends."""
