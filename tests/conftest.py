@@ -245,6 +245,19 @@ def runner(tmp_path: Path) -> Iterator[ProgramRunner]:
     runner.stop_all()
 
 
+@pytest.fixture(autouse=True)
+def _no_stray_log_stream() -> Iterator[None]:
+    """A command run in-process puts a StreamHandler on the root logger, on the stream pytest
+    captured for that test; a thread of a later test would log to it once closed ("Logging
+    error ... I/O operation on closed file"). Such a handler leaves with its test."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+
+
 @pytest.fixture
 def root_logger_kept() -> Iterator[None]:
     """For tests that run a command in-process: it configures the root logger as a program
