@@ -39,7 +39,9 @@ HB_INTERVAL = 1.0
 LINK = LinkConfig(ack_timeout=1.0, max_retries=3)  # a Monitor's defaults
 RECONNECT_DELAY = 1.0
 CONNECT_TIMEOUT = 10.0
-DB_POLL = 0.05
+DB_POLL = 0.05  # faults read back this often (the figures carry up to this much of polling)
+FAULTS_PER_POLL = 500
+DISCONNECT_EVERY = 10  # polls: DESCONECTADO rows are looked for every half second
 PRICE = "0.35"
 CONNECTS_PER_ROUND = 1000  # a storm opens its connections this many at a time, between rounds of I/O
 
@@ -383,14 +385,15 @@ class MonitorFleet:
 
 
 class DBWatcher:
-    """Polls Central's charging_points for rows changed since the last poll."""
+    """Reads Central's charging_points back: every ``DB_POLL`` s the rows of the CPs whose fault
+    was sent and not seen yet (a handful: a small query, so that the watcher costs the Monitors'
+    process little), and every ``DISCONNECT_POLL`` s the rows that turned ``DESCONECTADO``."""
 
     def __init__(self, db_url: str, fleet: MonitorFleet) -> None:
         self.db_url = db_url
         self.fleet = fleet
         self.figures = fleet.figures
         self.stop = threading.Event()
-        self.states: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="db-watch", daemon=True)
 
     def start(self) -> "DBWatcher":
@@ -405,26 +408,33 @@ class DBWatcher:
 
         conn = mysql_connect(self.db_url, autocommit=True)
         cur = conn.cursor()
+        disconnected: set[str] = set()
+        seen: dict[str, datetime] = {}  # cp_id -> the DESCONECTADO row's time already looked at
         watermark = datetime(1970, 1, 1)
-        disconnected = set()
-        try:  # rows changed since the newest change seen, less 2 s for rows committed late
+        polls = 0
+        try:
             while not self.stop.wait(DB_POLL):
-                cur.execute("SELECT cp_id, state, updated_at FROM charging_points WHERE updated_at >= %s",
-                            (watermark - timedelta(seconds=2),))
-                now = time.monotonic()
-                for cp_id, state, updated in cur.fetchall():
-                    watermark = max(watermark, updated)
-                    before = self.states.get(cp_id)
-                    self.states[cp_id] = state
-                    if state == before:
-                        continue
-                    if state == "AVERIADO":
+                polls += 1
+                with self.fleet.lock:
+                    pending = list(self.fleet.fault_sent)[:FAULTS_PER_POLL]
+                if pending:
+                    cur.execute("SELECT cp_id FROM charging_points WHERE state = 'AVERIADO' AND cp_id IN (%s)"
+                                % ", ".join(["%s"] * len(pending)), pending)
+                    now = time.monotonic()
+                    for (cp_id,) in cur.fetchall():
                         with self.fleet.lock:
                             sent = self.fleet.fault_sent.pop(cp_id, None)
                         if sent is not None:
                             self.figures.fault_ms.append((now - sent) * 1000)
-                    elif state == "DESCONECTADO" and before is not None and self.fleet.alive(cp_id):
-                        disconnected.add(cp_id)
+                if polls % DISCONNECT_EVERY == 0:  # less 2 s for rows committed late
+                    cur.execute("SELECT cp_id, updated_at FROM charging_points WHERE state = 'DESCONECTADO' "
+                                "AND updated_at >= %s", (watermark - timedelta(seconds=2),))
+                    for cp_id, updated in cur.fetchall():
+                        watermark = max(watermark, updated)
+                        if seen.get(cp_id) != updated:
+                            seen[cp_id] = updated
+                            if self.fleet.alive(cp_id):
+                                disconnected.add(cp_id)
         finally:
             conn.close()
             self.figures.false_disconnects.extend(disconnected)
