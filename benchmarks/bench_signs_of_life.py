@@ -19,7 +19,6 @@ import logging
 import multiprocessing
 import os
 import sys
-import threading
 import time
 
 from benchmarks.loadgen import cpu_seconds, peak_rss_mb
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     fleet = MonitorFleet("127.0.0.1", port, cp_ids, set(), storm=True, connect_rate=0, faults_per_second=0,
                          fault_seconds=0)
     cpu_start = cpu_seconds(server.pid)
-    loop = threading.Thread(target=fleet.run, name="monitors", daemon=True)
-    loop.start()
+    fleet.start()
     if not fleet.all_registered.wait(120):
         print("not every Monitor registered in 120 s", file=sys.stderr)
         return 1
@@ -71,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(args.seconds)
     beats1, retrans1, cpu1, t1 = fleet.figures.heartbeats, fleet.figures.retransmits, cpu_seconds(server.pid), \
         time.monotonic()
-    fleet.stopping.set()
-    loop.join(10)
+    fleet.stop()
     rss = peak_rss_mb(server.pid)
     parent.send("stop")
     server.join(10)

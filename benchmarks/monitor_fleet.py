@@ -15,6 +15,7 @@ the measured window starts, and when to stop; the child answers with its figures
 
 from __future__ import annotations
 
+import collections
 import errno
 import gc
 import heapq
@@ -124,10 +125,27 @@ class MonitorFleet:
         self.faults_on = threading.Event()
         self.all_registered = threading.Event()
         self._registered: set[str] = set()
+        self.registrations: collections.Counter[str] = collections.Counter()  # AUTH#OK per CP, reconnections too
+        self._thread: threading.Thread | None = None
         self._healthy = [sim for sim in self.sims.values() if not sim.supplying]
         self._next_fault = 0.0
 
     # -- the loop --
+
+    def start(self) -> "MonitorFleet":
+        """``run`` on a thread of its own (``stop`` ends it)."""
+        self._thread = threading.Thread(target=self.run, name="monitors", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def registered_count(self) -> int:
+        """Monitors registered now (any thread may ask)."""
+        return sum(1 for sim in list(self.sims.values()) if sim.state == "registered")
 
     def run(self) -> None:
         now = time.monotonic()
@@ -323,6 +341,7 @@ class MonitorFleet:
             self.send(sim, Supr(sim.cp_id, message.session_id, "OK", ""), now)
 
     def _registered_now(self, sim: SimMonitor, now: float) -> None:
+        self.registrations[sim.cp_id] += 1
         if sim.cp_id not in self._registered:  # the first registration of this CP (not a reconnection)
             self._registered.add(sim.cp_id)
             self.figures.registration_ms.append((now - sim.connect_started) * 1000)
@@ -452,8 +471,7 @@ def _child(conn, host: str, port: int, cp_ids: list[str], supplying: list[str], 
     raise_file_limit(file_limit)
     fleet = MonitorFleet(host, port, cp_ids, set(supplying), **options)
     watcher = DBWatcher(db_url, fleet).start()
-    loop = threading.Thread(target=fleet.run, name="monitors", daemon=True)
-    loop.start()
+    fleet.start()
     told_registered = False
     cpu0 = None
     while True:
@@ -480,8 +498,7 @@ def _child(conn, host: str, port: int, cp_ids: list[str], supplying: list[str], 
             with fleet.lock:
                 conn.send(("pending_faults", len(fleet.fault_sent)))
         elif what == "stop":
-            fleet.stopping.set()
-            loop.join(10)
+            fleet.stop()
             watcher.stop.set()
             watcher.join()
             conn.send(("figures", asdict(fleet.figures)))

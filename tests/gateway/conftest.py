@@ -59,23 +59,23 @@ class GatewaySystem(EVSystem):
                 from None
 
 
-@pytest.fixture
-def gateway_system(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
-    system = GatewaySystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix)
+def _with_core(runner, system: "GatewaySystem"):
+    """The system with drivers D001 and D002 and the core running; everything stopped after."""
     system.register_drivers("D001", "D002")
     system.start_core()
     yield system
     runner.stop_all()
     system.close()
+
+
+@pytest.fixture
+def gateway_system(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
+    yield from _with_core(runner, GatewaySystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix))
 
 
 @pytest.fixture
 def secure_gateway_system(runner, kafka_bootstrap, kafka_topic_prefix, fresh_mysql_url):
     """In secure mode: the core --secure, gateways --secure with its certificate, master key and
     database; every CP registered with a credential, its Monitor pinning the certificate."""
-    system = GatewaySystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix, secure=True)
-    system.register_drivers("D001", "D002")
-    system.start_core()
-    yield system
-    runner.stop_all()
-    system.close()
+    yield from _with_core(runner, GatewaySystem(runner, kafka_bootstrap, fresh_mysql_url, kafka_topic_prefix,
+                                                secure=True))

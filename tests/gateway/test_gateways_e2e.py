@@ -6,11 +6,13 @@ are killed (SIGKILL) mid-run: the CPs come back without losing a supply or a tic
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 
 from tests.gateway.conftest import GATEWAY_TIMEOUT
-from tests.gateway.fleet import Fleet
+from benchmarks.monitor_fleet import MonitorFleet
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -26,18 +28,36 @@ def holder(system, cp_id: str) -> str:
     return found[0]
 
 
+@contextmanager
+def simulated_monitors(system, count: int) -> Iterator[tuple[list[str], MonitorFleet]]:
+    """``count`` of the load generator's Monitors (the real wire protocol, a sign of life every
+    second) at the gateways' shared port, 200 connecting a second, each one lost connecting again
+    after a second; once they and CP001 are ACTIVADO at the core. Stopped at the end."""
+    sims = [f"SIM{i:04d}" for i in range(count)]
+    fleet = MonitorFleet("127.0.0.1", system.gateway_port, sims, set(), storm=False, connect_rate=200,
+                         faults_per_second=0, fault_seconds=0).start()
+    try:
+        wait_until(lambda: fleet.registered_count() == len(sims), 30, "every simulated Monitor to register")
+        system.wait_states(sims + ["CP001"], {"ACTIVADO"}, 20, "every CP ACTIVADO at the core")
+        yield sims, fleet
+    finally:
+        fleet.stop()
+
+
+def supply_at_cp001(system):
+    """Driver D001 charging at CP001: its process, once the CP took the supply."""
+    driver = system.start_driver("D001", "--cp", "CP001", "--supply-timeout", "120")
+    driver.wait_for_output(r"Charging at CP001", timeout=30)
+    return driver
+
+
 def test_gateway_killed_its_monitors_come_back_through_the_other(gateway_system):
     system = gateway_system
     system.start_gateway("G1")
     system.start_gateway("G2")
     system.start_cp_at_gateways("CP001", "--auto", "--auto-seconds", "14")
-    sims = [f"SIM{i:04d}" for i in range(240)]
-    fleet = Fleet("127.0.0.1", system.gateway_port, sims).start()
-    try:
-        wait_until(lambda: fleet.registered_count() == len(sims), 30, "every simulated Monitor to register")
-        system.wait_states(sims + ["CP001"], {"ACTIVADO"}, 20, "every CP ACTIVADO at the core")
-        driver = system.start_driver("D001", "--cp", "CP001", "--supply-timeout", "120")
-        driver.wait_for_output(r"Charging at CP001", timeout=30)
+    with simulated_monitors(system, 240) as (sims, fleet):
+        driver = supply_at_cp001(system)
         wait_until(lambda: [s for s in system.sessions(driver_id="D001") if s.kwh > 0], 15, "telemetry at the core")
 
         victim = holder(system, "CP001")
@@ -49,7 +69,6 @@ def test_gateway_killed_its_monitors_come_back_through_the_other(gateway_system)
         # the Monitors of the dead gateway register again, through the one left on the port
         system.cps["CP001"].monitor.wait_for_output(r"Registered at Central as CP001", after=monitor_mark,
                                                     timeout=15)
-        moved = [cp for cp in sims if fleet.registrations[cp] > 1]
         wait_until(lambda: fleet.registered_count() == len(sims), 20, "every simulated Monitor registered again")
         moved = [cp for cp in sims if fleet.registrations[cp] > 1]
         assert len(moved) >= 20, f"only {len(moved)} simulated Monitors were on the killed gateway {victim}"
@@ -58,7 +77,7 @@ def test_gateway_killed_its_monitors_come_back_through_the_other(gateway_system)
                                        timeout=float(GATEWAY_TIMEOUT) + 10)
         system.wait_states(sims, {"ACTIVADO"}, 15, "every simulated CP ACTIVADO after the gateway died")
         system.wait_states(["CP001"], IN_SERVICE, 15, "CP001 in service after the gateway died")
-        assert re.search(rf"REG received from \S+: REG#CP001#", system.gateways[survivor].output())
+        assert re.search(r"REG received from \S+: REG#CP001#", system.gateways[survivor].output())
 
         # the supply went on through the move: one ticket, its energy counted
         assert driver.wait_exit(60) == 0, driver.output()[-3000:]
@@ -66,21 +85,14 @@ def test_gateway_killed_its_monitors_come_back_through_the_other(gateway_system)
         [session] = [s for s in system.sessions(driver_id="D001") if s.ended_at is not None]
         assert session.status == "COMPLETED" and session.kwh > 0, session
         system.wait_states(["CP001"], {"ACTIVADO"}, 10, "CP001 free after its supply")
-    finally:
-        fleet.stop()
 
 
 def test_core_restarted_gateways_keep_their_sessions(gateway_system):
     system = gateway_system
     system.start_gateway("G1")
     cp = system.start_cp_at_gateways("CP001", "--auto", "--auto-seconds", "10")
-    sims = [f"SIM{i:04d}" for i in range(100)]
-    fleet = Fleet("127.0.0.1", system.gateway_port, sims).start()
-    try:
-        wait_until(lambda: fleet.registered_count() == len(sims), 30, "every simulated Monitor to register")
-        system.wait_states(sims + ["CP001"], {"ACTIVADO"}, 20, "every CP ACTIVADO at the core")
-        driver = system.start_driver("D001", "--cp", "CP001", "--supply-timeout", "120")
-        driver.wait_for_output(r"Charging at CP001", timeout=30)
+    with simulated_monitors(system, 100) as (sims, fleet):
+        driver = supply_at_cp001(system)
         monitor_mark = cp.monitor.mark()
 
         system.central.kill()
@@ -93,7 +105,7 @@ def test_core_restarted_gateways_keep_their_sessions(gateway_system):
         # every CP back in service from the gateway's roster, none of its Monitors registering again
         system.wait_states(sims, {"ACTIVADO"}, 20, "every simulated CP ACTIVADO after the core's restart")
         system.wait_states(["CP001"], IN_SERVICE, 20, "CP001 in service after the core's restart")
-        assert set(fleet.registrations.values()) == {1} and fleet.losses == 0
+        assert set(fleet.registrations.values()) == {1} and fleet.figures.closed_by_central == 0
         assert "Registered at Central" not in cp.monitor.output()[monitor_mark:]
         assert "Cannot connect" not in cp.monitor.output()[monitor_mark:]
         assert "the core asks for the roster" in system.gateways["G1"].output()[gateway_mark:]
@@ -112,8 +124,6 @@ def test_core_restarted_gateways_keep_their_sessions(gateway_system):
         system.wait_states(["CP001"], {"PARADO"}, 10, "CP001 PARADO")
         system.operator("resume CP001")
         system.wait_states(["CP001"], {"ACTIVADO"}, 10, "CP001 ACTIVADO again")
-    finally:
-        fleet.stop()
 
 
 def test_secure_gateways_authenticate_and_a_cp_keeps_its_key_when_it_moves(secure_gateway_system):
@@ -125,8 +135,7 @@ def test_secure_gateways_authenticate_and_a_cp_keeps_its_key_when_it_moves(secur
     cp = system.start_cp_at_gateways("CP001", "--auto", "--auto-seconds", "12")
     victim = holder(system, "CP001")
     survivor = "G2" if victim == "G1" else "G1"
-    driver = system.start_driver("D001", "--cp", "CP001", "--supply-timeout", "120")
-    driver.wait_for_output(r"Charging at CP001", timeout=30)
+    driver = supply_at_cp001(system)
     wait_until(lambda: [s for s in system.sessions(driver_id="D001") if s.kwh > 0], 15, "sealed telemetry opened")
     mark = cp.monitor.mark()
     system.gateways[victim].kill()

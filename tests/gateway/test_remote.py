@@ -11,7 +11,7 @@ import pytest
 
 from ev_central.core.network import ChargingNetwork
 from ev_central.gateway.edge import GatewayNetwork
-from ev_central.gateway.wire import Beacon, Command, CPEvent, RosterEntry, decode, encode
+from ev_central.gateway.wire import Beacon, Command, CPEvent, RosterEntry, decode
 from ev_central.remote import CPRouter, RemoteGateways, RemoteSession
 from ev_central.server import CPUnreachable
 from ev_common.bus import Topics
