@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ev_common.bus import Topics
-from ev_common.config import env, host_port, port_number
+from ev_common.config import env, host_port, port_number, seconds
 from ev_common.lifecycle import Shutdown, raise_file_limit
 from ev_common.log import add_log_level_argument, setup_logging
 
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Monitors of --port.")
     gateways.add_argument("--gateways", action="store_true", default=env("EV_GATEWAYS", "") in ("1", "true", "yes"),
                           help="also serve the CPs of gateways (default: $EV_GATEWAYS=1, else off)")
-    gateways.add_argument("--gateway-timeout", type=_positive_seconds, metavar="SECONDS",
+    gateways.add_argument("--gateway-timeout", type=seconds(0.5, 3600), metavar="SECONDS",
                           default=env("EV_GATEWAY_TIMEOUT", str(DEFAULT_GATEWAY_TIMEOUT)),
                           help="a gateway silent this long is dead: its CPs go DESCONECTADO (default: "
                                "$EV_GATEWAY_TIMEOUT or %(default)s)")
@@ -143,16 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "or the working directory; in log mode: no file)")
     add_log_level_argument(parser)
     return parser
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.5 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.5 to 3600")
-    return value
 
 
 def data_directory() -> Path:

@@ -22,6 +22,19 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def seconds(low: float, high: float):
+    """argparse type for a number of seconds from ``low`` to ``high`` (both included)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from {low:g} to {high:g}")
+        return value
+    return parse
+
+
 def env(name: str, default: str | None = None) -> str | None:
     """The value of ``$name`` if set and not empty, else ``default``."""
     value = os.environ.get(name, "")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ev_common.bus import Topics
-from ev_common.config import env, host_port, port_number
+from ev_common.config import env, host_port, port_number, seconds
 from ev_common.lifecycle import Shutdown, raise_file_limit
 from ev_common.log import add_log_level_argument, setup_logging
 
@@ -34,18 +34,6 @@ def _gateway_id(text: str) -> str:
     if not GATEWAY_ID.fullmatch(text or ""):
         raise argparse.ArgumentTypeError(f"{text!r} is not a gateway id: 1-32 of A-Z a-z 0-9 _ -")
     return text
-
-
-def _seconds(low: float, high: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from {low:g} to {high:g}")
-        return value
-    return parse
 
 
 def build_gateway_parser() -> argparse.ArgumentParser:
@@ -75,14 +63,14 @@ def build_gateway_parser() -> argparse.ArgumentParser:
                         help="prefix of every Kafka topic name, as the core's (default: $EV_TOPIC_PREFIX or none)")
     parser.add_argument("--topic-partitions", type=int, default=1, help="partitions of topics the gateway creates")
     parser.add_argument("--topic-replication", type=int, default=1, help="replication of topics the gateway creates")
-    parser.add_argument("--silence-timeout", type=_seconds(0.5, 3600), default=DEFAULT_SILENCE_TIMEOUT,
+    parser.add_argument("--silence-timeout", type=seconds(0.5, 3600), default=DEFAULT_SILENCE_TIMEOUT,
                         metavar="SECONDS", help="a Monitor silent this long loses its session and its CP goes "
                                                 "DESCONECTADO (default: %(default)s)")
-    parser.add_argument("--beacon-interval", type=_seconds(0.1, 60), default=DEFAULT_BEACON_INTERVAL,
+    parser.add_argument("--beacon-interval", type=seconds(0.1, 60), default=DEFAULT_BEACON_INTERVAL,
                         metavar="SECONDS", help="how often the gateway tells the core it is alive (default: "
                                                 "%(default)s; the core's --gateway-timeout must be several times "
                                                 "longer)")
-    parser.add_argument("--roster-interval", type=_seconds(1, 3600), default=DEFAULT_ROSTER_INTERVAL,
+    parser.add_argument("--roster-interval", type=seconds(1, 3600), default=DEFAULT_ROSTER_INTERVAL,
                         metavar="SECONDS", help="how often a beacon carries the list of CPs held here (also sent at "
                                                 "once when the core asks; default: %(default)s)")
     parser.add_argument("--max-sessions", type=int, default=10_000, metavar="N",
