@@ -25,6 +25,7 @@ from typing import Callable
 from ev_common.bounded import keep_newest
 from ev_common.link import LinkConfig
 from ev_common.reactor import LinkReactor, ReactorLink
+from ev_common.words import some_of
 from ev_common.protocol import Auth, Avr, Can, Err, Hb, Message, MessageError, Rec, Reg, Rvk, Sst, Stop, Sup, Supr
 
 from .auth import OpenDoor, Refused
@@ -204,7 +205,8 @@ class MonitorServer:
             self.network.heartbeat(session.cp_id, session)
 
     def lane(self, session: MonitorSession, message) -> str:
-        """Registrations are served one at a time (see LinkReactor); the rest by the main workers."""
+        """Registrations go to the register lane, one thread serving them in batches (``batch``,
+        see LinkReactor); the rest to the main workers."""
         return "register" if session.cp_id is None else "main"
 
     def message(self, session: MonitorSession, message) -> bool | list[Message]:
@@ -289,8 +291,7 @@ class MonitorServer:
         self._changed_many(changes)  # queued for the DB before the Monitors hear AUTH#OK
         if not loud:
             names = [reg.cp_id for _, _, reg, _ in admitted_ones]
-            log.info("AUTH#OK sent to %d CPs registering at once: %s%s", len(names), ", ".join(names[:5]),
-                     f" and {len(names) - 5} more" if len(names) > 5 else "")
+            log.info("AUTH#OK sent to %d CPs registering at once: %s", len(names), some_of(names))
         return answers
 
     def _handle(self, session: MonitorSession, message: Message) -> bool | list[Message]:

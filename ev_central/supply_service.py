@@ -40,7 +40,7 @@ from ev_common.records import (
     Telemetry,
     Ticket,
 )
-from ev_common.words import CANNOT_REPORT, KEYS_REVOKED, OUT_OF_ORDER, STOPPED_BY_CENTRAL, WEATHER_ALERT
+from ev_common.words import CANNOT_REPORT, KEYS_REVOKED, OUT_OF_ORDER, STOPPED_BY_CENTRAL, WEATHER_ALERT, some_of
 
 from . import audit as audited
 from .audit import NO_AUDIT, Recorder
@@ -613,33 +613,31 @@ class SupplyService:
     def changed(self, change: StateChange | None) -> None:
         """A CP changed (from any thread): its supply is interrupted now if it must be; the row,
         the log line, the driver's alert and the status record follow on the effects thread."""
-        if change is None:
-            return
-        interrupts = change.interrupts_supply and CANNOT_REPORT not in change.cause  # (see ev_common.words)
-        interrupted = self.book.interrupt(change.cp_id, _interruption(change)) if interrupts else None
-        self._effects.submit(self._apply_change, change, interrupted)
-        if (not change.interrupts_supply and change.event is Event.REGISTERED and change.new is State.ACTIVADO
-                and self.book.running_for_cp(change.cp_id) is not None):
-            # Central restarted while this CP supplied: the supply goes on, so does SUMINISTRANDO
-            self._network_event(change.cp_id, Event.SUPPLY_STARTED, "supply in course since before Central restarted")
+        if change is not None:
+            self.changed_many([change])
 
     def changed_many(self, changes: list[StateChange]) -> None:
         """``changed`` for many changes at once (a storm's batch of registrations): what they
-        cause outside is one task of the effects thread, which logs a few of them one by one and
-        many of them as one line per kind of change."""
+        cause outside is one task of the effects thread, which logs up to ``LOUD_CHANGES`` of them
+        one by one, and more as one line per kind of change."""
+        interrupted = [self._interrupt_if_due(change) for change in changes]
         if len(changes) <= LOUD_CHANGES:
-            for change in changes:
-                self.changed(change)
-            return
-        interrupted = [self.book.interrupt(change.cp_id, _interruption(change))
-                       if change.interrupts_supply and CANNOT_REPORT not in change.cause else None
-                       for change in changes]
-        self._effects.submit(self._apply_changes, changes, interrupted)
+            for change, stopped in zip(changes, interrupted):
+                self._effects.submit(self._apply_change, change, stopped)
+        else:
+            self._effects.submit(self._apply_changes, changes, interrupted)
         for change in changes:
             if (not change.interrupts_supply and change.event is Event.REGISTERED and change.new is State.ACTIVADO
                     and self.book.running_for_cp(change.cp_id) is not None):
+                # Central restarted while this CP supplied: the supply goes on, so does SUMINISTRANDO
                 self._network_event(change.cp_id, Event.SUPPLY_STARTED,
                                     "supply in course since before Central restarted")
+
+    def _interrupt_if_due(self, change: StateChange) -> SessionRow | None:
+        """The CP's supply, interrupted now if the change ends it (see ev_common.words)."""
+        if change.interrupts_supply and CANNOT_REPORT not in change.cause:
+            return self.book.interrupt(change.cp_id, _interruption(change))
+        return None
 
     def _apply_changes(self, changes: list[StateChange], interrupted: list[SessionRow | None]) -> None:
         """(effects thread) ``_apply_change`` for each, with one log line per kind of change."""
@@ -650,8 +648,7 @@ class SupplyService:
                 moved = f"{'new' if change.old is None else change.old} -> {change.new}"
                 kinds.setdefault(moved, []).append(change.cp_id)
         for moved, cp_ids in kinds.items():
-            log.info("%d CP(s) %s: %s%s", len(cp_ids), moved, ", ".join(cp_ids[:5]),
-                     f" and {len(cp_ids) - 5} more" if len(cp_ids) > 5 else "")
+            log.info("%d CP(s) %s: %s", len(cp_ids), moved, some_of(cp_ids))
 
     def _apply_change(self, change: StateChange, interrupted: SessionRow | None, loud: bool = True) -> None:
         """(effects thread) What a CP change causes outside Central's memory."""

@@ -117,6 +117,10 @@ class SessionHandler(Protocol):
         """Optional: which workers serve this message, "main" (the default) or "register" (one
         thread, so that a storm of registrations never takes the interpreter from the reactor)."""
 
+    def batch(self, items: "list[tuple[Any, Any]]") -> list:
+        """Optional: the first messages of many sessions queued on the "register" lane, (state,
+        message) each, served together; their answers in order, each as ``message`` returns it."""
+
     def acked(self, state: Any) -> None:
         """Optional: the peer acknowledged a frame of this session (it is alive and reads); on the
         reactor thread, so quick and never waiting."""
@@ -227,7 +231,7 @@ class TLSReactorLink(ReactorLink):
 class _BatchLane:
     """A lane of one thread that serves the sessions queued to it in batches: each turn takes
     every session queued so far (at most ``limit``) and hands them to ``serve`` together, so
-    that the more arrive at once, the less each costs. ``submit``/``shutdown`` as an executor's.
+    that the more arrive at once, the less each costs.
 
     Between two batches it pauses ``rest`` times as long as the batch took (at most
     ``MAX_REST`` s) while more wait. A lane that keeps the interpreter busy makes every
@@ -256,12 +260,12 @@ class _BatchLane:
             self._queue.append(link)
             self._cond.notify()
 
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+    def shutdown(self) -> None:
+        """Serve what is queued, then end the lane's thread."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        if wait:
-            self._thread.join()
+        self._thread.join()
 
     def _run(self) -> None:
         while True:
@@ -309,7 +313,9 @@ class LinkReactor:
         self._seq = itertools.count()
         self._tags = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
-        self._lanes = {"main": self._pool, "register": _BatchLane(self._serve_batch, f"{name}-register")}
+        self._register = _BatchLane(self._serve_batch, f"{name}-register")
+        self._lanes: dict[str, Callable[[ReactorLink], Any]] = {  # lane name -> how a session's turn is queued
+            "main": lambda link: self._pool.submit(self._serve, link), "register": self._register.submit}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
@@ -344,8 +350,8 @@ class LinkReactor:
         for link in list(self._links):
             self._request_close(link, reason, True)
         self._apply_pending(time.monotonic())
-        for pool in self._lanes.values():
-            pool.shutdown(wait=True, cancel_futures=False)
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        self._register.shutdown()
         if self._listener.fileno() >= 0:
             self._listener.close()
         self._selector.close()
@@ -611,14 +617,12 @@ class LinkReactor:
             log.exception("%s: serving %s failed", self.name, link.peer)
             keep = False
         if keep is None:  # this one and the next ones go to a worker, in order
-            lane = self._lanes.get(self._lane_of(link.state, item), self._pool) if self._lane_of else self._pool
+            queue_turn = self._lanes.get(self._lane_of(link.state, item) if self._lane_of else "main",
+                                         self._lanes["main"])
             with link._lock:
                 link._inbox.append(item)
                 link._busy = True
-            if lane is self._pool:
-                lane.submit(self._serve, link)
-            else:
-                lane.submit(link)
+            queue_turn(link)
         elif not keep:
             link._stop_serving = True
             self._request_close(link, "session ended by the server", True)

@@ -51,3 +51,9 @@ CANNOT_REPORT: Final = "Kafka unreachable: this CP cannot report supplies"
 #: Why a CP is out of service after an operator's "keys revoke" (secure mode): its Monitor must
 #: authenticate again (docs/security.md). Also the reason of a supply it interrupted.
 KEYS_REVOKED = "keys revoked by the operator"
+
+
+def some_of(names: list[str], shown: int = 5) -> str:
+    """A few names of a long list, for a log line: "CP1, CP2, CP3 and 97 more"."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -164,9 +164,8 @@ class ChargingNetwork:
         Without the lock (it is the reactor's most frequent call): one dictionary read, one
         comparison, one timestamp. A registration or an expiry that runs at the same moment
         decides alone who owns the CP; a sign of life racing it only moves ``last_seen``."""
-        cp = self._cps.get(cp_id)
-        owner = cp.session if cp is not None else None
-        if owner is None or (owner is not session and owner != session):
+        cp = self._owned(cp_id, session)
+        if cp is None:
             return False
         cp.last_seen = self._clock()
         return True

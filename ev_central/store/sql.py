@@ -942,9 +942,7 @@ class SQLStore(Store):
                     "prev_hash": prev, "hash": digest})
                 appended.append(AuditRow(seq, entry, prev, digest))
                 prev = digest
-            if len(params) == 1:
-                cur.execute(INSERT_AUDIT, params[0])
-            elif params:
+            if params:
                 cur.executemany(INSERT_AUDIT, params)  # one statement for the batch
             cur.execute(UPDATE_AUDIT_HEAD, {"seq": seq, "hash": prev})
             return appended

@@ -715,7 +715,7 @@ def test_a_lane_serves_what_queued_meanwhile_in_one_batch(net: Net) -> None:
     links = [net.connect(reactor) for _ in range(5)]
     for number, link in enumerate(links):
         link.send(Reg(f"CP{number}", "boom" if number == 3 else "street", Decimal("0.3")))
-    lane = reactor._lanes["register"]
+    lane = reactor._register
     wait_until(lambda: len(lane._queue) == 5, 3, "five sessions queued on the register lane")
     handler.slow.set()
 
@@ -750,7 +750,7 @@ def test_a_batch_that_fails_ends_its_sessions_and_the_lane_goes_on(net: Net) -> 
     links = [net.connect(reactor) for _ in range(2)]
     for number, link in enumerate(links):
         link.send(Reg(f"CP{number}", "street", Decimal("0.3")))
-    wait_until(lambda: len(reactor._lanes["register"]._queue) == 2, 3, "two sessions queued")
+    wait_until(lambda: len(reactor._register._queue) == 2, 3, "two sessions queued")
     handler.slow.set()
     for link in links:
         with pytest.raises((LinkClosed, LinkBroken)):
