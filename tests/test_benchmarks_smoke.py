@@ -40,4 +40,5 @@ def test_signs_of_life_benchmark_runs(capsys):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["monitors"] == 200 and result["signs_of_life"] >= 200
     assert result["retransmits"] == 0 and result["false_disconnects"] == 0
-    assert result["cpu_per_sign_of_life_us"] > 0 and "cpu_per_registration_us" in result
+    # (CPU is read in clock ticks of 10 ms: a run this small may measure none, so only its presence is checked)
+    assert result["cpu_per_sign_of_life_us"] >= 0 and result["cpu_per_registration_us"] >= 0
