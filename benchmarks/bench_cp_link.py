@@ -82,14 +82,25 @@ def run(runner: ProgramRunner, db: str, runs: int, kafka: str) -> dict[str, list
         action()
         wait_until(lambda: state() == "ACTIVADO", 30, why, interval=0.05)
 
+    def toggle_fault(said):
+        """The Engine's fault key (SIGUSR1), waiting until the Engine says it took it: two signals sent
+        close together may reach it as one, and the next toggle would then undo nothing."""
+        mark = engine.mark()
+        engine.send_signal(signal.SIGUSR1)
+        engine.wait_for_output(said, 10, after=mark)
+
     results: dict[str, list[float]] = {"Engine fault -> AVERIADO": [], "Monitor SIGKILL -> DESCONECTADO": [],
                                        "Monitor SIGSTOP -> DESCONECTADO": []}
     try:
+        # ACTIVADO alone may be the registration's, before the Monitor reports that it cannot reach an
+        # Engine still starting: wait for the Monitor's first healthy check too.
+        monitor.wait_for_output(r"Engine OK", 15)
         wait_until(lambda: state() == "ACTIVADO", 15, "the CP to register")
         for _ in range(runs):
             time.sleep(random.uniform(0, 1))  # a random phase of the 1 s check cycle
-            results["Engine fault -> AVERIADO"].append(timed(lambda: engine.send_signal(signal.SIGUSR1), "AVERIADO"))
-            back(lambda: engine.send_signal(signal.SIGUSR1), "the Engine to recover (ACTIVADO)")
+            results["Engine fault -> AVERIADO"].append(
+                timed(lambda: toggle_fault("simulated FAULT on"), "AVERIADO"))
+            back(lambda: toggle_fault("simulated fault off"), "the Engine to recover (ACTIVADO)")
         for _ in range(runs):
             time.sleep(random.uniform(0, 1))
             results["Monitor SIGKILL -> DESCONECTADO"].append(timed(monitor.kill, "DESCONECTADO"))
