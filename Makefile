@@ -3,7 +3,7 @@
 #   make demo                 the whole system on this machine, unattended (Ctrl+C stops it)
 #   make test                 install into .venv when needed, then run the test suite
 #   make test PYTEST_ARGS='-k kafka -x'
-#   make bench                run the benchmarks (protocol, CP link, telemetry); they print figures
+#   make bench                run the benchmarks (protocol, CP link, telemetry, signs of life, secure storm); they print figures
 #   make loadgen              2,000 simulated CPs and 500 supplies on one Central for 60 s (about 2 min)
 #   make loadgen LOADGEN_ARGS='--monitors 10000 --supplies 1000 --storm'          (about 3 min)
 #   make loadgen LOADGEN_ARGS='--monitors 10000 --supplies 1000 --storm --gateways 2'
@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(VENV_PY) -m benchmarks.bench_cp_link
 	$(VENV_PY) -m benchmarks.bench_telemetry
 	$(VENV_PY) -m benchmarks.bench_signs_of_life --monitors 5000
+	$(VENV_PY) -m benchmarks.bench_secure_storm --cps 2000 --scrypt-cps 200
 
 loadgen: $(STAMP)
 	$(VENV_PY) -m benchmarks.loadgen $(LOADGEN_ARGS)

@@ -36,6 +36,7 @@ from .remote import DEFAULT_GATEWAY_TIMEOUT, CPRouter, RemoteGateways
 from .server import MonitorServer
 from .store import Store
 from .supply_service import DEFAULT_REQUEST_TTL, DriverDirectory, SupplyService
+from .tickets import TicketBox
 from .weather import WeatherOffice
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class Central:
         self.monitors.on_changes = self.supplies.changed_many
         self.monitors.on_supply_state = self.supplies.on_supply_state
         if self.keys is not None:
-            self.monitors.authenticator = CPAuthenticator(store, self.keys, self.audit)
+            self.monitors.authenticator = CPAuthenticator(store, self.keys, self.audit,
+                                                          tickets=TicketBox(master_key))
         self.mcsp: MCSPServer | None = None  # RFID stations (docs/mcsp.md), once started
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None

@@ -12,7 +12,10 @@ reason of a refusal; no secret is ever logged or audited.
 
 A check that passed is remembered (the credential's SHA-256 beside the registration it matched),
 so that a Monitor registering again after a lost link costs a hash, not an scrypt; a new
-registration or a deregistration at EV_Registry changes the stored hash and voids it. While
+registration or a deregistration at EV_Registry changes the stored hash and voids it. The
+Monitor carries the same memory across Central's restarts: ``AUTH#OK`` gives it a resumption
+ticket (ev_central/tickets.py) that its next ``REG`` sends beside the credential, checked with
+an HMAC instead of an scrypt, and a ticket that does not match is no failure. While
 the database cannot be read, a CP that authenticated before with the same credential, and
 still holds its key, is admitted as it was (a deregistration made meanwhile takes effect when
 the database is back and the CP registers again).
@@ -36,6 +39,7 @@ from ev_common.protocol import Key, Reg
 
 from .keys import KeyRing, key_text
 from .store.base import RegistrationRow, Store, StoreError
+from .tickets import TicketBox
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class Admitted:
     location: str
     price_eur_kwh: Decimal
     key: Key
+    ticket: str = ""  # secure mode: the resumption ticket for AUTH#OK
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,14 @@ class CPAuthenticator:
     secure = True
 
     def __init__(self, store: Store, keys: KeyRing, audit: Audit, *,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic, tickets: TicketBox | None = None,
                  per_cp: FailureLimiter | None = None, per_address: FailureLimiter | None = None) -> None:
+        """``tickets``: resumption tickets are given and taken when set (Central and its gateways
+        set it from the master key); without it every first check after a start is an scrypt."""
         self.store = store
         self.keys = keys
         self.audit = audit
+        self.tickets = tickets
         self.per_cp = per_cp or FailureLimiter(clock=clock)
         self.per_address = per_address or FailureLimiter(clock=clock)
         self._passed: OrderedDict[str, tuple[RegistrationRow, bytes]] = OrderedDict()  # cp -> (row, sha256)
@@ -95,10 +103,12 @@ class CPAuthenticator:
             log.warning("%s from %s refused: %s", cp_id, peer, outcome.reason)
             self.audit.record("auth", cp_id, outcome.reason, "refused", address)
         else:
-            self.audit.record("auth", cp_id, f"authenticated; key v{outcome.key.version}", "ok", address)
+            how = " with its resumption ticket" if outcome.how == _TICKET else ""
+            self.audit.record("auth", cp_id, f"authenticated{how}; key v{outcome.admitted.key.version}", "ok", address)
+            outcome = outcome.admitted
         return outcome
 
-    def _check(self, reg: Reg, address: str) -> Admitted | Refused:
+    def _check(self, reg: Reg, address: str) -> _Passed | Refused:
         cp_id = reg.cp_id
         for limiter, what in ((self.per_address, address), (self.per_cp, cp_id)):
             wait = limiter.locked(what)
@@ -115,14 +125,15 @@ class CPAuthenticator:
             if remembered is not None:
                 log.warning("cannot read %s's registration (%s): its credential matches the one checked before; "
                             "admitted", cp_id, exc)
-                return remembered
+                return _Passed(remembered, _MEMORY)
             log.warning("cannot check %s's credential: %s", cp_id, exc)
             return Refused("Central cannot check credentials now (database unreachable); try again later")
         if registration is None or registration.credential_hash is None:
             verify_credential(reg.credential, None)  # as long as a check: the time tells nothing
             why = "is not registered" if registration is None else "was deregistered"
             return self._failed(reg, address, f"{cp_id} {why} at EV_Registry")
-        if not self._matches(registration, reg.credential):
+        how = self._matches(registration, reg)
+        if how is None:
             return self._failed(reg, address, f"wrong credential for {cp_id}")
         self.per_cp.success(cp_id)
         try:
@@ -137,20 +148,28 @@ class CPAuthenticator:
             log.info("%s registers with the location and price of EV_Registry (%s, %s EUR/kWh), not its own "
                      "(%s, %s EUR/kWh)", cp_id, registration.location, registration.price_eur_kwh, reg.location,
                      reg.price_eur_kwh)
-        return Admitted(registration.location, registration.price_eur_kwh, Key(cp_id, version, key_text(key)))
+        ticket = "" if self.tickets is None else self.tickets.issue(cp_id, reg.credential, registration.credential_hash)
+        return _Passed(Admitted(registration.location, registration.price_eur_kwh, Key(cp_id, version, key_text(key)),
+                                ticket), how)
 
-    def _matches(self, registration: RegistrationRow, credential: str) -> bool:
-        cp_id, stored = registration.cp_id, registration.credential_hash
+    def _matches(self, registration: RegistrationRow, reg: Reg) -> str | None:
+        """How the REG's credential was found to match the registration (``_MEMORY``, ``_TICKET``,
+        ``_SCRYPT``), or None when it does not."""
+        cp_id, stored, credential = registration.cp_id, registration.credential_hash, reg.credential
         digest = hashlib.sha256(credential.encode()).digest()
         with self._lock:
             passed = self._passed.get(cp_id)
         if passed is not None and passed[0].credential_hash == stored and hmac.compare_digest(passed[1], digest):
-            return True
-        if not verify_credential(credential, stored):
-            return False
+            return _MEMORY
+        if reg.ticket and self.tickets is not None and self.tickets.vouches(reg.ticket, cp_id, credential, stored):
+            how = _TICKET
+        elif verify_credential(credential, stored):
+            how = _SCRYPT
+        else:
+            return None
         with self._lock:
             keep_newest(self._passed, cp_id, (registration, digest), REMEMBERED)
-        return True
+        return how
 
     def _remembered(self, reg: Reg) -> Admitted | None:
         """While the database is down: a CP that authenticated before with this very credential and
@@ -165,12 +184,24 @@ class CPAuthenticator:
         key = self.keys.key_for(reg.cp_id, version)
         if key is None:
             return None
-        return Admitted(registration.location, registration.price_eur_kwh, Key(reg.cp_id, version, key_text(key)))
+        ticket = "" if self.tickets is None else self.tickets.issue(reg.cp_id, reg.credential,
+                                                                      registration.credential_hash)
+        return Admitted(registration.location, registration.price_eur_kwh, Key(reg.cp_id, version, key_text(key)),
+                        ticket)
 
     def _failed(self, reg: Reg, address: str, reason: str) -> Refused:
         self.per_cp.failure(reg.cp_id)
         self.per_address.failure(address)
         return Refused(reason)
+
+
+_MEMORY, _TICKET, _SCRYPT = "memory", "ticket", "scrypt"
+
+
+@dataclass(frozen=True)
+class _Passed:
+    admitted: Admitted
+    how: str  # how the credential was checked
 
 
 def _host(peer: str) -> str:

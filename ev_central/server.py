@@ -282,7 +282,7 @@ class MonitorServer:
                             replaced)
                 replaced.link.close("replaced by a newer session for the same CP")
             changes.append(change)
-            reply = Auth.accepted()  # returned: the reactor sends it, then the key, then STOP
+            reply = Auth.accepted(ticket=admitted.ticket)  # returned: the reactor sends it, then the key, then STOP
             say("AUTH#OK sent to %s (%s)", reg.cp_id, reply.text)
             replies: list[Message] = [reply, admitted.key]  # KEY#cp#0 in open mode: records in clear
             if change.stopped or change.weather:  # the CP must know it is out of service, also after a restart

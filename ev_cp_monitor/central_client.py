@@ -22,11 +22,14 @@ revoked the keys) is passed on the same way; the key is forgotten and the client
 register again by itself: it waits (``halted``) until ``reauthenticate`` (the menu's [a]).
 So does an ``AUTH#KO`` when a person can press [a] (``interactive``); otherwise the client
 stops and the Monitor exits 1. Transient failures (Central unreachable, a lost session)
-are retried with backoff.
+are retried with backoff. ``AUTH#OK`` may carry a resumption ticket: kept in memory and sent
+with the next ``REG``, it spares Central an scrypt check of the credential, also after Central
+restarts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -133,6 +136,7 @@ class CentralClient:
         self._again = threading.Event()  # reauthenticate() was asked: register now
         self._registered_since: datetime | None = None
         self._key: Key | None = None  # Central's last KEY, in memory only
+        self._ticket = ""  # the resumption ticket of the last AUTH#OK, in memory only, sent with the next REG
         self._link: Link | None = None
 
     @property
@@ -161,6 +165,7 @@ class CentralClient:
         with self._lock:
             if registration is not None:
                 self.registration = registration
+                self._ticket = ""  # it vouched for the credential read before
             self._backoff.reset()
             self._again.set()  # (before the halt is lifted: the loop that sees it lifted sees this too)
             self._halted = None
@@ -240,6 +245,8 @@ class CentralClient:
         has it before anything else is relayed."""
         with self._lock:
             registration = self.registration
+            if self._ticket and registration.credential:
+                registration = dataclasses.replace(registration, ticket=self._ticket)
         link.send(registration)
         deadline = time.monotonic() + self.auth_timeout
         authorised = False
@@ -253,7 +260,9 @@ class CentralClient:
                 raise LinkError(f"no {'KEY' if authorised else 'AUTH'} from Central within {self.auth_timeout:g} s")
             if isinstance(answer, Auth) and not authorised:
                 if not answer.ok:
+                    self._ticket = ""
                     raise RegistrationRefused(answer.text or "no reason given")
+                self._ticket = answer.ticket
                 self._registered_since = self._now()
                 self.registered.set()
                 self._say(f"Registered at Central as {registration.cp_id}: {answer.text}")

@@ -42,3 +42,20 @@ def test_signs_of_life_benchmark_runs(capsys):
     assert result["retransmits"] == 0 and result["false_disconnects"] == 0
     # (CPU is read in clock ticks of 10 ms: a run this small may measure none, so only its presence is checked)
     assert result["cpu_per_sign_of_life_us"] >= 0 and result["cpu_per_registration_us"] >= 0
+
+
+@pytest.mark.e2e
+def test_secure_storm_benchmark_runs(capsys, kafka_bootstrap):
+    """A real secure Central, killed and started again between the phases: every CP is admitted
+    in each phase, and the tickets Central gave are the HMAC the benchmark expects."""
+    import json
+
+    from benchmarks import bench_secure_storm
+
+    assert bench_secure_storm.main(["--cps", "12", "--scrypt-cps", "4", "--threads", "3",
+                                    "--kafka", kafka_bootstrap]) == 0
+    out = capsys.readouterr().out
+    phases = {row["phase"]: row for row in json.loads(out.strip().splitlines()[-1])["phases"]}
+    assert [(name, row["cps"], row["failures"]) for name, row in phases.items()] == [
+        ("scrypt", 4, 0), ("remembered", 4, 0), ("ticket", 12, 0)]
+    assert "10,000 CPs after a restart" in out

@@ -149,6 +149,7 @@ def _secure_parts(args):
     from ..cli import data_directory, secure_parts
     from ..keys import KeyRing
     from ..store import open_store
+    from ..tickets import TicketBox
 
     if not args.db:
         raise ValueError("secure mode needs the core's database: --db URL (or $EV_DB)")
@@ -161,7 +162,7 @@ def _secure_parts(args):
     except BaseException:
         store.close()
         raise
-    return tls, CPAuthenticator(store, keys, audit), keys, store, audit
+    return tls, CPAuthenticator(store, keys, audit, tickets=TicketBox(master_key)), keys, store, audit
 
 
 def _close(audit, store) -> None:

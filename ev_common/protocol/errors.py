@@ -22,9 +22,9 @@ import re
 
 RAW_KEEP = 128
 
-# The secret fields of REG (the credential) and KEY (the key): never kept in an error, which
-# is logged (a malformed REG may still carry a good credential).
-_SECRETS = re.compile(rb"(REG#[^#]*#[^#]*#[^#]*#|KEY#[^#]*#[^#]*#)[^#\x03]+")
+# The secret fields of REG (the credential and the ticket), KEY (the key) and AUTH (the ticket):
+# never kept in an error, which is logged (a malformed REG may still carry a good credential).
+_SECRETS = re.compile(rb"(REG#[^#]*#[^#]*#[^#]*#|KEY#[^#]*#[^#]*#|AUTH#[^#]*#[^#]*#)[^\x03]+")
 
 
 def _clip(raw: bytes) -> bytes:

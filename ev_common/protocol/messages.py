@@ -152,6 +152,7 @@ MESSAGES = Registry()
 CP_ID = Identifier()
 PRICE = Number(minimum=Decimal(0), maximum=Decimal(1000), places=4)  # the DB keeps 4 places
 CREDENTIAL_MAX = 128  # a CP's credential from EV_Registry (ev_common/credentials.py)
+TICKET_MAX = 128  # a resumption ticket (today 43 characters: ev_central/tickets.py)
 KEY_TEXT_LEN = 43  # a 256-bit key in base64url without padding
 
 
@@ -165,11 +166,17 @@ class Reg(Message):
     location: str = wire(Text(max_len=200))
     price_eur_kwh: Decimal = wire(PRICE)
     credential: str = wire(Token(CREDENTIAL_MAX), default="", repr=False)  # secure mode; left out when empty
+    # secure mode: the resumption ticket of the last AUTH#OK (ev_central/tickets.py); left out when empty
+    ticket: str = wire(Token(TICKET_MAX), default="", repr=False)
 
     def redacted(self) -> str:
-        """The message as logs show it: the credential replaced by ``***``."""
-        data = SEPARATOR.join((self.OPCODE, self.cp_id, self.location, str(self.price_eur_kwh)))
-        return data + (f"{SEPARATOR}***" if self.credential else "")
+        """The message as logs show it: the credential and the ticket replaced by ``***``."""
+        parts = [self.OPCODE, self.cp_id, self.location, str(self.price_eur_kwh)]
+        if self.credential or self.ticket:
+            parts.append("***" if self.credential else "")
+        if self.ticket:
+            parts.append("***")
+        return SEPARATOR.join(parts)
 
 
 @MESSAGES.register
@@ -180,14 +187,16 @@ class Auth(Message):
     OPCODE: ClassVar[str] = "AUTH"
     status: str = wire(Choice("OK", "KO"))
     text: str = wire(Text(max_len=400, allow_empty=True))
+    # secure mode, with OK: a resumption ticket for the Monitor's next REG; left out when empty
+    ticket: str = wire(Token(TICKET_MAX), default="", repr=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "OK"
 
     @classmethod
-    def accepted(cls, text: str = "Autenticacion exitosa") -> "Auth":
-        return cls("OK", safe_text(text, 400))
+    def accepted(cls, text: str = "Autenticacion exitosa", ticket: str = "") -> "Auth":
+        return cls("OK", safe_text(text, 400), ticket)
 
     @classmethod
     def refused(cls, reason: str) -> "Auth":

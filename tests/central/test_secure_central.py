@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+import ev_central.auth as auth_module
 from ev_central.app import Central
 from ev_central.store import open_store
 from ev_common.credentials import hash_credential, new_credential
@@ -52,8 +53,8 @@ class Monitor:
     def next(self, timeout: float = 5.0) -> Message:
         return self.inbox.get(timeout=timeout)
 
-    def register(self, cp_id: str, credential: str = "") -> tuple[Auth, Key | None]:
-        self.link.send(Reg(cp_id, "what the Monitor says", Decimal("0.99"), credential))
+    def register(self, cp_id: str, credential: str = "", ticket: str = "") -> tuple[Auth, Key | None]:
+        self.link.send(Reg(cp_id, "what the Monitor says", Decimal("0.99"), credential, ticket))
         auth = self.next()
         assert isinstance(auth, Auth), auth
         return auth, (self.next() if auth.ok else None)
@@ -177,6 +178,32 @@ def test_keys_are_kept_across_a_restart(db_url, certificate, registered):
         monitor = Monitor(second, certificate.fingerprint)
         assert monitor.register("CP001", registered["CP001"])[1] == key
         monitor.close()
+    finally:
+        second.stop()
+
+
+def test_after_a_restart_the_ticket_of_the_last_auth_spares_the_scrypt_check(db_url, certificate, registered,
+                                                                               monkeypatch):
+    checks: list[str] = []
+    real = auth_module.verify_credential
+    monkeypatch.setattr(auth_module, "verify_credential", lambda *args: checks.append(args[0]) or real(*args))
+    first = start_central(db_url, certificate)
+    try:
+        monitor = Monitor(first, certificate.fingerprint)
+        auth, key = monitor.register("CP001", registered["CP001"])
+        monitor.close()
+    finally:
+        first.stop()
+    assert auth.ok and auth.ticket and len(checks) == 1
+    second = start_central(db_url, certificate)
+    try:
+        monitor = Monitor(second, certificate.fingerprint)
+        again, same = monitor.register("CP001", registered["CP001"], auth.ticket)
+        monitor.close()
+        assert again.ok and same == key and len(checks) == 1  # no scrypt after the restart
+        assert second.audit.wait_idle(5)
+        entries = second.store.list_audit(action="auth")
+        assert entries[-1].entry.details == f"authenticated with its resumption ticket; key v{key.version}"
     finally:
         second.stop()
 

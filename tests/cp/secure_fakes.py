@@ -1,9 +1,10 @@
 """A scripted Central in secure mode for the Monitor's tests: a ``LinkReactor`` with TLS (a
 self-signed certificate, pinned by the Monitor, or its own CA file) on a loopback port.
 
-It answers a ``REG`` whose credential is ``credential`` with ``AUTH#OK`` and ``KEY#<cp>#<n>#<key>``
-(a new version and key at each registration), any other ``REG`` with ``AUTH#KO`` and a reason;
-``revoke`` sends ``RVK`` and closes the session, as Central does. Every message is recorded
+It answers a ``REG`` whose credential is ``credential`` with ``AUTH#OK`` (and the resumption ticket
+``ticket<n>``) and ``KEY#<cp>#<n>#<key>`` (a new version and key at each registration), any other
+``REG`` with ``AUTH#KO`` and a reason; ``revoke`` sends ``RVK`` and closes the session, as Central
+does; ``drop`` closes it, as a Central that stops. Every message is recorded
 (with the session it came on); waiting is on conditions with deadlines.
 """
 
@@ -82,6 +83,12 @@ class SecureCentral:
         link.send(Rvk(self.of(Reg)[-1].cp_id, reason))
         link.close("keys revoked")
 
+    def drop(self) -> None:
+        """The live session closed, as by a Central that stops: the Monitor registers again."""
+        with self._cond:
+            link = self.links[-1]
+        link.close("Central stopping")
+
     # -- the reactor's handler ------------------------------------------------------------------------
 
     def opened(self, link) -> int:
@@ -107,7 +114,7 @@ class SecureCentral:
         with self._cond:
             key = Key(message.cp_id, len(self.keys) + 1, new_key())
             self.keys.append(key)
-        return [Auth.accepted(), key]
+        return [Auth.accepted(ticket=f"ticket{key.version}"), key]
 
     def closed(self, session: int, cause: str) -> None:
         with self._cond:

@@ -72,6 +72,23 @@ def test_reg_carries_the_credential_and_the_key_reaches_the_engine_first_on_ever
     assert not [line for line in monitor.lines if key.key in line or CREDENTIAL in line]
 
 
+def test_the_next_reg_carries_the_ticket_of_the_last_auth_and_a_new_credential_drops_it(rig):
+    central, engine, monitor = rig()
+    first = central.wait_for(Reg, 10.0)
+    assert first.ticket == ""  # none yet
+    central.wait_for(Sst, 5.0)
+    central.drop()  # Central stops: the Monitor comes back with the ticket of its AUTH#OK
+    second = central.wait_for(Reg, 10.0, count=2)
+    assert (second.credential, second.ticket) == (CREDENTIAL, "ticket1")
+    central.wait_for(Sst, 5.0, count=2)
+    central.drop()
+    assert central.wait_for(Reg, 10.0, count=3).ticket == "ticket2"  # the newest one
+    central.wait_for(Sst, 5.0, count=3)
+    monitor.client.reauthenticate(Reg(CP, "C/Mayor, 45", PRICE, CREDENTIAL))  # the credential read again
+    assert central.wait_for(Reg, 10.0, count=4).ticket == ""
+    assert not [line for line in monitor.lines if "ticket" in line]  # never shown
+
+
 def test_revoked_keys_reach_the_engine_and_the_monitor_waits_for_a(rig):
     central, engine, monitor = rig()
     central.wait_for(Sst, 10.0)

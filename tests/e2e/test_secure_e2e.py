@@ -125,3 +125,22 @@ def test_keys_revoked_mid_supply_then_the_monitor_authenticates_again(system):
     again.wait_for_output(r"Charging at CP001", timeout=30)  # the CP is back: sealed with the new key
     issued = [e for e in audit(system, "--action", "key.issue") if e["actor"] == "CP001"]
     assert [e["details"] for e in issued] == ["key v1", "key v2"]
+
+
+def test_a_monitor_back_after_central_restarts_is_checked_with_its_ticket_not_an_scrypt(system):
+    """10,000 CPs coming back after a restart would cost 10,000 scrypt checks (about 7 minutes of
+    one core); each Monitor's resumption ticket makes its check an HMAC (docs/security.md)."""
+    cp = system.start_cp("CP001")
+
+    def auths() -> list[str]:
+        return [e["details"] for e in audit(system, "--action", "auth") if e["actor"] == "CP001"]
+
+    wait_until(lambda: auths() == ["authenticated; key v1"], 30, "CP001's first authentication audited")
+    system.central.kill()
+    mark = cp.monitor.mark()
+    system.start_central()
+    cp.monitor.wait_for_output(r"Registered at Central as CP001", timeout=30, after=mark)
+    wait_until(lambda: len(auths()) == 2, 15, "CP001's second authentication audited")
+    assert auths() == ["authenticated; key v1", "authenticated with its resumption ticket; key v1"]
+    system.wait_cp_state("CP001", "ACTIVADO", 10)
+    assert "evc1_" not in cp.monitor.output() and "ticket" not in system.central.output()

@@ -140,7 +140,11 @@ def test_secure_gateways_authenticate_and_a_cp_keeps_its_key_when_it_moves(secur
     mark = cp.monitor.mark()
     system.gateways[victim].kill()
     cp.monitor.wait_for_output(r"Registered at Central as CP001", after=mark, timeout=15)
-    assert re.search(r"REG received from \S+: REG#CP001#.*#\*\*\*", system.gateways[survivor].output())
+    # its credential and the resumption ticket the other gateway gave it (the same master key)
+    assert re.search(r"REG received from \S+: REG#CP001#.*#\*\*\*#\*\*\*", system.gateways[survivor].output())
+    wait_until(lambda: [row.entry.details for row in system.store.list_audit(action="auth")
+                        if row.entry.actor == "CP001"][1:] == ["authenticated with its resumption ticket; key v1"],
+               15, "the second authentication audited, by its ticket")
     assert driver.wait_exit(60) == 0, driver.output()[-3000:]
     assert driver.output().count("TICKET of your supply at CP001") == 1, driver.output()[-3000:]
     [session] = [s for s in system.sessions(driver_id="D001") if s.ended_at is not None]

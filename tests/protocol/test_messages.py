@@ -83,9 +83,9 @@ BAD_CONTENT = [
     ("FOO#1", UnknownOpcode, "FOO"),
     ("reg#CP1#x#1", UnknownOpcode, "reg"),
     ("", UnknownOpcode, ""),
-    ("REG", FieldCountError, "takes 3 to 4"),
+    ("REG", FieldCountError, "takes 3 to 5"),
     ("REG#CP1#x", FieldCountError, "got 2"),
-    ("REG#CP1#x#1#credential#extra", FieldCountError, "got 5"),
+    ("REG#CP1#x#1#credential#ticket#extra", FieldCountError, "takes 3 to 5"),
     ("REG#CP1#x#1#not base64!", InvalidField, "credential"),
     ("KEY#CP1#1", InvalidField, "KEY"),
     ("REG#CP 1#x#1", InvalidField, "cp_id"),
@@ -111,8 +111,8 @@ BAD_CONTENT = [
 
 
 def kept(data: str) -> bytes:
-    """What an error keeps of ``data``: at most 128 bytes, and a REG's credential as ``***``."""
-    return re.sub(rb"^(REG#[^#]*#[^#]*#[^#]*#)[^#]+", rb"\1***", data.encode()[:128])
+    """What an error keeps of ``data``: at most 128 bytes, and a REG's credential and ticket as ``***``."""
+    return re.sub(rb"^(REG#[^#]*#[^#]*#[^#]*#).+", rb"\1***", data.encode()[:128])
 
 
 @pytest.mark.parametrize("data,error,mentions", BAD_CONTENT, ids=[r[0][:30] or "empty" for r in BAD_CONTENT])
@@ -193,7 +193,11 @@ def test_an_empty_optional_field_is_left_out_and_a_message_without_it_is_taken()
     with pytest.raises(FieldCountError):
         MESSAGES.decode("REG#CP001#C/Mayor, 45")
     with pytest.raises(FieldCountError):
-        MESSAGES.decode("REG#CP001#C/Mayor, 45#0.48#evc1_x#extra")
+        MESSAGES.decode("REG#CP001#C/Mayor, 45#0.48#evc1_x#ticket#extra")
+    assert MESSAGES.decode("REG#CP001#C/Mayor, 45#0.48#evc1_x#T1").ticket == "T1"
+    assert Reg("CP001", "x", Decimal("1"), "evc1_x", "T1").to_data() == b"REG#CP001#x#1#evc1_x#T1"
+    assert Auth.accepted().to_data() == b"AUTH#OK#Autenticacion exitosa"  # Release 1: no ticket
+    assert MESSAGES.decode("AUTH#OK#hi#T1") == Auth.accepted("hi", "T1")
 
 
 def test_secrets_are_never_shown():
@@ -207,6 +211,13 @@ def test_secrets_are_never_shown():
     with pytest.raises(MessageError) as bad:
         MESSAGES.decode("KEY#CP001#x#" + "S" * 43)
     assert "SSSS" not in str(bad.value)
+    with_ticket = Reg("CP001", "C/Mayor, 45", Decimal("0.48"), "evc1_SECRETvalue", "TICKETvalue")
+    assert "TICKET" not in repr(with_ticket) and "TICKET" not in repr(Auth.accepted("hi", "TICKETvalue"))
+    assert with_ticket.redacted() == "REG#CP001#C/Mayor, 45#0.48#***#***"
+    for bad_data in ("REG#CP001#C/Mayor, 45#-1#evc1_SECRETvalue#TICKETvalue", "AUTH#MAYBE#hi#TICKETvalue"):
+        with pytest.raises(MessageError) as bad:
+            MESSAGES.decode(bad_data)
+        assert "SECRET" not in str(bad.value) and "TICKET" not in str(bad.value), bad.value
     with pytest.raises(LocalProtocolError):
         Key("CP001", 1)  # a version from 1 needs its key
     with pytest.raises(LocalProtocolError):
