@@ -11,10 +11,11 @@ credential (and its ticket, if it has one), reads ``AUTH`` and ``KEY``, and clos
 3. ``ticket``: Central killed (SIGKILL) and started again; all N CPs come back with tickets.
 
 The CPs share one credential and its stored hash (an scrypt check costs the same whatever the
-credential; hashing N credentials first would cost N checks of setup). CPs that were not in
-phase 1 get their tickets from this program, with Central's master key: the same HMAC Central
-computes (ev_central/tickets.py), as if they had authenticated before the restart; phase 1's
-tickets, which Central gave, are checked to be equal to those this program computes.
+credential; hashing N credentials first would cost N checks of setup). Each CP is given its key
+before Central first starts, as after its first authentication. CPs that were not in phase 1
+get their tickets from this program, with Central's master key: the same HMAC Central computes
+(ev_central/tickets.py), as if they had authenticated before the restart; phase 1's tickets,
+which Central gave, are checked to be equal to those this program computes.
 
 Run from the project root: ``python -m benchmarks.bench_secure_storm [--cps N] [--db URL]``.
 Without --db it uses a fresh SQLite file; without --kafka it starts a Tansu broker. Prints a
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from ev_central.keys import MASTER_KEY_FILE, load_or_make_master_key
+from ev_central.keys import MASTER_KEY_FILE, KeyRing, load_or_make_master_key
 from ev_central.store import open_store
 from ev_central.tickets import TicketBox
 from ev_common.credentials import hash_credential, new_credential
@@ -127,8 +128,10 @@ def run(runner: ProgramRunner, directory: Path, db: str, kafka: str, cps: int, s
     cp_ids = [f"SEC{n:05d}" for n in range(1, cps + 1)]
     store = open_store(db)
     try:
+        keys = KeyRing(store, master)
         for cp_id in cp_ids:
             store.register_cp(cp_id, f"Calle {cp_id}", "0.40", stored)
+            keys.issue(cp_id)  # each CP holds its key already, as after its first authentication
     finally:
         store.close()
     port = free_port()

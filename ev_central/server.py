@@ -258,12 +258,11 @@ class MonitorServer:
         say = log.info if loud else log.debug
         answers: list = [False] * len(pairs)
         admitted_ones: list[tuple[int, MonitorSession, Reg, object]] = []
-        for index, (session, reg) in enumerate(pairs):
+        for session, reg in pairs:
             say("REG received from %s: %s", session.link.peer, reg.redacted())
-            try:
-                admitted = self.authenticator.authenticate(reg, session.link.peer)
-            except Exception:
-                log.exception("authenticating %s from %s failed; its session ends", reg.cp_id, session.link.peer)
+        outcomes = self.authenticator.authenticate_many([(reg, session.link.peer) for session, reg in pairs])
+        for index, ((session, reg), admitted) in enumerate(zip(pairs, outcomes)):
+            if admitted is None:  # serving it failed (logged): its session ends
                 continue
             if isinstance(admitted, Refused):
                 log.info("AUTH#KO sent to %s from %s (%s)", reg.cp_id, session.link.peer, admitted.reason)

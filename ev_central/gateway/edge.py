@@ -251,10 +251,14 @@ class _NotingAuthenticator:
         self.secure = getattr(inner, "secure", False)
 
     def authenticate(self, reg, peer: str):
-        admitted = self.inner.authenticate(reg, peer)
-        if not isinstance(admitted, Refused):
-            self.versions[reg.cp_id] = admitted.key.version
-        return admitted
+        return self.authenticate_many([(reg, peer)])[0]
+
+    def authenticate_many(self, requests):
+        outcomes = self.inner.authenticate_many(requests)
+        for (reg, _), admitted in zip(requests, outcomes):
+            if admitted is not None and not isinstance(admitted, Refused):
+                self.versions[reg.cp_id] = admitted.key.version
+        return outcomes
 
 
 class Gateway:

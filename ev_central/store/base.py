@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from ev_central.core.entities import (  # noqa: F401  (the entities the store maps to rows)
     CP_STATES,
@@ -310,6 +310,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_registration(self, cp_id: str) -> RegistrationRow | None:
         """The CP's registration (registered or deregistered), or None if it never was."""
+
+    def get_registrations(self, cp_ids: Sequence[str]) -> dict[str, RegistrationRow]:
+        """The registrations of these CPs, by id (an id never registered is missing), read at
+        once where the store can (a registration storm's batch)."""
+        found = {}
+        for cp_id in cp_ids:
+            row = self.get_registration(cp_id)
+            if row is not None:
+                found[cp_id] = row
+        return found
 
     @abc.abstractmethod
     def list_registrations(self) -> list[RegistrationRow]:

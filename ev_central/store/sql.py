@@ -210,6 +210,8 @@ KEY_SEALED_MAX = 200
 _REGISTRATION_COLUMNS = "cp_id, location, price_eur_kwh, credential_hash, registered_at, deregistered_at"
 SELECT_REGISTRATION = f"SELECT {_REGISTRATION_COLUMNS} FROM cp_registrations WHERE cp_id = :cp_id"
 SELECT_REGISTRATIONS = f"SELECT {_REGISTRATION_COLUMNS} FROM cp_registrations ORDER BY cp_id"
+SELECT_SOME_REGISTRATIONS = f"SELECT {_REGISTRATION_COLUMNS} FROM cp_registrations WHERE cp_id IN"  # + (...)
+REGISTRATIONS_PER_READ = 500  # ids in one IN (...): a registration storm's batch in one or a few reads
 INSERT_REGISTRATION = (
     f"INSERT INTO cp_registrations ({_REGISTRATION_COLUMNS})"
     " VALUES (:cp_id, :location, :price_eur_kwh, :credential_hash, :registered_at, NULL)"
@@ -890,6 +892,15 @@ class SQLStore(Store):
     def get_registration(self, cp_id: str) -> RegistrationRow | None:
         rows = self._run(lambda cur: _rows(cur, SELECT_REGISTRATION, {"cp_id": cp_id}), write=False)
         return _registration(rows[0]) if rows else None
+
+    def get_registrations(self, cp_ids: Sequence[str]) -> dict[str, RegistrationRow]:
+        found: dict[str, RegistrationRow] = {}
+        wanted = sorted(set(cp_ids))
+        for start in range(0, len(wanted), REGISTRATIONS_PER_READ):
+            where, params = _in("cp", wanted[start:start + REGISTRATIONS_PER_READ])
+            rows = self._run(lambda cur: _rows(cur, f"{SELECT_SOME_REGISTRATIONS} {where}", params), write=False)
+            found.update((row.cp_id, row) for row in map(_registration, rows))
+        return found
 
     def list_registrations(self) -> list[RegistrationRow]:
         return [_registration(row) for row in self._run(lambda cur: _rows(cur, SELECT_REGISTRATIONS), write=False)]

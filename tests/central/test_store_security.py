@@ -47,6 +47,19 @@ def test_register_again_and_deregister(store):
     assert [r.cp_id for r in store.list_registrations()] == ["CP001"]
 
 
+def test_registrations_are_read_many_at_once(store, monkeypatch):
+    import ev_central.store.sql as sql
+
+    monkeypatch.setattr(sql, "REGISTRATIONS_PER_READ", 2)  # three reads for five ids
+    for n in range(1, 5):
+        store.register_cp(f"CP{n:03d}", f"Calle {n}", "0.40", f"scrypt${n}")
+    store.deregister_cp("CP004")
+    found = store.get_registrations(["CP003", "CP001", "CP004", "CP009", "cp001", "CP001"])
+    assert sorted(found) == ["CP001", "CP003", "CP004"]  # ids are exact: cp001 is not CP001
+    assert found["CP003"] == store.get_registration("CP003") and found["CP004"].credential_hash is None
+    assert store.get_registrations([]) == {}
+
+
 @pytest.mark.parametrize("field, value", [("cp_id", "CP 1"), ("cp_id", "x" * 65), ("location", "x" * 201),
                                           ("location", "bad\x00"), ("price", "abc"), ("price", "1e9"),
                                           ("credential_hash", "h" * 256)])

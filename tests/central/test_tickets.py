@@ -156,3 +156,39 @@ def test_without_a_ticket_box_no_ticket_is_given_nor_taken(store, scrypt_checks)
     plain, _ = authenticator(store, tickets=False)
     admitted = plain.authenticate(reg(credential, ticket), PEER)
     assert isinstance(admitted, Admitted) and admitted.ticket == "" and len(scrypt_checks) == 1
+
+
+def test_a_batch_reads_its_registrations_at_once_and_each_gets_its_own_answer(store, scrypt_checks, monkeypatch):
+    credentials = {cp: new_credential() for cp in ("CP001", "CP002")}
+    for cp_id, credential in credentials.items():
+        store.register_cp(cp_id, "Calle 1", "0.45", hash_credential(credential))
+    first, _ = authenticator(store)
+    tickets = {cp: first.authenticate(reg(c, cp_id=cp), PEER).ticket for cp, c in credentials.items()}
+    restarted, audit = authenticator(store)
+    monkeypatch.setattr(store, "get_registration", lambda cp_id: pytest.fail(f"{cp_id} read alone"))
+    outcomes = restarted.authenticate_many([
+        (reg(credentials["CP001"], tickets["CP001"], cp_id="CP001"), PEER),
+        (reg(credentials["CP001"], tickets["CP002"], cp_id="CP002"), PEER),  # another CP's credential
+        (reg(credentials["CP001"], cp_id="CP009"), PEER),
+        (Reg("CP002", "x", Decimal("0.40"), "", tickets["CP002"]), PEER),  # no credential
+    ])
+    assert isinstance(outcomes[0], Admitted) and outcomes[0].ticket == tickets["CP001"]
+    assert outcomes[1:3] == [Refused("wrong credential for CP002"), Refused("CP009 is not registered at EV_Registry")]
+    assert "must carry the CP's credential" in outcomes[3].reason
+    assert [entry[3] for entry in audit.entries if entry[0] == "auth"] == ["ok", "refused", "refused", "refused"]
+
+
+def test_a_batch_whose_read_fails_is_checked_one_by_one(store, scrypt_checks, monkeypatch):
+    from ev_central.store import StoreUnavailable
+
+    credential = new_credential()
+    store.register_cp("CP001", "Calle 1", "0.45", hash_credential(credential))
+    checker, _ = authenticator(store)
+
+    def away(cp_ids):
+        raise StoreUnavailable("the database is away")
+
+    monkeypatch.setattr(store, "get_registrations", away)
+    outcomes = checker.authenticate_many([(reg(credential), PEER), (reg(credential, cp_id="CP002"), PEER)])
+    assert isinstance(outcomes[0], Admitted)
+    assert outcomes[1] == Refused("CP002 is not registered at EV_Registry")
