@@ -55,6 +55,9 @@ LEAVE_GRACE = 3.0  # s a cleanly stopped gateway's Monitors have to register els
 STARTED_MARGIN_MS = 2000  # events made this long before the core started are still taken (clocks differ)
 COMMAND_TTL = 30.0  # s: a command (other than SUP) read later than this by its gateway is dropped
 SWEEP_INTERVAL = 0.5
+# ms: an earlier run's beacon sent this long after a newer run started is no late word of a
+# dead process but a second live gateway with the same id (room for the clocks of two machines)
+DUPLICATE_MARGIN_MS = 10_000
 ENDED_KEPT = 100_000  # sessions known ended: a roster made before their end does not bring them back
 ASKS_MAX = 10_000
 GAVE_UP_KEPT = 4096
@@ -138,6 +141,7 @@ class RemoteGateways:
         self._lock = threading.RLock()
         self._gateways: dict[str, _Gateway] = {}
         self._superseded: OrderedDict[tuple[str, str], None] = OrderedDict()  # earlier runs of a gateway
+        self._duplicates: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # (id, older, newer) said
         self._ended: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._asks: dict[str, tuple[Future, RemoteSession]] = {}
         self._gave_up: OrderedDict[str, RemoteSession] = OrderedDict()  # supply session id -> where asked
@@ -368,6 +372,10 @@ class RemoteGateways:
         return gateway
 
     def _beacon(self, b: Beacon) -> None:
+        current = self._gateways.get(b.gateway)
+        if (current is not None and current.incarnation != b.incarnation and b.started_ms < current.started_ms
+                and int(b.ts.timestamp() * 1000) > current.started_ms + DUPLICATE_MARGIN_MS):
+            self._duplicate(b, current)
         gateway = self._known_gateway(b.gateway, b.incarnation, b.started_ms)
         if gateway is None:
             return
@@ -386,6 +394,18 @@ class RemoteGateways:
             gateway.roster_asked = True
             for entry in b.roster:
                 self._adopt(gateway, entry)
+
+    def _duplicate(self, b: Beacon, current: _Gateway) -> None:
+        """An earlier run of a gateway beacons well after a newer run started: two live gateways
+        have one id. The core follows the newer; the older one's Monitors are served by no one."""
+        pair = (b.gateway, b.incarnation, current.incarnation)
+        if pair in self._duplicates:
+            return
+        keep_newest(self._duplicates, pair, None, ENDED_KEPT)
+        log.error("two gateways run with the id %s: run %s at %s and run %s at %s (started %.0f s later); the "
+                  "core follows the newer, and the CPs of the other are DESCONECTADO here: give every gateway "
+                  "its own --id", b.gateway, b.incarnation, b.address or "?", current.incarnation,
+                  current.address or "?", (current.started_ms - b.started_ms) / 1000)
 
     def _ask_roster(self, gateway: _Gateway) -> None:
         gateway.roster_asked = True

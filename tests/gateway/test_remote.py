@@ -162,6 +162,31 @@ def test_a_new_run_of_a_gateway_ends_the_cps_of_the_old_one(core):
     assert network.owner("CP001") is None  # the old run is over
 
 
+def test_two_live_gateways_with_one_id_are_said_once_and_a_dead_runs_late_beacon_is_not(core, caplog):
+    from datetime import datetime, timezone
+
+    def at(ms):
+        return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+    network, remote, _, _ = core
+    started_old = int(datetime.now(timezone.utc).timestamp() * 1000)  # (the core skips what came before it)
+    started_new = started_old + 100_000
+    remote.on_record("G1", beacon(started=started_old, ts=at(started_old + 1000), address="10.0.0.1:5100"))
+    remote.on_record("CP001", registered("CP001"))
+    remote.on_record("G1", beacon(inc=INC2, started=started_new, ts=at(started_new + 500), address="10.0.0.2:5100"))
+    remote.on_record("G1", beacon(started=started_old, ts=at(started_new - 200)))  # sent before: a dead run's
+    remote.on_record("G1", beacon(started=started_old, ts=at(started_new + 5000)))  # within the clocks' margin
+    assert "two gateways run with the id" not in caplog.text
+    for later in (11_000, 12_000, 60_000):  # still beaconing long after: alive
+        remote.on_record("G1", beacon(started=started_old, ts=at(started_new + later), address="10.0.0.1:5100"))
+    said = [r for r in caplog.records if "two gateways run with the id G1" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR"
+    assert "10.0.0.1:5100" in said[0].getMessage() and "10.0.0.2:5100" in said[0].getMessage()
+    assert "--id" in said[0].getMessage()
+    assert remote._gateways["G1"].incarnation == INC2  # the core still follows the newer run
+    assert state(network, "CP001") == "DESCONECTADO"
+
+
 def test_a_leaving_gateway_gives_its_monitors_a_grace_to_move(core):
     network, remote, _, clock = core
     remote.on_record("G1", beacon())
