@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ev_common.files import write_atomically
 
 from .core.entities import CPKeyRow
-from .store.base import Store
+from .store.base import Store, StoreRefused
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,33 @@ class KeyRing:
         if held is not None:
             return held[0], held[1], False
         key = secrets.token_bytes(KEY_BYTES)
-        row = self.store.issue_cp_key(cp_id, lambda version: self._seal(cp_id, version, key))
+        sealed: list[str] = []
+
+        def seal(version: int) -> str:
+            sealed.append(self._seal(cp_id, version, key))
+            return sealed[-1]
+
+        try:
+            row = self.store.issue_cp_key(cp_id, seal, keep_current=self.shared)
+        except StoreRefused:
+            if not self.shared:
+                raise
+            # another process issued this CP's first key at the same moment: take that one
+            sealed.clear()
+            row = self.store.issue_cp_key(cp_id, seal, keep_current=True)
+        if not sealed or row.key_sealed != sealed[-1]:  # another process's key, kept in the same transaction
+            try:
+                other = self._unseal(row)
+            except InvalidTag:
+                log.error("the key v%d of %s cannot be opened with this master key: a new one is issued", row.version,
+                          cp_id)
+                sealed.clear()
+                row = self.store.issue_cp_key(cp_id, seal)
+            else:
+                with self._lock:
+                    self._keys[cp_id] = (row.version, other)
+                    self._revoked.discard(cp_id)
+                return row.version, other, False
         with self._lock:
             self._keys[cp_id] = (row.version, key)
             self._revoked.discard(cp_id)

@@ -326,10 +326,13 @@ class Store(abc.ABC):
         """Every registration, ordered by cp_id."""
 
     @abc.abstractmethod
-    def issue_cp_key(self, cp_id: str, seal: Callable[[int], str]) -> CPKeyRow:
+    def issue_cp_key(self, cp_id: str, seal: Callable[[int], str], *, keep_current: bool = False) -> CPKeyRow:
         """Keep a new key for ``cp_id``, numbered one past the CP's last key, revoked or not:
         ``seal(version)`` gives the key sealed with Central's master key for that version
-        (called inside the transaction, so that the version it binds is the one stored)."""
+        (called inside the transaction, so that the version it binds is the one stored).
+        ``keep_current``: when the CP has a key in force (another process issued it), return that
+        one instead, in the same transaction, and call no ``seal``. Two issuing the same version
+        at once: one gets ``StoreRefused`` (the key's version is taken)."""
 
     @abc.abstractmethod
     def current_cp_key(self, cp_id: str) -> CPKeyRow | None:

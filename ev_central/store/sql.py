@@ -905,11 +905,15 @@ class SQLStore(Store):
     def list_registrations(self) -> list[RegistrationRow]:
         return [_registration(row) for row in self._run(lambda cur: _rows(cur, SELECT_REGISTRATIONS), write=False)]
 
-    def issue_cp_key(self, cp_id: str, seal: Callable[[int], str]) -> CPKeyRow:
+    def issue_cp_key(self, cp_id: str, seal: Callable[[int], str], *, keep_current: bool = False) -> CPKeyRow:
         cp_id = to_identifier(cp_id, "cp id")
         at = now_utc()
 
         def work(cur: Cursor) -> CPKeyRow:
+            if keep_current:
+                current = _rows(cur, SELECT_CURRENT_KEY, {"cp_id": cp_id})
+                if current:
+                    return _key(current[0])
             last = _rows(cur, SELECT_LAST_KEY_VERSION, {"cp_id": cp_id})[0][0]
             version = int(last or 0) + 1
             key_sealed = to_text(seal(version), "sealed key", KEY_SEALED_MAX)

@@ -84,6 +84,45 @@ def test_keys_are_numbered_per_cp_and_revoked(store):
     assert [(k.cp_id, k.version) for k in store.load_cp_keys()] == [("CP001", 2), ("CP002", 1)]
 
 
+def test_keep_current_returns_the_key_in_force_and_seals_nothing(store):
+    def never(version):
+        raise AssertionError("sealed a key although one is in force")
+
+    first = store.issue_cp_key("CP001", lambda version: f"sealed-{version}", keep_current=True)
+    assert store.issue_cp_key("CP001", never, keep_current=True) == first
+    store.revoke_cp_keys("CP001")
+    assert store.issue_cp_key("CP001", lambda version: f"sealed-{version}", keep_current=True).version == 2
+
+
+def test_two_gateways_issuing_a_cps_first_key_at_once_agree_on_one(store):
+    """Two processes' shared KeyRings (the core's gateways) authenticate the same CPs at the same
+    moment: each CP gets one key version, and both hand out the same key."""
+    from ev_central.keys import KeyRing
+
+    other = same_kind(store)
+    master = bytes(range(32))
+    rings = [KeyRing(store, master, shared=True), KeyRing(other, master, shared=True)]
+    cp_ids = [f"CP{n:03d}" for n in range(1, 31)]
+    got: list[dict] = [{}, {}]
+    start = threading.Barrier(2)
+
+    def issue(index):
+        start.wait()
+        for cp_id in cp_ids:
+            got[index][cp_id] = rings[index].issue(cp_id)[:2]
+
+    try:
+        threads = [threading.Thread(target=issue, args=(index,)) for index in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert got[0] == got[1] and len(got[0]) == len(cp_ids)
+        assert [(k.cp_id, k.version) for k in store.load_cp_keys()] == [(cp_id, 1) for cp_id in cp_ids]
+    finally:
+        other.close()
+
+
 def test_audit_entries_are_chained_and_filtered(store):
     rows = store.append_audit([entry(1), entry(2, "key.issue"), entry(3, "key.revoke")])
     assert [r.seq for r in rows] == [1, 2, 3]
