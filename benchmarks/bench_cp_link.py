@@ -16,14 +16,13 @@ import argparse
 import random
 import signal
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
+from benchmarks.programs import programs
 from ev_central.store import open_store
 from tests.support.processes import ProgramRunner
 from tests.support.waiting import wait_until
-from tests.support.services import TansuBroker, free_port
+from tests.support.services import free_port
 
 CP = "BENCH1"
 
@@ -35,19 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", help="bootstrap of a running broker (default: start a Tansu broker; an "
                                         "Engine that cannot reach Kafka is reported faulty)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = args.db or f"sqlite:///{Path(tmp) / 'bench.db'}"
-        runner = ProgramRunner(Path(tmp))
-        broker = None if args.kafka else TansuBroker(log_path=Path(tmp) / "tansu.log").start()
-        try:
-            results = run(runner, db, args.runs, args.kafka or broker.bootstrap)
-        except AssertionError as exc:  # say why, while the programs' logs are still there
-            tails = "\n".join(f"--- {program.name} ---\n{program.output()[-1500:]}" for program in runner.programs)
-            raise AssertionError(f"{exc}\n{tails}") from None
-        finally:
-            runner.stop_all()
-            if broker is not None:
-                broker.kill()
+    with programs(args.kafka, tail=1500) as (directory, runner, kafka):
+        db = args.db or f"sqlite:///{directory / 'bench.db'}"
+        results = run(runner, db, args.runs, kafka)
     goals = {"Engine fault -> AVERIADO": 2.0, "Monitor SIGKILL -> DESCONECTADO": 1.0,
              "Monitor SIGSTOP -> DESCONECTADO": 3.5}
     print(f"EVCharging CP link benchmark  db={'SQLite' if not args.db else args.db.split(':')[0]}  runs={args.runs}")

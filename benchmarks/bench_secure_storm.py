@@ -29,13 +29,13 @@ import json
 import queue
 import signal
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from benchmarks.programs import programs
 from ev_central.keys import MASTER_KEY_FILE, KeyRing, load_or_make_master_key
 from ev_central.store import open_store
 from ev_central.tickets import TicketBox
@@ -44,7 +44,7 @@ from ev_common.link import Link, LinkConfig, LinkError
 from ev_common.protocol import Auth, Key, Reg
 from ev_common.tls import client_context, ensure_certificate
 from tests.support.processes import ProgramRunner
-from tests.support.services import TansuBroker, free_port, port_open
+from tests.support.services import free_port, port_open
 from tests.support.waiting import wait_until
 
 HOST = "127.0.0.1"
@@ -85,21 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.scrypt_cps <= args.cps or args.threads < 1:
         parser.error("need 1 <= --scrypt-cps <= --cps and --threads >= 1")
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
+    with programs(args.kafka) as (directory, runner, kafka):
         db = args.db or f"sqlite:///{directory / 'bench.db'}"
-        runner = ProgramRunner(directory)
-        broker = None if args.kafka else TansuBroker(log_path=directory / "tansu.log").start()
-        try:
-            phases = run(runner, directory, db, args.kafka or broker.bootstrap, args.cps, args.scrypt_cps,
-                         args.threads)
-        except AssertionError as exc:  # say why, while the programs' logs are still there
-            tails = "\n".join(f"--- {program.name} ---\n{program.output()[-2000:]}" for program in runner.programs)
-            raise AssertionError(f"{exc}\n{tails}") from None
-        finally:
-            runner.stop_all()
-            if broker is not None:
-                broker.kill()
+        phases = run(runner, directory, db, kafka, args.cps, args.scrypt_cps, args.threads)
     print(f"EVCharging secure registration storm  db={'SQLite' if not args.db else args.db.split(':')[0]}  "
           f"threads={args.threads}")
     print(f"{'phase':12} {'CPs':>6} {'seconds':>8} {'CPs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
+from benchmarks.programs import programs
 from ev_common.bus import Publisher, RecordConsumer, Topics
 from ev_common.records import SupplyProgress, SupplyRequest, Telemetry
-from tests.support.processes import ProgramRunner
-from tests.support.services import TansuBroker
 from tests.support.system import EVSystem
 from tests.support.waiting import wait_until
 
@@ -44,19 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", help="bootstrap of a running broker (default: start a Tansu broker)")
     parser.add_argument("--db", help="Central's database URL (default: a fresh SQLite file)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = None if args.kafka else TansuBroker(log_path=Path(tmp) / "tansu.log").start()
-        kafka = args.kafka or broker.bootstrap
-        runner = ProgramRunner(Path(tmp))
-        system = EVSystem(runner, kafka, args.db or f"sqlite:///{Path(tmp) / 'central.db'}",
+    with programs(args.kafka) as (directory, runner, kafka):
+        system = EVSystem(runner, kafka, args.db or f"sqlite:///{directory / 'central.db'}",
                           f"bench-{uuid.uuid4().hex[:8]}-")
         try:
             central_lat, driver_lat = measure(system, args.cps, args.seconds)
         finally:
             runner.stop_all()
             system.close()
-            if broker is not None:
-                broker.kill()
     print(f"EVCharging telemetry benchmark  cps={args.cps}  seconds={args.seconds:g}  "
           f"samples={len(driver_lat)}  broker={'given' if args.kafka else 'Tansu (loopback)'}")
     print(f"{'Engine publish ->':28} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}   goal: p99 <= 100 ms")

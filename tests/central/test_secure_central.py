@@ -1,7 +1,7 @@
 """Central in secure mode on real sockets with TLS, on SQLite and MySQL (no Kafka): a CP's
 credential checked in REG, its key issued and kept, every refusal (missing, wrong, unregistered,
-deregistered, rate-limited), revocation and re-authentication, keys kept across a restart, and
-open mode's KEY#<cp>#0."""
+deregistered, rate-limited), revocation and re-authentication, keys kept across a restart (and the
+resumption ticket sparing the scrypt check), and open mode's KEY#<cp>#0."""
 
 from __future__ import annotations
 
@@ -164,26 +164,8 @@ def test_revoked_keys_put_the_cp_out_of_service_until_it_authenticates_again(cen
     assert not central.keys.revoked("CP001")
 
 
-def test_keys_are_kept_across_a_restart(db_url, certificate, registered):
-    first = start_central(db_url, certificate)
-    try:
-        monitor = Monitor(first, certificate.fingerprint)
-        _, key = monitor.register("CP001", registered["CP001"])
-        monitor.close()
-    finally:
-        first.stop()
-    second = start_central(db_url, certificate)
-    try:
-        assert second.keys.key_for("CP001", key.version) == base64.urlsafe_b64decode(key.key + "=")
-        monitor = Monitor(second, certificate.fingerprint)
-        assert monitor.register("CP001", registered["CP001"])[1] == key
-        monitor.close()
-    finally:
-        second.stop()
-
-
-def test_after_a_restart_the_ticket_of_the_last_auth_spares_the_scrypt_check(db_url, certificate, registered,
-                                                                               monkeypatch):
+def test_across_a_restart_the_key_is_kept_and_the_ticket_of_the_last_auth_spares_the_scrypt_check(
+        db_url, certificate, registered, monkeypatch):
     checks: list[str] = []
     real = auth_module.verify_credential
     monkeypatch.setattr(auth_module, "verify_credential", lambda *args: checks.append(args[0]) or real(*args))
@@ -197,10 +179,11 @@ def test_after_a_restart_the_ticket_of_the_last_auth_spares_the_scrypt_check(db_
     assert auth.ok and auth.ticket and len(checks) == 1
     second = start_central(db_url, certificate)
     try:
+        assert second.keys.key_for("CP001", key.version) == base64.urlsafe_b64decode(key.key + "=")
         monitor = Monitor(second, certificate.fingerprint)
         again, same = monitor.register("CP001", registered["CP001"], auth.ticket)
         monitor.close()
-        assert again.ok and same == key and len(checks) == 1  # no scrypt after the restart
+        assert again.ok and same == key and len(checks) == 1  # the same key, and no scrypt after the restart
         assert second.audit.wait_idle(5)
         entries = second.store.list_audit(action="auth")
         assert entries[-1].entry.details == f"authenticated with its resumption ticket; key v{key.version}"
