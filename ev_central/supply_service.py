@@ -241,9 +241,11 @@ class SupplyService:
         self.audit_registrations = True  # cp.register for each REG (secure mode audits "auth" instead)
         self._peers: dict[str, str] = {}  # cp_id -> its Monitor's address, for the audit (one per CP)
         # Listeners (the API's live events, ev_central/api): each CP change once its effects are done
-        # (effects thread), each telemetry record once applied (its consumer's thread). Keep them cheap.
+        # (effects thread), each telemetry record once applied (its consumer's thread), each supply
+        # opened (once its CP said yes: after the CP's change to SUMINISTRANDO). Keep them cheap.
         self.on_cp_change: Callable[[StateChange, SessionRow | None], None] | None = None
         self.on_progress: Callable[[SessionRow, int], None] | None = None
+        self.on_supply_open: Callable[[SessionRow], None] | None = None
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -337,6 +339,8 @@ class SupplyService:
                              account_id=who.account_id)
         self.sessions.put(row)
         authorised(row)
+        if self.on_supply_open is not None:
+            self.on_supply_open(row)
         self._say(f"authorised: {who} at {cp_id}, session {session_id[:8]}, {price} EUR/kWh")
         self.audit.record(audited.SUPPLY_START, who_charges(who.driver_id, who.tag_uid, None),
                           f"cp {cp_id}, session {session_id}, account {who.account_id or '-'}, {price} EUR/kWh, "

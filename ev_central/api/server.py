@@ -16,7 +16,7 @@ peers' own: ``X-Forwarded-For`` is not trusted.
 ``LiveFeed`` publishes to Central's ``EventHub``: ``alert`` events from each CP change
 (SupplyService.on_cp_change, the effects thread), ``telemetry`` (SupplyService.on_progress),
 ``message`` (a logging handler); and from its own thread ``cp`` events, each CP that changed
-once per ``CP_BATCH`` s (the effects thread only notes which: a CP changing ten times in a
+(or whose supply opened: SupplyService.on_supply_open) once per ``CP_BATCH`` s (the effects thread only notes which: a CP changing ten times in a
 moment is one event, made with one look at the supplies), and once a second ``health`` and
 ``weather`` when they changed (and ``alert`` when a part starts or stops failing, or a weather
 alert starts or ends); that thread also reads the CPs' registrations every 10 s (a ``cp`` event
@@ -90,6 +90,7 @@ class LiveFeed:
         supplies = self.api.central.supplies
         supplies.on_cp_change = self._cp_changed
         supplies.on_progress = self._progress
+        supplies.on_supply_open = self._supply_opened
         logging.getLogger().addHandler(self._handler)
         self.hub.on_subscribe = self._subscribed
         self._thread = threading.Thread(target=self._run, name="api-watch", daemon=True)
@@ -102,6 +103,8 @@ class LiveFeed:
             supplies.on_cp_change = None
         if supplies.on_progress == self._progress:
             supplies.on_progress = None
+        if supplies.on_supply_open == self._supply_opened:
+            supplies.on_supply_open = None
         logging.getLogger().removeHandler(self._handler)
         if self.hub.on_subscribe == self._subscribed:
             self.hub.on_subscribe = None
@@ -129,6 +132,15 @@ class LiveFeed:
             hub.publish("alert", {"at": now, "level": "error" if change.new.value == AVERIADO else "warning",
                                   "kind": "cp_out_of_service", "cp_id": change.cp_id, "state": change.new.value,
                                   "text": f"{change.cp_id} {OUT_OF_SERVICE[change.new.value]}: {change.cause}"})
+
+    def _supply_opened(self, row) -> None:
+        """The CP turned SUMINISTRANDO when it was asked; its supply opens only once it said yes:
+        its ``cp`` event again, with the supply (the first may have gone out without it)."""
+        if not self.hub.live:
+            return
+        with self._dirty_lock:
+            self._dirty.add(row.cp_id)
+        self._changed.set()
 
     def _progress(self, row, seq: int) -> None:
         if self.hub.live:

@@ -123,6 +123,33 @@ def test_telemetry_supply_interruption_and_weather_events(running, events):
     assert held and held[-1]["reason"] == "Out of Order: weather alert (Teruel,ES)"
 
 
+def test_a_supply_the_cp_accepts_after_its_cp_event_went_out_comes_in_a_second_cp_event(running, events):
+    """The CP turns SUMINISTRANDO when it is asked; its supply opens when it answers. A page that
+    got the first ``cp`` event (no supply yet) gets another one with the supply, whatever the
+    CP's delay (it would not learn of it from telemetry, which only updates a supply it knows)."""
+    import threading
+
+    from ev_common.protocol import Sup, Supr
+    from ev_common.records import SupplyRequest
+
+    monitor = running.monitor("CP1")
+    central = running.central
+    central.store.add_driver("D1")
+    reader = events()
+    reader.next()  # the snapshot
+    deciding = threading.Thread(target=central.supplies.on_request, args=(SupplyRequest("r1", "D1", "CP1"),),
+                                daemon=True)
+    deciding.start()
+    sup = monitor.answer()
+    assert isinstance(sup, Sup) and sup.driver_id == "D1"
+    asked = reader.until(lambda e: e.event == "cp" and e.data["state"] == "SUMINISTRANDO", 3.0, "CP1 being asked")
+    assert asked.data["supply"] is None
+    monitor.send(Supr("CP1", sup.session_id, "OK", ""))
+    opened = reader.until(lambda e: e.event == "cp" and e.data["supply"] is not None, 3.0, "CP1 with its supply")
+    assert (opened.data["supply"]["session_id"], opened.data["supply"]["driver_id"]) == (sup.session_id, "D1")
+    deciding.join(5)
+
+
 def test_a_reader_back_with_its_last_event_id_gets_what_it_missed_and_no_snapshot(running, events):
     monitor = running.monitor("CP1")
     reader, witness = events(), events()  # the witness stays, to see each change published
