@@ -18,7 +18,7 @@ from ev_central.store.breaker import CircuitBreaker
 from ev_central.store.mysql import MySQLStore
 from ev_common.retry import Backoff
 from ev_common.link import Link, LinkConfig
-from ev_common.protocol import Auth, Avr, Hb, Reg
+from ev_common.protocol import Auth, Avr, Hb, Key, Reg
 from ev_common.records import SupplyEnd, Telemetry
 from tests.support.clock import FakeClock
 from tests.support.proxy import CuttableProxy
@@ -46,19 +46,22 @@ def db_states(url):
 
 
 def register(central, cp_id):
+    """A Monitor's registration: AUTH, then the KEY that follows it, read (and so acknowledged):
+    an unacknowledged KEY would end the session after its retransmissions."""
     link = Link.connect(*central.address, config=FAST)
     link.send(Reg(cp_id, "Calle 1", Decimal("0.40")))
     answer = link.recv(timeout=5)
     assert isinstance(answer, Auth) and answer.ok, answer
+    assert link.recv(timeout=5) == Key(cp_id, 0)
     return link
 
 
 def test_central_serves_through_a_database_outage(proxied, caplog):
     direct_url, proxied_url, proxy = proxied
     caplog.set_level(logging.INFO)
-    # These links send no signs of life: with the default silence timeout (2.6 s) a slow outage
-    # notice would turn both CPs DESCONECTADO before the database is back, and the test would
-    # check the silence sweep instead of the outage.
+    # These links send no signs of life (nor read anything after KEY): with the default silence
+    # timeout (2.6 s) a slow outage notice would turn both CPs DESCONECTADO before the database
+    # is back, and the test would check the silence sweep instead of the outage.
     central = Central(open_store(proxied_url), "127.0.0.1", 0, silence_timeout=300).start()
     links = []
     try:
