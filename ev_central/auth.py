@@ -180,9 +180,8 @@ class CPAuthenticator:
             log.info("%s registers with the location and price of EV_Registry (%s, %s EUR/kWh), not its own "
                      "(%s, %s EUR/kWh)", cp_id, registration.location, registration.price_eur_kwh, reg.location,
                      reg.price_eur_kwh)
-        ticket = "" if self.tickets is None else self.tickets.issue(cp_id, reg.credential, registration.credential_hash)
         return _Passed(Admitted(registration.location, registration.price_eur_kwh, Key(cp_id, version, key_text(key)),
-                                ticket), how)
+                                self._ticket(reg, registration)), how)
 
     def _matches(self, registration: RegistrationRow, reg: Reg) -> str | None:
         """How the REG's credential was found to match the registration (``_MEMORY``, ``_TICKET``,
@@ -216,10 +215,14 @@ class CPAuthenticator:
         key = self.keys.key_for(reg.cp_id, version)
         if key is None:
             return None
-        ticket = "" if self.tickets is None else self.tickets.issue(reg.cp_id, reg.credential,
-                                                                      registration.credential_hash)
         return Admitted(registration.location, registration.price_eur_kwh, Key(reg.cp_id, version, key_text(key)),
-                        ticket)
+                        self._ticket(reg, registration))
+
+    def _ticket(self, reg: Reg, registration: RegistrationRow) -> str:
+        """The resumption ticket for AUTH#OK ("" without tickets)."""
+        if self.tickets is None:
+            return ""
+        return self.tickets.issue(reg.cp_id, reg.credential, registration.credential_hash)
 
     def _failed(self, reg: Reg, address: str, reason: str) -> Refused:
         self.per_cp.failure(reg.cp_id)

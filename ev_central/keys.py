@@ -136,25 +136,16 @@ class KeyRing:
             if not self.shared:
                 raise
             # another process issued this CP's first key at the same moment: take that one
-            sealed.clear()
             row = self.store.issue_cp_key(cp_id, seal, keep_current=True)
-        if not sealed or row.key_sealed != sealed[-1]:  # another process's key, kept in the same transaction
-            try:
-                other = self._unseal(row)
-            except InvalidTag:
-                log.error("the key v%d of %s cannot be opened with this master key: a new one is issued", row.version,
-                          cp_id)
-                sealed.clear()
-                row = self.store.issue_cp_key(cp_id, seal)
-            else:
-                with self._lock:
-                    self._keys[cp_id] = (row.version, other)
-                    self._revoked.discard(cp_id)
-                return row.version, other, False
-        with self._lock:
-            self._keys[cp_id] = (row.version, key)
-            self._revoked.discard(cp_id)
-        return row.version, key, True
+        if sealed and row.key_sealed == sealed[-1]:
+            return (*self._hold(cp_id, row.version, key), True)
+        try:  # another process's key in force, kept in the same transaction
+            return (*self._hold(cp_id, row.version, self._unseal(row)), False)
+        except InvalidTag:
+            log.error("the key v%d of %s cannot be opened with this master key: a new one is issued", row.version,
+                      cp_id)
+        row = self.store.issue_cp_key(cp_id, seal)
+        return (*self._hold(cp_id, row.version, key), True)
 
     def revoke(self, cp_id: str) -> int:
         """Revoke every key of ``cp_id``, in the store and here; how many were in force in the
@@ -183,14 +174,17 @@ class KeyRing:
         if row is None:
             return None
         try:
-            held = (row.version, self._unseal(row))
+            return self._hold(cp_id, row.version, self._unseal(row))
         except InvalidTag:
             log.error("the key v%d of %s cannot be opened with this master key: it is ignored", row.version, cp_id)
             return None
+
+    def _hold(self, cp_id: str, version: int, key: bytes) -> tuple[int, bytes]:
+        """``cp_id``'s key in force from now on, here: (version, key)."""
         with self._lock:
-            self._keys[cp_id] = held
+            self._keys[cp_id] = (version, key)
             self._revoked.discard(cp_id)
-        return held
+        return version, key
 
     def _seal(self, cp_id: str, version: int, key: bytes) -> str:
         nonce = secrets.token_bytes(NONCE_BYTES)

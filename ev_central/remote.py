@@ -374,7 +374,7 @@ class RemoteGateways:
     def _beacon(self, b: Beacon) -> None:
         current = self._gateways.get(b.gateway)
         if (current is not None and current.incarnation != b.incarnation and b.started_ms < current.started_ms
-                and int(b.ts.timestamp() * 1000) > current.started_ms + DUPLICATE_MARGIN_MS):
+                and _ms(b.ts) > current.started_ms + DUPLICATE_MARGIN_MS):
             self._duplicate(b, current)
         gateway = self._known_gateway(b.gateway, b.incarnation, b.started_ms)
         if gateway is None:

@@ -16,8 +16,9 @@ peers' own: ``X-Forwarded-For`` is not trusted.
 ``LiveFeed`` publishes to Central's ``EventHub``: ``alert`` events from each CP change
 (SupplyService.on_cp_change, the effects thread), ``telemetry`` (SupplyService.on_progress),
 ``message`` (a logging handler); and from its own thread ``cp`` events, each CP that changed
-(or whose supply opened: SupplyService.on_supply_open) once per ``CP_BATCH`` s (the effects thread only notes which: a CP changing ten times in a
-moment is one event, made with one look at the supplies), and once a second ``health`` and
+(or whose supply opened: SupplyService.on_supply_open) once per ``CP_BATCH`` s (the effects
+thread only notes which: a CP changing ten times in a moment is one event, made with one look
+at the supplies), and once a second ``health`` and
 ``weather`` when they changed (and ``alert`` when a part starts or stops failing, or a weather
 alert starts or ends); that thread also reads the CPs' registrations every 10 s (a ``cp`` event
 for each CP whose registration changed: registered, deregistered, registered again) and asks
@@ -119,9 +120,7 @@ class LiveFeed:
         hub = self.hub
         if not hub.live:
             return
-        with self._dirty_lock:
-            self._dirty.add(change.cp_id)
-        self._changed.set()
+        self._mark(change.cp_id)
         now = change.at
         if interrupted is not None:
             hub.publish("alert", {"at": now, "level": "warning", "kind": "supply_interrupted",
@@ -136,10 +135,13 @@ class LiveFeed:
     def _supply_opened(self, row) -> None:
         """The CP turned SUMINISTRANDO when it was asked; its supply opens only once it said yes:
         its ``cp`` event again, with the supply (the first may have gone out without it)."""
-        if not self.hub.live:
-            return
+        if self.hub.live:
+            self._mark(row.cp_id)
+
+    def _mark(self, cp_id: str) -> None:
+        """``cp_id`` goes in the next batch of ``cp`` events."""
         with self._dirty_lock:
-            self._dirty.add(row.cp_id)
+            self._dirty.add(cp_id)
         self._changed.set()
 
     def _progress(self, row, seq: int) -> None:

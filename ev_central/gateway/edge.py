@@ -250,9 +250,6 @@ class _NotingAuthenticator:
         self.versions = versions
         self.secure = getattr(inner, "secure", False)
 
-    def authenticate(self, reg, peer: str):
-        return self.authenticate_many([(reg, peer)])[0]
-
     def authenticate_many(self, requests):
         outcomes = self.inner.authenticate_many(requests)
         for (reg, _), admitted in zip(requests, outcomes):

@@ -148,6 +148,7 @@ def test_a_supply_the_cp_accepts_after_its_cp_event_went_out_comes_in_a_second_c
     opened = reader.until(lambda e: e.event == "cp" and e.data["supply"] is not None, 3.0, "CP1 with its supply")
     assert (opened.data["supply"]["session_id"], opened.data["supply"]["driver_id"]) == (sup.session_id, "D1")
     deciding.join(5)
+    assert not deciding.is_alive()
 
 
 def test_a_reader_back_with_its_last_event_id_gets_what_it_missed_and_no_snapshot(running, events):

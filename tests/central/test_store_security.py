@@ -123,6 +123,18 @@ def test_two_gateways_issuing_a_cps_first_key_at_once_agree_on_one(store):
         other.close()
 
 
+def test_a_shared_ring_replaces_a_key_in_force_it_cannot_open(store):
+    """A key in force sealed with another master key (a gateway given the wrong file): the ring
+    says so and issues the next version, which it can open."""
+    from ev_central.keys import KeyRing
+
+    KeyRing(store, bytes(range(1, 33)), shared=True).issue("CP001")
+    ring = KeyRing(store, bytes(range(32)), shared=True)
+    version, key, new = ring.issue("CP001")
+    assert (version, new) == (2, True) and ring.key_for("CP001", 2) == key
+    assert store.current_cp_key("CP001").version == 2
+
+
 def test_audit_entries_are_chained_and_filtered(store):
     rows = store.append_audit([entry(1), entry(2, "key.issue"), entry(3, "key.revoke")])
     assert [r.seq for r in rows] == [1, 2, 3]
