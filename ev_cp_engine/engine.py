@@ -62,6 +62,16 @@ from .secure_mode import SecureMark
 
 log = logging.getLogger(__name__)
 
+
+def kwh(value: Decimal) -> str:
+    """Energy as every screen shows it: 3 decimals, half up (as the driver's ticket)."""
+    return str(Decimal(value).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
+
+
+def eur(value: Decimal) -> str:
+    """Money as every screen shows it: 2 decimals, half up."""
+    return str(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
 DEFAULT_POWER_KW = Decimal("11")
 DEFAULT_PLUG_TIMEOUT = 60.0
 DEFAULT_AUTO_SECONDS = 10.0
@@ -420,7 +430,7 @@ class Engine:
             else:
                 self.journal.ended(end.session_id, end.to_json())
                 said.append(f"reported the supply interrupted by the last stop: driver {end.driver_id}, "
-                            f"{end.kwh:.3f} kWh, {end.amount_eur:.2f} EUR")
+                            f"{kwh(end.kwh)} kWh, {eur(end.amount_eur)} EUR")
         ends = []
         for raw in self.journal.ends():
             try:
@@ -491,7 +501,7 @@ class Engine:
             self.journal.ended(end.session_id, end.to_json())
         self._send_end(end)
         return self._tell(f"supply of {self._who(supply)} ended ({reason}): "  # the figures it reports
-                          f"{end.kwh:.3f} kWh, {end.amount_eur:.2f} EUR")
+                          f"{kwh(end.kwh)} kWh, {eur(end.amount_eur)} EUR")
 
     def _who(self, supply: Supply) -> str:
         """``driver D001``, or ``account FLAT3B`` for a supply an RFID tag opened."""

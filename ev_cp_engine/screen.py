@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Callable, TextIO
 
 from ev_common import menu_lines
@@ -32,18 +32,10 @@ from ev_common.words import (
     SUMINISTRANDO,
 )
 
-from .engine import KAFKA_DOWN, Phase
+from .engine import KAFKA_DOWN, Phase, eur, kwh  # noqa: F401  (kwh, eur: shown here too)
 
 MAX_MESSAGES = 1000
 REMIND_SECONDS = 10.0
-
-
-def kwh(value: Decimal) -> str:
-    return str(Decimal(value).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
-
-
-def eur(value: Decimal) -> str:
-    return str(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 def number(value: Decimal) -> str:

@@ -5,7 +5,7 @@ Real processes, the real broker and real MySQL."""
 from __future__ import annotations
 
 import signal
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -49,7 +49,7 @@ def test_a_link_cut_longer_than_the_grace_gets_a_corrected_ticket_with_the_engin
     kwh = engine_final_kwh(cp)  # Central cancelled it (CAN): the Engine ended it with its figures
     wait_until(lambda: ended(system)[0].corrected, 30, "the corrected session row")
     [row] = ended(system)
-    assert row.engine_final and row.kwh.quantize(Decimal("0.001")) == kwh > first.kwh
+    assert row.engine_final and row.kwh.quantize(Decimal("0.001"), ROUND_HALF_UP) == kwh > first.kwh
     assert row.amount_eur == (row.kwh * row.price_eur_kwh).quantize(Decimal("0.01"))
     wait_until(lambda: ended(system)[0].ticket_sent, 20, "the corrected ticket delivered")
     system.central.wait_for_output(r"corrected ticket", timeout=5)
@@ -73,7 +73,7 @@ def test_a_short_link_cut_keeps_the_supply_and_bills_what_the_engine_delivered(s
     assert driver.output().count("TICKET of your supply at CP001") == 1
     [row] = ended(system)
     assert row.status == "COMPLETED" and row.engine_final and not row.corrected
-    assert row.kwh.quantize(Decimal("0.001")) == kwh
+    assert row.kwh.quantize(Decimal("0.001"), ROUND_HALF_UP) == kwh
 
 
 def test_a_clean_stop_of_central_alerts_no_driver_and_loses_nothing(system):
@@ -88,4 +88,4 @@ def test_a_clean_stop_of_central_alerts_no_driver_and_loses_nothing(system):
     assert "ALERT" not in driver.output() and "DESCONECTADO" not in driver.output(), driver.output()
     assert driver.output().count("TICKET of your supply at CP001") == 1
     [row] = ended(system)
-    assert row.status == "COMPLETED" and row.kwh.quantize(Decimal("0.001")) == kwh and row.ticket_sent
+    assert row.status == "COMPLETED" and row.kwh.quantize(Decimal("0.001"), ROUND_HALF_UP) == kwh and row.ticket_sent

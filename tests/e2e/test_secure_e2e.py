@@ -9,7 +9,7 @@ import json
 import re
 import subprocess
 import sys
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -82,7 +82,7 @@ def test_forged_replayed_and_wrongly_keyed_records_are_dropped_and_audited(syste
     cp.engine.wait_for_output(r"supply of driver D001 ended \(unplugged\): ([\d.]+) kWh")
     delivered = Decimal(re.findall(r"supply of driver D001 ended \(unplugged\): ([\d.]+) kWh", cp.engine.output())[-1])
     [ended] = [s for s in system.sessions(driver_id="D001") if s.ended_at]
-    assert ended.status == "COMPLETED" and ended.kwh.quantize(Decimal("0.001")) == delivered  # not 0.05, not 99
+    assert ended.status == "COMPLETED" and ended.kwh.quantize(Decimal("0.001"), ROUND_HALF_UP) == delivered  # not 0.05, not 99
     assert re.search(r"TICKET of your supply at CP001: COMPLETED", driver.output())
     def four_rejected():
         entries = audit(system, "--action", "record.rejected")

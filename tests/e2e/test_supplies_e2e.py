@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from confluent_kafka import Producer
 
+from ev_driver.screen import kwh as screen_kwh
 from tests.support.system import EVSystem
 from tests.support.waiting import wait_until
 
@@ -50,7 +51,7 @@ def test_complete_supply_with_ticket(system):
     assert (session.status, session.end_reason, session.ticket_sent) == ("COMPLETED", "unplugged", True)
     assert session.kwh > 0
     assert session.amount_eur == (session.kwh * session.price_eur_kwh).quantize(Decimal("0.01"), ROUND_HALF_UP)
-    assert re.search(rf"Energy\s+{session.kwh:.3f} kWh", out), out
+    assert re.search(rf"Energy\s+{screen_kwh(session.kwh)} kWh", out), out  # as the app rounds it
     system.wait_cp_state("CP001", "ACTIVADO", 5)
     system.central.wait_for_output(r"ticket \w+: driver D001 at CP001")
     system.central.wait_for_output(r"CP001 SUMINISTRANDO to driver D001: [\d.]+ kWh, [\d.]+ EUR")
